@@ -1,0 +1,157 @@
+"""The streamtrio exception tree.
+
+Every error streamtrio raises on purpose derives from :class:`StreamtrioError`.
+Errors from confluent-kafka and LMDB are mapped to these at the boundary and
+raised ``from`` the original, so the cause is never lost::
+
+    StreamtrioError
+    ├── ConfigurationError          a setting is unknown, mistyped or out of range
+    ├── AppLoadError                 ``streamtrio run PATH:APP`` could not find the app
+    ├── CodecError
+    │   ├── EncodeError              a key or value cannot be serialized
+    │   └── DecodeError              a fetched key or value cannot be deserialized
+    ├── ValidationError              a Record field has the wrong type or is missing
+    ├── ClosedError                  a producer, consumer or store was used after close
+    ├── TransportError
+    │   ├── BrokerUnavailableError   the broker cannot be reached in time
+    │   ├── ProducerError            a message could not be delivered
+    │   ├── CommitError              an offset commit failed
+    │   ├── TopicError               a topic cannot be declared or is misconfigured
+    │   └── ProducerFencedError      another instance took over our transactional id
+    ├── TableError
+    │   ├── StoreError               the state store failed
+    │   └── RecoveryTimeoutError     changelog replay of a partition stalled
+    ├── AgentError                   an agent crashed (wraps the original exception)
+    └── WorkerError                  the worker could not start or stopped on error
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentError",
+    "AppLoadError",
+    "BrokerUnavailableError",
+    "ClosedError",
+    "CodecError",
+    "CommitError",
+    "ConfigurationError",
+    "DecodeError",
+    "EncodeError",
+    "ProducerError",
+    "ProducerFencedError",
+    "RecoveryTimeoutError",
+    "StoreError",
+    "StreamtrioError",
+    "TableError",
+    "TopicError",
+    "TransportError",
+    "ValidationError",
+    "WorkerError",
+]
+
+
+class StreamtrioError(Exception):
+    """Base class of every error streamtrio raises on purpose."""
+
+
+class ConfigurationError(StreamtrioError, ValueError):
+    """A setting is unknown, has the wrong type, or a bad value.
+
+    The message names the setting and where the value came from.
+    """
+
+
+class AppLoadError(StreamtrioError):
+    """The app named on the command line could not be imported or found."""
+
+
+class CodecError(StreamtrioError):
+    """A key or value could not be serialized or deserialized."""
+
+
+class EncodeError(CodecError, TypeError):
+    """A key or value cannot be serialized with the configured codec."""
+
+
+class DecodeError(CodecError, ValueError):
+    """A fetched key or value cannot be deserialized.
+
+    Attributes:
+        topic: the topic the message came from (``None`` outside a topic).
+        partition: its partition.
+        offset: its offset.
+        field: ``"key"`` or ``"value"``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        topic: str | None = None,
+        partition: int | None = None,
+        offset: int | None = None,
+        field: str = "value",
+    ) -> None:
+        self.reason = message
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.field = field
+        if topic is not None:
+            message = (
+                f"cannot decode {field} of message at topic={topic!r} "
+                f"partition={partition} offset={offset}: {message}"
+            )
+        super().__init__(message)
+
+
+class ValidationError(StreamtrioError, ValueError):
+    """A Record was built with a missing field or a value of the wrong type."""
+
+
+class ClosedError(StreamtrioError, RuntimeError):
+    """A producer, consumer, store or channel was used after it was closed."""
+
+
+class TransportError(StreamtrioError):
+    """The message transport (Kafka or memory) failed."""
+
+
+class BrokerUnavailableError(TransportError):
+    """The broker could not be reached within the configured time."""
+
+
+class ProducerError(TransportError):
+    """A message could not be delivered."""
+
+
+class CommitError(TransportError):
+    """An offset commit was refused or failed."""
+
+
+class TopicError(TransportError):
+    """A topic could not be declared, or its layout does not fit the app."""
+
+
+class ProducerFencedError(TransportError):
+    """Another producer with the same transactional id has fenced this one."""
+
+
+class TableError(StreamtrioError):
+    """A table or its state store failed."""
+
+
+class StoreError(TableError):
+    """The state store (LMDB or memory) failed."""
+
+
+class RecoveryTimeoutError(TableError):
+    """Replaying a changelog partition made no progress within the timeout."""
+
+
+class AgentError(StreamtrioError):
+    """An agent raised; the original exception is the ``__cause__``."""
+
+
+class WorkerError(StreamtrioError):
+    """The worker could not start, or stopped because of an error."""

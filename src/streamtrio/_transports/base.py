@@ -1,0 +1,296 @@
+"""The small interface every transport implements (Kafka and memory).
+
+The rest of streamtrio talks only to these classes. Everything here is called
+from trio, in the worker's trio run; an implementation that needs threads
+(confluent-kafka) keeps them private and bridges with ``trio.from_thread`` and
+the run's trio token.
+
+Offsets follow Kafka's convention: a committed offset is the offset of the
+*next* message to read, so committing ``n`` means "everything below ``n`` is done".
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import trio
+
+from .._exceptions import ProducerError
+from .._types import TP, Headers, Message, RecordMetadata, TopicSpec
+
+if TYPE_CHECKING:
+    from .._settings import Settings
+
+__all__ = [
+    "OFFSET_BEGINNING",
+    "OFFSET_END",
+    "Consumer",
+    "DeliveryCallback",
+    "Producer",
+    "ProducerStatistics",
+    "Reader",
+    "ReaderBatch",
+    "RebalanceListener",
+    "Transport",
+]
+
+#: Start reading a partition at its first available offset.
+OFFSET_BEGINNING = -2
+#: Start reading a partition at its end (only new messages).
+OFFSET_END = -1
+
+#: Called in the trio run when a message is delivered (metadata) or failed (error).
+DeliveryCallback = Callable[[RecordMetadata | None, ProducerError | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerStatistics:
+    """A snapshot of a producer's queues.
+
+    Attributes:
+        queued: messages handed to the producer and not yet delivered or failed.
+        delivered: messages delivered since the producer opened.
+        failed: messages that failed since the producer opened.
+    """
+
+    queued: int
+    delivered: int
+    failed: int
+
+
+class Producer(ABC):
+    """Sends messages. Obtained from :meth:`Transport.open_producer`."""
+
+    @abstractmethod
+    def send_nowait(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        partition: int | None = None,
+        timestamp: float | None = None,
+        headers: Headers | None = None,
+        on_delivery: DeliveryCallback | None = None,
+    ) -> None:
+        """Queue one message; never blocks and never drops.
+
+        When ``partition`` is ``None`` the partition is chosen with Kafka's
+        murmur2 partitioner from the key (random for a ``None`` key), exactly
+        where a Java client would put it. ``on_delivery`` is called later, in
+        the trio run, with the metadata or the error.
+
+        Raises:
+            ClosedError: the producer is closed.
+        """
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        partition: int | None = None,
+        timestamp: float | None = None,
+        headers: Headers | None = None,
+    ) -> RecordMetadata:
+        """Send one message and wait for its delivery report.
+
+        Raises:
+            ProducerError: the message could not be delivered.
+        """
+        done = trio.Event()
+        outcome: list[RecordMetadata | ProducerError | None] = [None]
+
+        def _delivered(md: RecordMetadata | None, err: ProducerError | None) -> None:
+            outcome[0] = err if err is not None else md
+            done.set()
+
+        self.send_nowait(
+            topic,
+            key,
+            value,
+            partition=partition,
+            timestamp=timestamp,
+            headers=headers,
+            on_delivery=_delivered,
+        )
+        await done.wait()
+        result = outcome[0]
+        if isinstance(result, ProducerError):
+            raise result
+        assert result is not None
+        return result
+
+    @abstractmethod
+    async def flush(self) -> None:
+        """Wait until every message queued so far is delivered or failed.
+
+        Raises:
+            ProducerError: a message queued before the call failed and was not
+                reported to an ``on_delivery`` callback (it is raised once).
+        """
+
+    @abstractmethod
+    def partition_count(self, topic: str) -> int | None:
+        """The number of partitions of ``topic`` as known to the producer, if known."""
+
+    @abstractmethod
+    def statistics(self) -> ProducerStatistics:
+        """A snapshot of the producer's queues."""
+
+
+class RebalanceListener(Protocol):
+    """What the worker does when the group moves partitions.
+
+    The transport awaits these before the rebalance completes.
+    """
+
+    async def on_partitions_revoked(self, revoked: frozenset[TP]) -> Mapping[TP, int]:
+        """Partitions are about to be taken away.
+
+        The listener stops feeding them, lets in-flight events finish, and
+        returns the offsets to commit for them; the transport commits those
+        before giving the partitions up.
+        """
+        ...
+
+    async def on_partitions_assigned(self, assigned: frozenset[TP]) -> None:
+        """Partitions were assigned. They start *paused*: the listener resumes
+        them (:meth:`Consumer.resume_nowait`) once their tables are recovered."""
+        ...
+
+
+class Consumer(ABC):
+    """A group member reading the app's source topics.
+
+    Obtained from :meth:`Transport.open_consumer`, already subscribed.
+    """
+
+    @abstractmethod
+    async def getmany(self) -> list[Message]:
+        """Wait for the next batch of messages.
+
+        Returns a non-empty list of messages from assigned, unpaused
+        partitions, in offset order within each partition. Bound the wait
+        with a cancel scope; cancelling loses no message.
+        """
+
+    @abstractmethod
+    def pause_nowait(self, tps: Collection[TP]) -> None:
+        """Stop fetching from these partitions (takes effect shortly)."""
+
+    @abstractmethod
+    def resume_nowait(self, tps: Collection[TP]) -> None:
+        """Fetch from these partitions again."""
+
+    @abstractmethod
+    async def commit(self, offsets: Mapping[TP, int]) -> None:
+        """Commit these offsets for the group and wait for the broker's answer.
+
+        Raises:
+            CommitError: the broker refused or the commit failed.
+        """
+
+    @abstractmethod
+    async def committed(self, tps: Collection[TP]) -> dict[TP, int | None]:
+        """The group's committed offsets for these partitions (``None``: none yet)."""
+
+    @abstractmethod
+    def assignment(self) -> frozenset[TP]:
+        """The partitions currently assigned to this member."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderBatch:
+    """What a :class:`Reader` returns.
+
+    Attributes:
+        messages: the fetched messages, in offset order within each partition.
+        eof: partitions whose end was reached after these messages.
+    """
+
+    messages: list[Message]
+    eof: frozenset[TP]
+
+
+class Reader(ABC):
+    """A consumer outside any group, assigned partitions by hand.
+
+    Used to replay changelogs, keep standbys and global tables warm, and
+    follow internal topics. Nothing is committed.
+    """
+
+    @abstractmethod
+    def assign_nowait(self, offsets: Mapping[TP, int]) -> None:
+        """Start reading each partition at the given offset (or OFFSET_BEGINNING/END)."""
+
+    @abstractmethod
+    def unassign_nowait(self, tps: Iterable[TP]) -> None:
+        """Stop reading these partitions."""
+
+    @abstractmethod
+    async def getmany(self) -> ReaderBatch:
+        """Wait for messages or end-of-partition events (never an empty batch).
+
+        Bound the wait with a cancel scope; cancelling loses no message.
+
+        An end-of-partition event is reported each time a partition's end is
+        reached (again after new messages arrived).
+        """
+
+
+class Transport(ABC):
+    """Creates producers, consumers and readers for one broker URL."""
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        self.url = url
+        self.settings = settings
+
+    @abstractmethod
+    def open_producer(
+        self, *, transactional_id: str | None = None
+    ) -> AbstractAsyncContextManager[Producer]:
+        """Open a producer; on exit it is flushed (bounded) and closed."""
+
+    @abstractmethod
+    def open_consumer(
+        self,
+        *,
+        group_id: str,
+        topics: Sequence[str],
+        listener: RebalanceListener,
+    ) -> AbstractAsyncContextManager[Consumer]:
+        """Join ``group_id`` subscribed to ``topics`` with range assignment.
+
+        On exit the consumer leaves the group (calling the listener's revoke
+        first, so that offsets are committed) and is closed.
+        """
+
+    @abstractmethod
+    def open_reader(self) -> AbstractAsyncContextManager[Reader]:
+        """Open a manually assigned reader outside any group."""
+
+    @abstractmethod
+    async def create_topics(self, specs: Sequence[TopicSpec]) -> list[str]:
+        """Create the topics that do not exist yet; never alter existing ones.
+
+        Returns:
+            The names of the topics that were created.
+
+        Raises:
+            TopicError: a topic could not be created.
+            BrokerUnavailableError: the broker could not be reached in time.
+        """
+
+    @abstractmethod
+    async def partition_counts(self, topics: Sequence[str]) -> dict[str, int]:
+        """Partition counts of the existing topics among ``topics`` (missing ones absent).
+
+        Raises:
+            BrokerUnavailableError: the broker could not be reached in time.
+        """

@@ -1,0 +1,1 @@
+"""Test helpers for streamtrio apps (public)."""

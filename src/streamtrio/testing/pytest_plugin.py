@@ -1,0 +1,1 @@
+"""The streamtrio pytest plugin (registered through the ``pytest11`` entry point)."""
