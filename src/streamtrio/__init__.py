@@ -1,5 +1,87 @@
-"""streamtrio: stream processing for Kafka on trio."""
+"""streamtrio: stream processing for Kafka on trio.
 
+Faust's programming model (apps, agents, topics, channels, tables) on trio's
+structured concurrency, with confluent-kafka as the Kafka client.
+"""
+
+from ._agent import Agent
+from ._app import App
+from ._codecs import Codec, Schema, get_codec, register_codec
+from ._commit import CommitStatistics
+from ._exceptions import (
+    AgentError,
+    AppLoadError,
+    BrokerUnavailableError,
+    ClosedError,
+    CodecError,
+    CommitError,
+    ConfigurationError,
+    DecodeError,
+    EncodeError,
+    ProducerError,
+    ProducerFencedError,
+    RecoveryTimeoutError,
+    StoreError,
+    StreamtrioError,
+    TableError,
+    TopicError,
+    TransportError,
+    ValidationError,
+    WorkerError,
+)
+from ._lanes import LaneStatistics
+from ._records import FieldDescriptor, Record
+from ._run import run, serve
+from ._settings import Settings
+from ._stream import Event, Stream, current_event
+from ._topic import Channel, FutureMessage, Topic
+from ._types import TP, Message, RecordMetadata, TopicSpec
 from ._version import __version__
+from ._worker import Worker
 
-__all__ = ["__version__"]
+__all__ = [
+    "TP",
+    "Agent",
+    "AgentError",
+    "App",
+    "AppLoadError",
+    "BrokerUnavailableError",
+    "Channel",
+    "ClosedError",
+    "Codec",
+    "CodecError",
+    "CommitError",
+    "CommitStatistics",
+    "ConfigurationError",
+    "DecodeError",
+    "EncodeError",
+    "Event",
+    "FieldDescriptor",
+    "FutureMessage",
+    "LaneStatistics",
+    "Message",
+    "ProducerError",
+    "ProducerFencedError",
+    "Record",
+    "RecordMetadata",
+    "RecoveryTimeoutError",
+    "Schema",
+    "Settings",
+    "StoreError",
+    "Stream",
+    "StreamtrioError",
+    "TableError",
+    "Topic",
+    "TopicError",
+    "TopicSpec",
+    "TransportError",
+    "ValidationError",
+    "Worker",
+    "WorkerError",
+    "__version__",
+    "current_event",
+    "get_codec",
+    "register_codec",
+    "run",
+    "serve",
+]

@@ -88,9 +88,7 @@ def _options() -> dict[str, _Option]:
             "Replication factor of topics the app creates",
             minimum=-1,
         ),
-        _Option(
-            "commit_interval", 2.8, "duration", "Seconds between offset commits", minimum=0.001
-        ),
+        _Option("commit_interval", 2.8, "duration", "Seconds between offset commits", minimum=0.001),
         _Option(
             "stream_buffer_maxsize",
             4096,
@@ -111,9 +109,7 @@ def _options() -> dict[str, _Option]:
         _Option("web_port", 6066, "int", "Web server port (0 picks a free one)", minimum=0),
         _Option("web_canonical_url", None, "str", "URL other workers use to reach this one"),
         _Option("key_serializer", "raw", "str", "Default codec for keys: raw, json or msgpack"),
-        _Option(
-            "value_serializer", "json", "str", "Default codec for values: raw, json or msgpack"
-        ),
+        _Option("value_serializer", "json", "str", "Default codec for values: raw, json or msgpack"),
         _Option(
             "value_decode_error",
             "raise",
@@ -136,9 +132,7 @@ def _options() -> dict[str, _Option]:
             "First restart delay of on_error='restart' agents",
             minimum=0.0,
         ),
-        _Option(
-            "agent_restart_backoff_max", 30.0, "duration", "Largest restart delay", minimum=0.0
-        ),
+        _Option("agent_restart_backoff_max", 30.0, "duration", "Largest restart delay", minimum=0.0),
         _Option(
             "rebalance_drain_timeout",
             30.0,
@@ -190,9 +184,7 @@ def _options() -> dict[str, _Option]:
             "Where a new group starts",
             choices=("earliest", "latest"),
         ),
-        _Option(
-            "consumer_max_batch", 10000, "int", "Messages fetched per batch at most", minimum=1
-        ),
+        _Option("consumer_max_batch", 10000, "int", "Messages fetched per batch at most", minimum=1),
         _Option("producer_linger_ms", 5.0, "float", "linger.ms of the producer", minimum=0.0),
         _Option(
             "producer_compression_type",
@@ -212,9 +204,7 @@ def _options() -> dict[str, _Option]:
         _Option("consumer_config", {}, "dict", "Extra librdkafka options for consumers"),
         _Option("producer_config", {}, "dict", "Extra librdkafka options for producers"),
         # Tables
-        _Option(
-            "table_standby_replicas", 1, "int", "Standby replicas per table partition", minimum=0
-        ),
+        _Option("table_standby_replicas", 1, "int", "Standby replicas per table partition", minimum=0),
         _Option(
             "table_recovery_timeout",
             120.0,
@@ -271,9 +261,7 @@ def _coerce(opt: _Option, value: Any, source: str) -> Any:
         elif kind == "choice":
             text = str(value)
             if text not in opt.choices:
-                raise ConfigurationError(
-                    f"{where}: expected one of {', '.join(opt.choices)}, got {value!r}"
-                )
+                raise ConfigurationError(f"{where}: expected one of {', '.join(opt.choices)}, got {value!r}")
             return text
         elif kind == "dict":
             if not isinstance(value, Mapping):
@@ -314,9 +302,7 @@ class Settings:
                 raise ConfigurationError(
                     f"setting {name!r} cannot be given in the environment; use config_from_object"
                 )
-            self._values[name] = _coerce(
-                opt, raw, f"environment variable {_ENV_PREFIX}{name.upper()}"
-            )
+            self._values[name] = _coerce(opt, raw, f"environment variable {_ENV_PREFIX}{name.upper()}")
 
     def update(self, options: Mapping[str, Any], *, source: str) -> None:
         """Validate and apply ``options``.
@@ -351,9 +337,7 @@ class Settings:
             try:
                 obj = importlib.import_module(obj)
             except ImportError as exc:
-                raise ConfigurationError(
-                    f"config_from_object: cannot import {obj!r}: {exc}"
-                ) from exc
+                raise ConfigurationError(f"config_from_object: cannot import {obj!r}: {exc}") from exc
         if isinstance(obj, Mapping):
             items = dict(obj)
         else:

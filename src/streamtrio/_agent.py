@@ -1,0 +1,211 @@
+"""Agents: async functions that process a stream, run as children of the worker.
+
+An agent runs ``concurrency`` actors; each actor calls the agent function with
+its own :class:`~streamtrio.Stream` over the agent's shared source. What the
+function yields goes to its sinks.
+
+When the function raises, ``on_error`` decides:
+
+- ``"stop"`` (default): the worker stops with the traceback and a non-zero
+  exit; the failing event stays unacked, so no offset is committed past it.
+- ``"restart"``: the actor restarts with exponential backoff and is handed the
+  failing event again (a transient error heals; a poison message keeps
+  failing, loudly, and its partition's commits stay behind it).
+- ``"dead_letter"``: the failing event's raw message and the error go to the
+  dead-letter topic, the event is acked, and the actor restarts at once.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union
+
+import trio
+
+from ._exceptions import AgentError, ConfigurationError
+from ._stream import Source, Stream
+from ._topic import Channel, Topic
+from ._types import Headers, RecordMetadata
+
+if TYPE_CHECKING:
+    from ._app import App
+    from ._worker import Worker
+
+__all__ = ["Agent", "AgentFun", "SinkT"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+AgentFun = Callable[[Stream[Any]], Awaitable[Any] | AsyncIterator[Any]]
+SinkT = Union["Agent[Any]", Channel[Any], Callable[[Any], Any]]
+
+_ON_ERROR = ("stop", "restart", "dead_letter")
+
+
+class Agent(Generic[T]):
+    """A stream processor registered with ``@app.agent``.
+
+    Attributes:
+        name: the agent's name (the function name unless given).
+        channel: the topic or channel it consumes.
+        concurrency: how many actors run it.
+        sinks: where its yielded values go.
+    """
+
+    def __init__(
+        self,
+        fun: AgentFun,
+        *,
+        app: App,
+        name: str,
+        channel: Channel[T],
+        concurrency: int = 1,
+        sink: Iterable[SinkT] | None = None,
+        isolated_partitions: bool = False,
+        on_error: str = "stop",
+    ) -> None:
+        if concurrency < 1:
+            raise ConfigurationError(f"agent {name!r}: concurrency must be at least 1, got {concurrency}")
+        if on_error not in _ON_ERROR:
+            raise ConfigurationError(
+                f"agent {name!r}: on_error must be one of {', '.join(_ON_ERROR)}, got {on_error!r}"
+            )
+        if on_error == "dead_letter" and not isinstance(channel, Topic):
+            raise ConfigurationError(
+                f"agent {name!r}: on_error='dead_letter' needs a topic (channel events have no raw message)"
+            )
+        if isolated_partitions:
+            raise ConfigurationError(
+                f"agent {name!r}: isolated_partitions=True is not available yet "
+                "(it arrives with the stream operators and RPC issue)"
+            )
+        self.fun = fun
+        self.app = app
+        self.name = name
+        self.channel = channel
+        self.concurrency = concurrency
+        self.sinks: list[SinkT] = list(sink or [])
+        self.on_error = on_error
+        self.isolated_partitions = isolated_partitions
+        self.__doc__ = fun.__doc__
+        self.__wrapped__ = fun
+
+    # -- sending to the agent -------------------------------------------------
+
+    async def send(
+        self,
+        *,
+        key: Any = None,
+        value: Any = None,
+        partition: int | None = None,
+        timestamp: float | None = None,
+        headers: Headers | None = None,
+    ) -> RecordMetadata:
+        """Send a value to the agent's channel and wait for its delivery."""
+        return await self.channel.send(
+            key=key, value=value, partition=partition, timestamp=timestamp, headers=headers
+        )
+
+    async def cast(self, value: Any = None, *, key: Any = None, partition: int | None = None) -> None:
+        """Send a value to the agent without waiting for a reply (like ``send``)."""
+        await self.send(key=key, value=value, partition=partition)
+
+    def add_sink(self, sink: SinkT) -> None:
+        if sink not in self.sinks:
+            self.sinks.append(sink)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "channel": getattr(self.channel, "label", repr(self.channel)),
+            "concurrency": self.concurrency,
+            "sinks": [getattr(s, "name", getattr(s, "label", repr(s))) for s in self.sinks],
+            "on_error": self.on_error,
+        }
+
+    # -- running --------------------------------------------------------------
+
+    async def _deliver(self, value: Any) -> None:
+        for sink in self.sinks:
+            if isinstance(sink, Agent):
+                target = sink.channel
+                if isinstance(target, Topic):
+                    target.send_soon(value=value)
+                else:
+                    await target.send(value=value)
+            elif isinstance(sink, Topic):
+                sink.send_soon(value=value)
+            elif isinstance(sink, Channel):
+                await sink.send(value=value)
+            else:
+                result = sink(value)
+                if inspect.isawaitable(result):
+                    await result
+
+    async def _execute(self, stream: Stream[T]) -> None:
+        result = self.fun(stream)
+        if inspect.isasyncgen(result):
+            async with aclosing(result) as gen:
+                async for value in gen:
+                    await self._deliver(value)
+        elif inspect.isawaitable(result):
+            await result
+        else:
+            raise TypeError(f"agent {self.name!r} must be an async def function or async generator")
+
+    async def _serve(
+        self, worker: Worker, source: Source[T], *, task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the actors until cancelled (or, with on_error='stop', until one crashes)."""
+        async with trio.open_nursery() as nursery:
+            for index in range(self.concurrency):
+                nursery.start_soon(self._run_actor, worker, source, index)
+            task_status.started()
+
+    async def _run_actor(self, worker: Worker, source: Source[T], index: int) -> None:
+        conf = self.app.conf
+        backoff = conf.agent_restart_backoff
+        label = self.name if self.concurrency == 1 else f"{self.name}[{index}]"
+        while True:
+            stream: Stream[T] = Stream(source, app=self.app, label=label)
+            try:
+                await self._execute(stream)
+            except Exception as exc:
+                if self.on_error == "restart":
+                    held = stream.release_held(exc, retry=True)
+                    log.error(
+                        "agent %s raised on %s; restarting in %.1fs",
+                        label,
+                        _describe(held),
+                        backoff,
+                        exc_info=exc,
+                    )
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, conf.agent_restart_backoff_max)
+                    continue
+                if self.on_error == "dead_letter":
+                    for event in stream.release_held(exc, retry=False):
+                        self.app._dead_letter(event.message, exc, reason=f"agent {self.name}")
+                        event.ack()
+                    log.error("agent %s raised; event sent to the dead-letter topic", label, exc_info=exc)
+                    continue
+                held = stream.release_held(exc, retry=False)
+                error = AgentError(f"agent {label} raised {type(exc).__name__}: {exc} (on {_describe(held)})")
+                error.__cause__ = exc
+                worker.crash(error)
+                return
+            else:
+                stream.close()
+                log.info("agent %s finished", label)
+                return
+
+
+def _describe(events: list[Any]) -> str:
+    if not events:
+        return "no event"
+    m = events[0].message
+    return f"topic={m.topic!r} partition={m.partition} offset={m.offset}"

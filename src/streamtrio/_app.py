@@ -1,0 +1,442 @@
+"""App: the registry of topics, agents, timers, tasks, services and commands.
+
+An App does no I/O by itself; a :class:`~streamtrio._worker.Worker` runs it
+(``streamtrio run``, :func:`streamtrio.run` or :func:`streamtrio.serve`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._agent import Agent, AgentFun, SinkT
+from ._codecs import Codec
+from ._exceptions import ClosedError, ConfigurationError
+from ._settings import Settings, parse_duration
+from ._stream import ChannelSource, IterableSource, Stream
+from ._timers import Service, Task, Timer
+from ._topic import Channel, FutureMessage, Topic
+from ._transports.base import Producer, Transport
+from ._types import TP, Headers, Message, RecordMetadata, TopicSpec
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._commit import CommitParticipant
+    from ._worker import Worker
+
+__all__ = ["App"]
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def create_transport(url: str, settings: Settings) -> Transport:
+    """The transport for a broker URL.
+
+    Raises:
+        ConfigurationError: the URL's scheme is not ``kafka://`` or ``memory://``.
+    """
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme == "memory":
+        from ._transports.memory import MemoryTransport
+
+        return MemoryTransport(url, settings)
+    if scheme == "kafka":
+        from ._transports.kafka import KafkaTransport
+
+        return KafkaTransport(url, settings)
+    raise ConfigurationError(
+        f"setting 'broker': unsupported URL {url!r} (expected kafka://host:port[;host:port] or memory://)"
+    )
+
+
+class App:
+    """A stream-processing application.
+
+    Args:
+        id: the application id; also the consumer group id and the prefix of
+            the app's internal topics.
+        **options: settings (see ``docs/settings.md``); unknown names and
+            wrong types raise :class:`~streamtrio.ConfigurationError`.
+    """
+
+    def __init__(self, id: str, **options: Any) -> None:
+        if not id or not re.fullmatch(r"[A-Za-z0-9._-]+", id):
+            raise ConfigurationError(
+                f"app id {id!r}: use letters, digits, '.', '_' and '-' (it names the group and topics)"
+            )
+        self.id = id
+        self.conf = Settings(id, **options)
+        self.agents: dict[str, Agent[Any]] = {}
+        self._topics: list[Topic[Any]] = []
+        self._timers: list[Timer] = []
+        self._tasks: list[Task] = []
+        self._services: list[Service] = []
+        self._commands: list[tuple[Callable[..., Any], dict[str, Any]]] = []
+        self._commit_participants: list[CommitParticipant] = []
+        self._worker: Worker | None = None
+        self._producer: Producer | None = None
+        self._transport_obj: Transport | None = None
+
+    # -- configuration -----------------------------------------------------------
+
+    def config_from_object(self, obj: Any, *, silent: bool = False, force: bool = False) -> None:
+        """Read settings from an object, a mapping, or a module named by a string.
+
+        Args:
+            obj: the object, mapping or module name.
+            silent: ignore an import error of a module name.
+            force: accepted for Faust compatibility (settings are always read at once).
+        """
+        try:
+            self.conf.config_from_object(obj)
+        except ConfigurationError:
+            if silent and isinstance(obj, str):
+                return
+            raise
+        self._transport_obj = None
+
+    # -- topics and channels ---------------------------------------------------
+
+    def topic(
+        self,
+        *topics: str,
+        pattern: str | re.Pattern[str] | None = None,
+        key_type: type | None = None,
+        value_type: type | None = None,
+        key_serializer: str | Codec | None = None,
+        value_serializer: str | Codec | None = None,
+        partitions: int | None = None,
+        retention: float | timedelta | str | None = None,
+        compacting: bool | None = None,
+        deleting: bool | None = None,
+        replicas: int | None = None,
+        acks: bool = True,
+        internal: bool = False,
+        config: Mapping[str, Any] | None = None,
+        maxsize: int | None = None,
+        allow_empty: bool = False,
+    ) -> Topic[Any]:
+        """Describe a topic; it is created at worker start if it does not exist."""
+        topic: Topic[Any] = Topic(
+            self,
+            topics=topics,
+            pattern=pattern,
+            key_type=key_type,
+            value_type=value_type,
+            key_serializer=key_serializer,
+            value_serializer=value_serializer,
+            partitions=partitions,
+            retention=retention,
+            compacting=compacting,
+            deleting=deleting,
+            replicas=replicas,
+            internal=internal,
+            config=config,
+            maxsize=maxsize,
+            acks=acks,
+        )
+        self._topics.append(topic)
+        return topic
+
+    def channel(
+        self,
+        *,
+        key_type: type | None = None,
+        value_type: type | None = None,
+        maxsize: int | None = None,
+    ) -> Channel[Any]:
+        """An in-process channel (no broker), iterable by agents."""
+        return Channel(self, key_type=key_type, value_type=value_type, maxsize=maxsize)
+
+    def _topic_named(self, name: str) -> Topic[Any]:
+        for topic in self._topics:
+            if topic.pattern is None and topic.topics == (name,):
+                return topic
+        return self.topic(name)
+
+    # -- decorators --------------------------------------------------------------
+
+    def agent(
+        self,
+        channel: Channel[Any] | str | None = None,
+        *,
+        name: str | None = None,
+        concurrency: int = 1,
+        sink: Iterable[SinkT] | None = None,
+        isolated_partitions: bool = False,
+        on_error: str = "stop",
+    ) -> Callable[[AgentFun], Agent[Any]]:
+        """Register an ``async def f(stream)`` (or async generator) as an agent.
+
+        Args:
+            channel: the topic, channel or topic name to consume; by default
+                a topic named ``<app id>-<agent name>``.
+            name: the agent name (default: the function name).
+            concurrency: how many actors process the stream.
+            sink: where yielded values go: agents, topics, channels, callables.
+            isolated_partitions: one actor per partition (not available yet).
+            on_error: ``"stop"`` (default), ``"restart"`` or ``"dead_letter"``.
+        """
+
+        def decorator(fun: AgentFun) -> Agent[Any]:
+            agent_name = name or fun.__name__
+            if agent_name in self.agents:
+                raise ConfigurationError(f"an agent named {agent_name!r} is already registered")
+            source: Channel[Any]
+            if channel is None:
+                source = self._topic_named(f"{self.id}-{agent_name}")
+            elif isinstance(channel, str):
+                source = self._topic_named(channel)
+            else:
+                source = channel
+            agent: Agent[Any] = Agent(
+                fun,
+                app=self,
+                name=agent_name,
+                channel=source,
+                concurrency=concurrency,
+                sink=sink,
+                isolated_partitions=isolated_partitions,
+                on_error=on_error,
+            )
+            self.agents[agent_name] = agent
+            return agent
+
+        return decorator
+
+    actor = agent
+
+    def timer(self, interval: float | timedelta | str, on_leader: bool = False) -> Callable[[F], F]:
+        """Run the decorated ``async def`` every ``interval`` seconds while the worker runs."""
+        seconds = parse_duration(interval, name="timer interval")
+        if seconds <= 0:
+            raise ConfigurationError(f"timer interval must be positive, got {interval!r}")
+
+        def decorator(fun: F) -> F:
+            self._timers.append(Timer(fun, seconds, on_leader))
+            return fun
+
+        return decorator
+
+    def task(self, fun: F) -> F:
+        """Run the decorated ``async def`` once, when the worker is ready."""
+        self._tasks.append(Task(fun))
+        return fun
+
+    def service(self, target: F) -> F:
+        """Start an async function, or a class with ``async serve(task_status=)``, with the worker."""
+        self._services.append(Service(target))
+        return target
+
+    def command(self, *, name: str | None = None, help: str | None = None) -> Callable[[F], F]:
+        """Add a sub-command to the app's CLI (``app.main()``).
+
+        ``async def`` commands run in trio with the app's producer open.
+        """
+
+        def decorator(fun: F) -> F:
+            self._commands.append((fun, {"name": name or fun.__name__.replace("_", "-"), "help": help}))
+            return fun
+
+        return decorator
+
+    # -- sending -------------------------------------------------------------------
+
+    async def send(
+        self,
+        channel: Channel[Any] | str,
+        key: Any = None,
+        value: Any = None,
+        partition: int | None = None,
+        timestamp: float | None = None,
+        headers: Headers | None = None,
+        key_serializer: str | Codec | None = None,
+        value_serializer: str | Codec | None = None,
+        callback: Callable[[FutureMessage], Any] | None = None,
+    ) -> RecordMetadata:
+        """Send a value to a channel, topic or topic name and wait for delivery."""
+        target = self._topic_named(channel) if isinstance(channel, str) else channel
+        return await target.send(
+            key=key,
+            value=value,
+            partition=partition,
+            timestamp=timestamp,
+            headers=headers,
+            key_serializer=key_serializer,
+            value_serializer=value_serializer,
+            callback=callback,
+        )
+
+    def stream(
+        self, channel: Channel[Any] | Iterable[Any] | AsyncIterator[Any], **kwargs: Any
+    ) -> Stream[Any]:
+        """A stream over an in-process channel or a plain (async) iterable.
+
+        Topics are consumed by agents (which the worker subscribes and commits);
+        use ``@app.agent(topic)`` for them.
+        """
+        if isinstance(channel, Topic):
+            raise TypeError("app.stream() takes a channel or an iterable; consume topics with @app.agent")
+        if isinstance(channel, Channel):
+            return Stream(ChannelSource(channel._subscribe()), app=self, label=channel.label)
+        return Stream(IterableSource(self, channel), app=self, label="iterable")
+
+    # -- runtime access -------------------------------------------------------------
+
+    @property
+    def producer(self) -> Producer:
+        return self._require_producer()
+
+    @property
+    def transport(self) -> Transport:
+        return self._transport()
+
+    def _transport(self) -> Transport:
+        if self._transport_obj is None:
+            self._transport_obj = create_transport(self.conf.broker, self.conf)
+        return self._transport_obj
+
+    def _require_producer(self) -> Producer:
+        producer = self._producer
+        if producer is None:
+            raise ClosedError(
+                f"app {self.id!r} has no running producer: send from a running worker "
+                "(agents, timers, tasks) or open one with `async with app.open_client():`"
+            )
+        return producer
+
+    @asynccontextmanager
+    async def open_client(self) -> AsyncIterator[App]:
+        """Open a producer for this app without running a worker (scripts, CLI, tests).
+
+        The app's topics are created first if they do not exist, as a worker would.
+        """
+        if self._producer is not None:
+            yield self
+            return
+        await self.declare_topics()
+        async with self._transport().open_producer() as producer:
+            self._producer = producer
+            try:
+                yield self
+            finally:
+                self._producer = None
+
+    def is_leader(self) -> bool:
+        """Whether this worker is the leader (owns partition 0 of the leader topic)."""
+        worker = self._worker
+        return worker is not None and TP(self.leader_topic_name, 0) in worker.assigned
+
+    @property
+    def leader_topic_name(self) -> str:
+        return f"{self.id}-__assignor-__leader"
+
+    async def declare_topics(self) -> list[str]:
+        """Create the app's topics that do not exist yet; returns the names created."""
+        specs: dict[str, TopicSpec] = {}
+        for topic in self._declared_topics():
+            for name in topic.topics:
+                specs.setdefault(name, topic.spec(name))
+        created = await self._transport().create_topics(list(specs.values()))
+        if created:
+            log.info("created topics: %s", ", ".join(sorted(created)))
+        return created
+
+    def _needs_group(self) -> bool:
+        """Whether a worker joins the consumer group (topic agents or leader timers)."""
+        return any(isinstance(a.channel, Topic) for a in self.agents.values()) or any(
+            t.on_leader for t in self._timers
+        )
+
+    def _declared_topics(self) -> list[Topic[Any]]:
+        """Every named topic the app uses, created at start if missing."""
+        topics = [t for t in self._topics if t.pattern is None]
+        if self._needs_group():
+            topics.append(
+                Topic(
+                    self,
+                    topics=[self.leader_topic_name],
+                    partitions=1,
+                    internal=True,
+                    value_serializer="raw",
+                )
+            )
+        needs_dlq = self.conf.value_decode_error == "dead_letter" or any(
+            a.on_error == "dead_letter" for a in self.agents.values()
+        )
+        if needs_dlq:
+            for agent in self.agents.values():
+                if isinstance(agent.channel, Topic) and agent.channel.pattern is None:
+                    for name in agent.channel.topics:
+                        topics.append(self._dead_letter_topic(name))
+        return topics
+
+    def _dead_letter_topic(self, source: str) -> Topic[Any]:
+        name = self.conf.dead_letter_topic or f"{source}-dlq"
+        for topic in self._topics:
+            if topic.topics == (name,):
+                return topic
+        return Topic(self, topics=[name], key_serializer="raw", value_serializer="raw", internal=True)
+
+    def _dead_letter(self, message: Message, error: BaseException, *, reason: str) -> None:
+        """Send the raw message and the error to the dead-letter topic (delivered before commit)."""
+        topic = self.conf.dead_letter_topic or f"{message.topic}-dlq"
+        headers = list(message.headers or [])
+        headers += [
+            ("streamtrio-error", f"{type(error).__name__}: {error}".encode()),
+            ("streamtrio-reason", reason.encode()),
+            ("streamtrio-topic", message.topic.encode()),
+            ("streamtrio-partition", str(message.partition).encode()),
+            ("streamtrio-offset", str(message.offset).encode()),
+        ]
+        self._require_producer().send_nowait(
+            topic,
+            message.key,
+            message.value,
+            partition=None,
+            timestamp=message.timestamp,
+            headers=headers,
+        )
+        log.warning(
+            "dead-lettered %s[%d]@%d to %s (%s): %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            topic,
+            reason,
+            error,
+        )
+
+    def _banner(self) -> str:
+        conf = self.conf
+        lines = [f"streamtrio {__version__} - app {self.id!r}"]
+        lines.append(f"  broker    {conf.broker}")
+        lines.append(f"  group     {self.id}")
+        if self.agents:
+            for agent in self.agents.values():
+                lines.append(
+                    f"  agent     {agent.name} <- {agent.channel.label} (concurrency {agent.concurrency})"
+                )
+        else:
+            lines.append("  agents    none")
+        names = sorted({n for t in self._declared_topics() for n in t.topics})
+        if names:
+            lines.append(f"  topics    {', '.join(names)}")
+        for timer in self._timers:
+            lines.append(f"  timer     {timer.name} every {timer.interval:g}s")
+        return "\n".join(lines)
+
+    def main(self, argv: list[str] | None = None) -> None:
+        """Run the streamtrio command line with this app (``python myapp.py run``)."""
+        from ._cli import build_cli
+
+        build_cli(self)(args=argv, prog_name=None)
+
+    def __repr__(self) -> str:
+        return f"<App {self.id!r} broker={self.conf.broker!r}>"

@@ -1,0 +1,272 @@
+"""The ``streamtrio`` command line (typer): run, send, topics, agents.
+
+``streamtrio COMMAND APP ...`` loads the app from ``path/to/file.py[:NAME]``
+or ``package.module[:NAME]``; ``app.main()`` gives the same commands with the
+app already chosen (``python myapp.py run``), plus the app's own
+``@app.command`` sub-commands.
+"""
+
+# No `from __future__ import annotations`: typer reads these annotations at run time.
+
+import functools
+import importlib
+import importlib.util
+import inspect
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import trio
+import typer
+
+from ._app import App
+from ._exceptions import AppLoadError, ConfigurationError, StreamtrioError
+from ._run import EXIT_ERROR, run
+
+__all__ = ["build_cli", "load_app", "main"]
+
+log = logging.getLogger(__name__)
+
+EXIT_USAGE = 2
+
+AppSpec = Annotated[str, typer.Argument(help="The app: path/to/file.py[:NAME] or package.module[:NAME].")]
+
+
+def load_app(spec: str) -> App:
+    """Import the module named by ``spec`` and return its App.
+
+    Raises:
+        AppLoadError: the file or module is missing, fails to import, or has
+            no (or several) App objects and none was named.
+    """
+    target, _, attr = spec.partition(":")
+    if not target:
+        raise AppLoadError(f"app {spec!r}: expected path/to/file.py[:NAME] or package.module[:NAME]")
+    path = Path(target)
+    try:
+        if target.endswith(".py") or path.is_file() or "/" in target:
+            if not path.is_file():
+                raise AppLoadError(f"app {spec!r}: no such file {str(path)!r}")
+            name = path.stem
+            sys.path.insert(0, str(path.resolve().parent))
+            module_spec = importlib.util.spec_from_file_location(name, path)
+            if module_spec is None or module_spec.loader is None:
+                raise AppLoadError(f"app {spec!r}: cannot load {str(path)!r} as a Python module")
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[name] = module
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except AppLoadError:
+        raise
+    except ModuleNotFoundError as exc:
+        raise AppLoadError(f"app {spec!r}: cannot import {target!r}: {exc}") from exc
+    except Exception as exc:
+        raise AppLoadError(f"app {spec!r}: importing {target!r} raised {type(exc).__name__}: {exc}") from exc
+    if attr:
+        if not hasattr(module, attr):
+            found = _apps_in(module)
+            hint = f" (it has: {', '.join(found)})" if found else " (it defines no App)"
+            raise AppLoadError(f"app {spec!r}: {target!r} has no attribute {attr!r}{hint}")
+        obj = getattr(module, attr)
+        if not isinstance(obj, App):
+            raise AppLoadError(f"app {spec!r}: {attr!r} is a {type(obj).__name__}, not a streamtrio.App")
+        return obj
+    found = _apps_in(module)
+    if not found:
+        raise AppLoadError(f"app {spec!r}: {target!r} defines no streamtrio.App")
+    if len(found) > 1:
+        if "app" in found:
+            return module.app  # type: ignore[no-any-return]
+        raise AppLoadError(
+            f"app {spec!r}: {target!r} defines several apps ({', '.join(found)}); name one with :NAME"
+        )
+    return getattr(module, found[0])  # type: ignore[no-any-return]
+
+
+def _apps_in(module: Any) -> list[str]:
+    return [name for name, value in vars(module).items() if isinstance(value, App)]
+
+
+def _setup_logging(level: str) -> None:
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise ConfigurationError(f"--loglevel: unknown level {level!r} (debug, info, warning, error)")
+    logging.basicConfig(
+        level=numeric,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+# -- commands (each takes the App first; build_cli binds or loads it) ------------
+
+
+def run_command(
+    app: App,
+    broker: Annotated[str | None, typer.Option(help="Broker URL (kafka://host:port or memory://).")] = None,
+    loglevel: Annotated[str, typer.Option(help="Log level: debug, info, warning, error.")] = "info",
+    datadir: Annotated[str | None, typer.Option(help="Worker data directory.")] = None,
+    web_port: Annotated[int | None, typer.Option(help="Web server port.")] = None,
+) -> None:
+    """Start a worker: consume, run agents, commit. Ctrl-C stops it gracefully."""
+    _setup_logging(loglevel)
+    overrides: dict[str, Any] = {}
+    if broker is not None:
+        overrides["broker"] = broker
+    if datadir is not None:
+        overrides["datadir"] = datadir
+    if web_port is not None:
+        overrides["web_port"] = web_port
+    if overrides:
+        app.conf.update(overrides, source="command line")
+        app._transport_obj = None
+    raise typer.Exit(run(app))
+
+
+def send_command(
+    app: App,
+    topic: Annotated[str, typer.Argument(help="Topic name.")],
+    value: Annotated[str | None, typer.Argument(help="The value (JSON for json topics).")] = None,
+    key: Annotated[str | None, typer.Option("--key", "-k", help="The key.")] = None,
+    partition: Annotated[int | None, typer.Option(help="Partition (default: by key).")] = None,
+) -> None:
+    """Send one message through the topic's serializers; print where it landed."""
+    target = app._topic_named(topic)
+    if app.conf.broker.startswith("memory://"):
+        typer.echo(
+            "warning: memory:// lives inside one process; this message ends with this command",
+            err=True,
+        )
+
+    def parse(text: str | None, serializer: Any, kind: type | None) -> Any:
+        if text is None:
+            return None
+        data: Any = text
+        if serializer != "raw":
+            try:
+                data = json.loads(text)
+            except ValueError:
+                data = text
+        from_data = getattr(kind, "from_data", None)
+        if from_data is not None and isinstance(data, dict):
+            return from_data(data)
+        return data
+
+    async def go() -> dict[str, Any]:
+        async with app.open_client():
+            md = await target.send(
+                key=parse(key, target.key_serializer, target.key_type),
+                value=parse(value, target.value_serializer, target.value_type),
+                partition=partition,
+            )
+            return {
+                "topic": md.topic,
+                "partition": md.partition,
+                "offset": md.offset,
+                "timestamp": md.timestamp,
+            }
+
+    typer.echo(json.dumps(trio.run(go)))
+
+
+def topics_command(app: App) -> None:
+    """List the app's topics with their partitions."""
+    sources = {n for a in app.agents.values() for n in getattr(a.channel, "topics", ())}
+    for topic in app._declared_topics():
+        for name in topic.topics:
+            spec = topic.spec(name)
+            role = "source" if name in sources else ("internal" if topic.internal else "topic")
+            typer.echo(f"{name}\t{spec.partitions} partitions\t{role}")
+
+
+def agents_command(app: App) -> None:
+    """List the app's agents."""
+    for agent in app.agents.values():
+        info = agent.info()
+        sinks = ", ".join(info["sinks"]) or "-"
+        typer.echo(f"{info['name']}\t<- {info['channel']}\tconcurrency {info['concurrency']}\tsinks {sinks}")
+
+
+_COMMANDS: list[tuple[str, Callable[..., None]]] = [
+    ("run", run_command),
+    ("send", send_command),
+    ("topics", topics_command),
+    ("agents", agents_command),
+]
+
+
+def _bind(fun: Callable[..., None], bound: App | None) -> Callable[..., None]:
+    """Give ``fun`` (whose first parameter is the App) a CLI signature."""
+    sig = inspect.signature(fun)
+    rest = list(sig.parameters.values())[1:]
+
+    if bound is not None:
+
+        def wrapper(**kwargs: Any) -> None:
+            _guarded(lambda: fun(bound, **kwargs))
+
+        wrapper.__signature__ = sig.replace(parameters=rest)  # type: ignore[attr-defined]
+    else:
+
+        def wrapper(**kwargs: Any) -> None:
+            spec = kwargs.pop("app")
+            _guarded(lambda: fun(load_app(spec), **kwargs))
+
+        app_param = inspect.Parameter("app", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=AppSpec)
+        wrapper.__signature__ = sig.replace(parameters=[app_param, *rest])  # type: ignore[attr-defined]
+    wrapper.__doc__ = fun.__doc__
+    wrapper.__name__ = fun.__name__
+    return wrapper
+
+
+def _guarded(call: Callable[[], None]) -> None:
+    try:
+        call()
+    except (AppLoadError, ConfigurationError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    except StreamtrioError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+def _user_command(app: App, fun: Callable[..., Any]) -> Callable[..., Any]:
+    if not inspect.iscoroutinefunction(fun):
+        return fun
+
+    @functools.wraps(fun)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        async def go() -> Any:
+            async with app.open_client():
+                return await fun(*args, **kwargs)
+
+        return trio.run(go)
+
+    return wrapper
+
+
+def build_cli(bound: App | None = None) -> typer.Typer:
+    """The typer application; with ``bound`` the app argument is omitted."""
+    cli = typer.Typer(
+        name="streamtrio",
+        help="streamtrio: stream processing for Kafka on trio.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    for name, fun in _COMMANDS:
+        cli.command(name=name)(_bind(fun, bound))
+    if bound is not None:
+        for fun, options in bound._commands:
+            cli.command(name=options["name"], help=options["help"])(_user_command(bound, fun))
+    return cli
+
+
+def main() -> None:
+    """The ``streamtrio`` console script."""
+    build_cli()(prog_name="streamtrio")

@@ -1,0 +1,194 @@
+"""The commit loop: commits, per partition, the offset below which every event is acked.
+
+A commit happens in this order (rule 5 of ARCHITECTURE.md):
+
+1. snapshot the frontier of each partition (every event below it is acked);
+2. let the participants (tables) produce what those events changed;
+3. flush the producer: every sink, changelog and ``send`` message produced
+   so far is delivered;
+4. let the participants persist (tables write LMDB);
+5. commit the snapshot to the group.
+
+So an offset is committed only after everything the events below it produced
+is on the broker, and never past an event still in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from ._exceptions import CommitError
+from ._transports.base import Consumer, Producer
+from ._types import TP
+
+__all__ = ["CommitParticipant", "CommitStatistics", "Committer"]
+
+log = logging.getLogger(__name__)
+
+#: A partition whose frontier has not moved for this long while it has events
+#: in flight is reported as stalled.
+STALL_AFTER = 30.0
+
+
+class CommitParticipant(Protocol):
+    """Something that must act at each commit (the table manager)."""
+
+    async def prepare_commit(self, offsets: Mapping[TP, int]) -> None:
+        """Produce what the acked events changed (before the producer flush)."""
+        ...
+
+    async def complete_commit(self, offsets: Mapping[TP, int]) -> None:
+        """Persist it (after the flush, before the offsets are committed)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class CommitStatistics:
+    """What the commit loop has done.
+
+    Attributes:
+        committed: the last committed offset per partition.
+        commits: how many commits succeeded.
+        last_commit_at: trio time of the last successful commit.
+        stalled: partitions whose frontier has not moved for ``STALL_AFTER``
+            seconds while events were in flight, with the offset they are stuck at.
+    """
+
+    committed: dict[TP, int]
+    commits: int
+    last_commit_at: float | None
+    stalled: dict[TP, int]
+
+
+class Committer:
+    """Runs the commit sequence, on a timer and on demand.
+
+    Args:
+        frontiers: gives the committable offset per partition (optionally
+            restricted to some partitions).
+        in_flight: gives the partitions that have events in flight.
+        consumer: the group consumer.
+        producer: the app's producer.
+        interval: seconds between commits.
+        generation: gives the rebalance generation; a commit that fails
+            because a rebalance moved its partitions is not an error.
+    """
+
+    def __init__(
+        self,
+        *,
+        frontiers: Callable[[Collection[TP] | None], dict[TP, int]],
+        in_flight: Callable[[], set[TP]],
+        consumer: Consumer,
+        producer: Producer,
+        interval: float,
+        generation: Callable[[], int],
+    ) -> None:
+        self._frontiers = frontiers
+        self._in_flight = in_flight
+        self._consumer = consumer
+        self._producer = producer
+        self._interval = interval
+        self._generation = generation
+        self.participants: list[CommitParticipant] = []
+        self.committed: dict[TP, int] = {}
+        self._commits = 0
+        self._last_commit_at: float | None = None
+        self._lock = trio.Lock()
+        self._progress: dict[TP, tuple[int, float]] = {}
+        self._stalled: dict[TP, int] = {}
+
+    async def prepare(
+        self, tps: Collection[TP] | None = None, *, offsets: Mapping[TP, int] | None = None
+    ) -> dict[TP, int]:
+        """Steps 1-4: everything but the group commit. Returns the offsets to commit.
+
+        ``offsets`` overrides the snapshot (used on revoke, where the lanes
+        are already detached from the inboxes).
+        """
+        if offsets is None:
+            offsets = self._frontiers(tps)
+        todo = {tp: off for tp, off in offsets.items() if off > self.committed.get(tp, -1)}
+        for participant in self.participants:
+            await participant.prepare_commit(todo)
+        await self._producer.flush()
+        for participant in self.participants:
+            await participant.complete_commit(todo)
+        return todo
+
+    async def commit(self, tps: Collection[TP] | None = None) -> dict[TP, int]:
+        """Run the whole commit sequence now. Returns what was committed.
+
+        Raises:
+            CommitError: the group commit failed (and no rebalance explains it).
+        """
+        async with self._lock:
+            generation = self._generation()
+            todo = await self.prepare(tps)
+            if not todo:
+                return {}
+            try:
+                await self._consumer.commit(todo)
+            except CommitError as exc:
+                if self._generation() != generation:
+                    log.info("commit skipped: partitions moved in a rebalance (%s)", exc)
+                    return {}
+                raise
+            self.mark_committed(todo)
+            return todo
+
+    def mark_committed(self, offsets: Mapping[TP, int]) -> None:
+        self.committed.update(offsets)
+        self._commits += 1
+        self._last_commit_at = trio.current_time()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("committed %s", {str(tp): off for tp, off in offsets.items()})
+
+    def forget(self, tps: Collection[TP]) -> None:
+        """Partitions were revoked: drop what is known about them."""
+        for tp in tps:
+            self.committed.pop(tp, None)
+            self._progress.pop(tp, None)
+            self._stalled.pop(tp, None)
+
+    def _check_stalls(self) -> None:
+        now = trio.current_time()
+        in_flight = self._in_flight()
+        frontiers = self._frontiers(None)
+        for tp, frontier in frontiers.items():
+            previous = self._progress.get(tp)
+            if previous is None or previous[0] != frontier or tp not in in_flight:
+                self._progress[tp] = (frontier, now)
+                if self._stalled.pop(tp, None) is not None:
+                    log.warning("partition %s is moving again (offset %d)", tp, frontier)
+                continue
+            if now - previous[1] >= STALL_AFTER and tp not in self._stalled:
+                self._stalled[tp] = frontier
+                log.warning(
+                    "partition %s is stalled: the event at offset %d has been in flight for %.0fs "
+                    "(a slow or stuck agent; nothing past it can be committed)",
+                    tp,
+                    frontier,
+                    now - previous[1],
+                )
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Commit every ``interval`` seconds until cancelled."""
+        task_status.started()
+        while True:
+            await trio.sleep(self._interval)
+            await self.commit()
+            self._check_stalls()
+
+    def statistics(self) -> CommitStatistics:
+        return CommitStatistics(
+            committed=dict(self.committed),
+            commits=self._commits,
+            last_commit_at=self._last_commit_at,
+            stalled=dict(self._stalled),
+        )

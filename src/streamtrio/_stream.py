@@ -1,0 +1,410 @@
+"""Events and streams.
+
+An agent iterates a :class:`Stream`. Each actor has its own root stream over
+the agent's shared source. The root stream *holds* the events it handed out
+and acks them when the actor asks for the next one (or the stream ends), so
+an event is acked only once the agent is done with it. Operators
+(``filter``, ``take``, ``enumerate``...) are thin wrappers that pull from the
+root, which keeps ack bookkeeping in one place.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+import trio
+
+from ._exceptions import DecodeError
+from ._lanes import Inbox, Lane
+from ._types import Headers, Message, RecordMetadata
+
+if TYPE_CHECKING:
+    from ._app import App
+    from ._codecs import Schema
+    from ._topic import Channel
+
+__all__ = ["Event", "Stream", "current_event"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+#: A root stream yields to the scheduler at least this often, even when its
+#: lanes never run dry, so timers, the commit loop and the fetcher keep running.
+_CHECKPOINT_EVERY = 128
+
+_current_event: contextvars.ContextVar[Event[Any] | None] = contextvars.ContextVar(
+    "streamtrio_current_event", default=None
+)
+
+
+def current_event() -> Event[Any] | None:
+    """The event the calling actor is processing, if any."""
+    return _current_event.get()
+
+
+class Event(Generic[T]):
+    """One message as an agent sees it: decoded key and value plus the raw message.
+
+    Attributes:
+        app: the app.
+        key: the decoded key.
+        value: the decoded value.
+        headers: the message headers.
+        message: the raw message (topic, partition, offset, timestamp, bytes).
+    """
+
+    __slots__ = ("_acked", "_lane", "app", "headers", "key", "message", "value")
+
+    def __init__(
+        self,
+        app: App,
+        key: Any,
+        value: T,
+        headers: Headers | None,
+        message: Message,
+        lane: Lane[Any] | None = None,
+    ) -> None:
+        self.app = app
+        self.key = key
+        self.value = value
+        self.headers = headers
+        self.message = message
+        self._lane = lane
+        self._acked = False
+
+    @property
+    def acked(self) -> bool:
+        return self._acked
+
+    def ack(self) -> bool:
+        """Mark this event done. Returns ``False`` if it was acked already."""
+        if self._acked:
+            return False
+        self._acked = True
+        lane = self._lane
+        if lane is not None:
+            lane.ack(self.message.offset)
+        return True
+
+    async def send(
+        self,
+        channel: str | Channel[Any],
+        key: Any = None,
+        value: Any = None,
+        *,
+        partition: int | None = None,
+        headers: Headers | None = None,
+    ) -> RecordMetadata:
+        """Send a new message to ``channel`` and wait for its delivery."""
+        return await self.app.send(channel, key=key, value=value, partition=partition, headers=headers)
+
+    async def forward(self, channel: str | Channel[Any], *, headers: Headers | None = None) -> RecordMetadata:
+        """Send this event's key and value on to ``channel``."""
+        return await self.send(
+            channel,
+            key=self.key,
+            value=self.value,
+            headers=headers if headers is not None else self.headers,
+        )
+
+    def __repr__(self) -> str:
+        m = self.message
+        return f"<Event {m.topic}[{m.partition}]@{m.offset} key={self.key!r} value={self.value!r}>"
+
+
+class Source(Protocol[T]):
+    """Where a root stream takes events from."""
+
+    def take_nowait(self) -> Event[T] | None:
+        """The next event if one is ready (raises StopAsyncIteration at the end)."""
+        ...
+
+    async def take(self) -> Event[T]:
+        """Wait for the next event (raises StopAsyncIteration at the end)."""
+        ...
+
+    def release(self, event: Event[T], error: BaseException, *, retry: bool) -> None:
+        """The actor holding ``event`` died: requeue it (retry) or leave it unacked."""
+        ...
+
+
+class TopicSource(Generic[T]):
+    """Events decoded from the raw messages of a topic inbox.
+
+    A message that cannot be decoded is handled by the app's
+    ``value_decode_error`` policy: ``raise`` (the agent gets the DecodeError;
+    nothing after it is committed), ``skip`` (logged, counted, acked) or
+    ``dead_letter`` (the raw message and the error go to the dead-letter
+    topic, then it is acked).
+    """
+
+    def __init__(self, app: App, inbox: Inbox[Message], schema: Schema, *, agent: str) -> None:
+        self.app = app
+        self.inbox = inbox
+        self.schema = schema
+        self.agent = agent
+        self.policy: str = app.conf.value_decode_error
+        self.skipped = 0
+        self.dead_lettered = 0
+
+    def _event(self, lane: Lane[Message], msg: Message) -> Event[T] | None:
+        schema = self.schema
+        try:
+            key = schema.loads_key(msg.key, topic=msg.topic, partition=msg.partition, offset=msg.offset)
+            value = schema.loads_value(msg.value, topic=msg.topic, partition=msg.partition, offset=msg.offset)
+        except DecodeError as exc:
+            event: Event[T] = Event(self.app, None, None, msg.headers, msg, lane)  # type: ignore[arg-type]
+            return self._bad_message(event, exc)
+        return Event(self.app, key, value, msg.headers, msg, lane)
+
+    def _bad_message(self, event: Event[T], exc: DecodeError) -> Event[T] | None:
+        if self.policy == "raise":
+            _current_event.set(event)
+            raise _HeldDecodeError(event, exc)
+        if self.policy == "skip":
+            self.skipped += 1
+            log.warning("agent %s skipped a message: %s (skipped so far: %d)", self.agent, exc, self.skipped)
+        else:
+            self.dead_lettered += 1
+            self.app._dead_letter(event.message, exc, reason="decode")
+        event.ack()
+        return None
+
+    def take_nowait(self) -> Event[T] | None:
+        inbox = self.inbox
+        while True:
+            got = inbox.take_nowait()
+            if got is None:
+                return None
+            event = self._event(*got)
+            if event is not None:
+                return event
+
+    async def take(self) -> Event[T]:
+        while True:
+            lane, msg = await self.inbox.take()
+            event = self._event(lane, msg)
+            if event is not None:
+                return event
+
+    def release(self, event: Event[T], error: BaseException, *, retry: bool) -> None:
+        lane = event._lane
+        if lane is None or event.acked:
+            return
+        if retry:
+            lane.requeue(event.message, event.message.offset)
+        else:
+            lane.abandon(event.message.offset)
+
+
+class _HeldDecodeError(Exception):
+    """Carries the undecodable event to the root stream so it stays held (unacked)."""
+
+    def __init__(self, event: Event[Any], error: DecodeError) -> None:
+        super().__init__(str(error))
+        self.event = event
+        self.error = error
+
+
+class ChannelSource(Generic[T]):
+    """Events put on an in-process channel (already decoded)."""
+
+    def __init__(self, inbox: Inbox[Event[T]]) -> None:
+        self.inbox = inbox
+
+    def take_nowait(self) -> Event[T] | None:
+        got = self.inbox.take_nowait()
+        if got is None:
+            return None
+        lane, event = got
+        event._lane = lane
+        return event
+
+    async def take(self) -> Event[T]:
+        lane, event = await self.inbox.take()
+        event._lane = lane
+        return event
+
+    def release(self, event: Event[T], error: BaseException, *, retry: bool) -> None:
+        lane = event._lane
+        if lane is None or event.acked:
+            return
+        if retry:
+            lane.requeue(event, event.message.offset)
+        else:
+            lane.abandon(event.message.offset)
+
+
+class IterableSource(Generic[T]):
+    """Events from a plain (async) iterable: ``app.stream([1, 2, 3])``."""
+
+    def __init__(self, app: App, values: Iterable[T] | AsyncIterator[T]) -> None:
+        self.app = app
+        self._sync = iter(values) if isinstance(values, Iterable) else None
+        self._async = values if not isinstance(values, Iterable) else None
+        self._offset = 0
+
+    def _wrap(self, value: T) -> Event[T]:
+        msg = Message("<iterable>", 0, self._offset, None, None, trio.current_time())
+        self._offset += 1
+        return Event(self.app, None, value, None, msg)
+
+    def take_nowait(self) -> Event[T] | None:
+        if self._sync is None:
+            return None
+        try:
+            return self._wrap(next(self._sync))
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    async def take(self) -> Event[T]:
+        if self._async is None:
+            event = self.take_nowait()
+            assert event is not None
+            return event
+        return self._wrap(await self._async.__anext__())
+
+    def release(self, event: Event[T], error: BaseException, *, retry: bool) -> None:
+        pass
+
+
+class Stream(Generic[T]):
+    """An async iterator of values; what an agent function receives.
+
+    ``async for value in stream`` acks each event when the next is asked for.
+    ``stream.events()`` yields the :class:`Event` objects, ``stream.items()``
+    ``(key, value)`` pairs.
+    """
+
+    def __init__(self, source: Source[T], *, app: App, label: str = "") -> None:
+        self.app = app
+        self.label = label
+        self._source = source
+        self._held: list[Event[T]] = []
+        self._since_checkpoint = 0
+
+    # -- the root protocol --------------------------------------------------
+
+    def _ack_held(self) -> None:
+        held = self._held
+        if held:
+            for event in held:
+                event.ack()
+            held.clear()
+
+    async def _take_event(self) -> Event[T]:
+        """The next event, held (unacked) alongside those already held."""
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= _CHECKPOINT_EVERY:
+            self._since_checkpoint = 0
+            await trio.lowlevel.checkpoint()
+        try:
+            event = self._source.take_nowait()
+            if event is None:
+                event = await self._source.take()
+        except _HeldDecodeError as exc:
+            self._held.append(exc.event)
+            raise exc.error from exc.error.__cause__
+        self._held.append(event)
+        _current_event.set(event)
+        return event
+
+    async def next_event(self) -> Event[T]:
+        """Ack what is held, then take the next event."""
+        self._ack_held()
+        return await self._take_event()
+
+    def release_held(self, error: BaseException, *, retry: bool) -> list[Event[T]]:
+        """The actor died: leave held events unacked (or requeue them to retry)."""
+        held = [event for event in self._held if not event.acked]
+        # Requeue in reverse so the oldest ends up first in its lane again.
+        for event in reversed(held):
+            self._source.release(event, error, retry=retry)
+        self._held.clear()
+        return held
+
+    def close(self) -> None:
+        """The agent finished normally: everything it was given is done."""
+        self._ack_held()
+
+    # -- iteration ----------------------------------------------------------
+
+    def __aiter__(self) -> Stream[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        try:
+            return (await self.next_event()).value
+        except StopAsyncIteration:
+            self._ack_held()
+            raise
+
+    async def events(self) -> AsyncIterator[Event[T]]:
+        """Yield events (key, value, headers, message) instead of values."""
+        while True:
+            try:
+                event = await self.next_event()
+            except StopAsyncIteration:
+                self._ack_held()
+                return
+            yield event
+
+    async def items(self) -> AsyncIterator[tuple[Any, T]]:
+        """Yield ``(key, value)`` pairs."""
+        async for event in self.events():
+            yield event.key, event.value
+
+    async def enumerate(self, start: int = 0) -> AsyncIterator[tuple[int, T]]:
+        """Yield ``(index, value)`` pairs."""
+        index = start
+        async for event in self.events():
+            yield index, event.value
+            index += 1
+
+    async def filter(self, fun: Callable[[T], bool | Awaitable[bool]]) -> AsyncIterator[T]:
+        """Yield the values for which ``fun`` (sync or async) is true; others are acked."""
+        is_async = inspect.iscoroutinefunction(fun)
+        async for event in self.events():
+            keep = await fun(event.value) if is_async else fun(event.value)  # type: ignore[misc]
+            if keep:
+                yield event.value
+
+    async def take(self, max_: int, within: float | None = None) -> AsyncIterator[list[T]]:
+        """Yield lists of up to ``max_`` values, or fewer once ``within`` seconds pass.
+
+        The window starts at the first value of each batch. Every event of a
+        batch is acked when the next batch is asked for.
+        """
+        async for batch in self.take_events(max_, within):
+            yield [event.value for event in batch]
+
+    async def take_events(self, max_: int, within: float | None = None) -> AsyncIterator[list[Event[T]]]:
+        """Like :meth:`take`, yielding the events."""
+        if max_ < 1:
+            raise ValueError(f"take: max_ must be at least 1, got {max_}")
+        while True:
+            self._ack_held()
+            batch: list[Event[T]] = []
+            try:
+                batch.append(await self._take_event())
+                deadline = trio.current_time() + within if within is not None else float("inf")
+                while len(batch) < max_:
+                    with trio.move_on_at(deadline):
+                        batch.append(await self._take_event())
+                        continue
+                    break
+            except StopAsyncIteration:
+                if batch:
+                    yield batch
+                self._ack_held()
+                return
+            yield batch
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.label}>"

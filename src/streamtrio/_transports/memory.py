@@ -1,0 +1,767 @@
+"""The ``memory://`` transport: an in-process broker that behaves like Kafka.
+
+Used by the embedded demo and most tests, so it is faithful where the rest of
+streamtrio can tell the difference: append-only partitions with offsets from 0,
+keyed messages placed by Kafka's murmur2 partitioner, auto-created topics,
+consumer groups with the RANGE assignor and eager rebalancing, committed
+offsets, pause/resume, and readers with end-of-partition events.
+
+Brokers. ``memory://`` and ``memory://NAME`` name a process-global
+:class:`MemoryBroker`; every transport opened with the same URL shares its
+topics and groups. :meth:`MemoryBroker.reset_all` forgets every broker (test
+isolation). A broker holds no trio object bound to a run: a waiting consumer
+creates its wake-up ``trio.Event`` when it starts waiting and drops it when it
+wakes, so sequential trio runs in one process share a broker safely. It is not
+thread-safe: use a broker from one trio run at a time.
+
+Where rebalance work runs. As in librdkafka, where rebalance callbacks fire
+inside ``consume()``, a member's listener runs *inside its own*
+:meth:`MemoryConsumer.getmany` call, in the task that called it. When a member
+joins or leaves:
+
+1. The group marks a rebalance pending and flags every member that holds
+   partitions. ``open_consumer`` returns at once; nothing is awaited there.
+2. Each flagged member, at its next ``getmany()``, awaits
+   ``on_partitions_revoked(its partitions)``, commits the offsets the listener
+   returned, and gives the partitions up.
+3. When no member holds partitions any more, the group computes the RANGE
+   assignment of the current members and wakes them; each member, in its next
+   ``getmany()``, installs its partitions *paused* at the group's committed
+   offsets (or ``consumer_auto_offset_reset``) and awaits
+   ``on_partitions_assigned``, which resumes them.
+
+So a joining member's ``getmany()`` waits until the others have revoked, every
+callback runs in the task that owns the consumer (no callback ever runs in
+another member's task or inside ``open_consumer`` of someone else), and the
+order of events is deterministic. As with Kafka, a member that stops calling
+``getmany()`` holds up a rebalance; a consumer whose fetch loop is not running
+must leave the group. Leaving (exiting ``open_consumer``) revokes through the
+listener and commits under a bounded shielded deadline, then removes the
+member and rebalances the others.
+
+Timestamps are kept at millisecond precision, as Kafka stores them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from .._exceptions import ClosedError, CommitError, ProducerError, TopicError, TransportError
+from .._partitioner import partition_for_key
+from .._types import TP, Headers, Message, RecordMetadata, TopicSpec
+from .base import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    DeliveryCallback,
+    Producer,
+    ProducerStatistics,
+    Reader,
+    ReaderBatch,
+    RebalanceListener,
+    Transport,
+)
+
+if TYPE_CHECKING:
+    from .._settings import Settings
+
+__all__ = [
+    "MemoryBroker",
+    "MemoryConsumer",
+    "MemoryProducer",
+    "MemoryReader",
+    "MemoryTransport",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class _Waiter:
+    """Something that sleeps until a partition it follows gets a message."""
+
+    def __init__(self) -> None:
+        self._event: trio.Event | None = None
+
+    def _wake(self) -> None:
+        event = self._event
+        if event is not None:
+            event.set()
+
+    async def _sleep(self) -> None:
+        # Created per wait, so no Event outlives the trio run that awaited it.
+        self._event = event = trio.Event()
+        try:
+            await event.wait()
+        finally:
+            self._event = None
+
+
+class _Partition:
+    __slots__ = ("log", "waiters")
+
+    def __init__(self) -> None:
+        self.log: list[Message] = []
+        self.waiters: set[_Waiter] = set()
+
+
+@dataclass(slots=True)
+class _Topic:
+    name: str
+    partitions: list[_Partition]
+    config: dict[str, str]
+
+
+class _Group:
+    """A consumer group: members, the pending-rebalance flag, committed offsets."""
+
+    def __init__(self, broker: MemoryBroker, group_id: str) -> None:
+        self.broker = broker
+        self.group_id = group_id
+        self.members: dict[str, MemoryConsumer] = {}
+        self.committed: dict[TP, int] = {}
+        self.generation = 0
+        self.rebalancing = False
+
+    def start_rebalance(self) -> None:
+        self.rebalancing = True
+        for member in self.members.values():
+            member._incoming = None  # an assignment not yet installed is void
+            if member._assignment:
+                member._must_revoke = True
+            member._wake()
+        self.maybe_complete_rebalance()
+
+    def maybe_complete_rebalance(self) -> None:
+        if not self.rebalancing or any(m._assignment for m in self.members.values()):
+            return
+        self.rebalancing = False
+        self.generation += 1
+        assignment = self.range_assignment()
+        for member_id, member in self.members.items():
+            member._incoming = assignment[member_id]
+            member._wake()
+
+    def range_assignment(self) -> dict[str, frozenset[TP]]:
+        """Kafka's RangeAssignor: per topic, partitions in order over sorted members."""
+        result: dict[str, set[TP]] = {member_id: set() for member_id in self.members}
+        topics = sorted({t for m in self.members.values() for t in m._topics})
+        for name in topics:
+            topic = self.broker._topics.get(name)
+            if topic is None:
+                continue  # not created yet: its creation triggers a rebalance
+            subscribers = sorted(mid for mid, m in self.members.items() if name in m._topics)
+            per_member, extra = divmod(len(topic.partitions), len(subscribers))
+            start = 0
+            for i, member_id in enumerate(subscribers):
+                count = per_member + (1 if i < extra else 0)
+                result[member_id].update(TP(name, p) for p in range(start, start + count))
+                start += count
+        return {member_id: frozenset(tps) for member_id, tps in result.items()}
+
+
+class MemoryBroker:
+    """One in-process broker: topics, partition logs and consumer groups.
+
+    Obtain one with :meth:`get` (what ``memory://NAME`` does); the inspection
+    methods (:meth:`messages`, :meth:`committed`, :meth:`assignments`) are for
+    tests and the embedded demo.
+    """
+
+    _registry: dict[str, MemoryBroker] = {}
+
+    def __init__(self, name: str, *, default_partitions: int = 8) -> None:
+        self.name = name
+        self.default_partitions = default_partitions
+        self._topics: dict[str, _Topic] = {}
+        self._groups: dict[str, _Group] = {}
+        self._member_seq = 0
+
+    @classmethod
+    def get(cls, name: str = "") -> MemoryBroker:
+        """The process-global broker called ``name`` (created on first use)."""
+        broker = cls._registry.get(name)
+        if broker is None:
+            broker = cls._registry[name] = cls(name)
+        return broker
+
+    @classmethod
+    def reset_all(cls) -> None:
+        """Forget every broker (their topics, messages, groups and offsets)."""
+        cls._registry.clear()
+
+    # -- topics ---------------------------------------------------------------
+
+    def create_topic(
+        self, name: str, partitions: int, config: Mapping[str, str] | None = None
+    ) -> bool:
+        """Create ``name`` unless it exists. Returns whether it was created.
+
+        Raises:
+            TopicError: the name is empty or ``partitions`` is less than 1.
+        """
+        if name in self._topics:
+            return False
+        if not name or partitions < 1:
+            raise TopicError(f"cannot create topic {name!r} with {partitions} partitions")
+        self._topics[name] = _Topic(
+            name, [_Partition() for _ in range(partitions)], dict(config or {})
+        )
+        for group in self._groups.values():
+            if any(name in m._topics for m in group.members.values()):
+                group.start_rebalance()  # Kafka: a metadata change makes members rejoin
+        return True
+
+    def _append(
+        self,
+        topic: _Topic,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp: float | None,
+        headers: Headers | None,
+    ) -> Message:
+        part = topic.partitions[partition]
+        log = part.log
+        # Kafka keeps millisecond timestamps.
+        ts = math.floor((time.time() if timestamp is None else timestamp) * 1000) / 1000
+        message = Message(
+            topic.name,
+            partition,
+            len(log),
+            key,
+            value,
+            ts,
+            None if headers is None else list(headers),
+        )
+        log.append(message)
+        if part.waiters:
+            for waiter in part.waiters:
+                waiter._wake()
+        return message
+
+    def partition_count(self, topic: str) -> int | None:
+        """The number of partitions of ``topic``, or ``None`` if it does not exist."""
+        t = self._topics.get(topic)
+        return None if t is None else len(t.partitions)
+
+    def topics(self) -> dict[str, int]:
+        """Every topic with its partition count."""
+        return {name: len(t.partitions) for name, t in self._topics.items()}
+
+    def messages(self, topic: str, partition: int) -> list[Message]:
+        """The messages stored in one partition, in offset order."""
+        return list(self._partition(TP(topic, partition)).log)
+
+    def end_offset(self, tp: TP) -> int:
+        """The offset the next message appended to ``tp`` will get."""
+        return len(self._partition(tp).log)
+
+    def _partition(self, tp: TP) -> _Partition:
+        topic = self._topics.get(tp.topic)
+        if topic is None or not 0 <= tp.partition < len(topic.partitions):
+            raise TopicError(f"unknown topic partition {tp} on memory broker {self.name!r}")
+        return topic.partitions[tp.partition]
+
+    # -- groups ---------------------------------------------------------------
+
+    def committed(self, group_id: str) -> dict[TP, int]:
+        """The committed offsets of a group (empty for an unknown group)."""
+        group = self._groups.get(group_id)
+        return {} if group is None else dict(group.committed)
+
+    def assignments(self, group_id: str) -> dict[str, frozenset[TP]]:
+        """Member id -> installed assignment, for every member of the group."""
+        group = self._groups.get(group_id)
+        members = {} if group is None else group.members
+        return {member_id: m._assignment for member_id, m in members.items()}
+
+    def _group(self, group_id: str) -> _Group:
+        group = self._groups.get(group_id)
+        if group is None:
+            group = self._groups[group_id] = _Group(self, group_id)
+        return group
+
+    def _next_member_id(self, client_id: str) -> str:
+        # Zero-padded so that the RANGE assignor's sort order is join order.
+        self._member_seq += 1
+        return f"{client_id}-{self._member_seq:08d}"
+
+
+def _broker_name(url: str) -> str:
+    if not url.startswith("memory://"):
+        raise TransportError(f"not a memory:// URL: {url!r}")
+    return url[len("memory://") :].strip("/")
+
+
+class MemoryTransport(Transport):
+    """The ``memory://`` transport over the process-global broker the URL names."""
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        super().__init__(url, settings)
+        self.broker = MemoryBroker.get(_broker_name(url))
+
+    @asynccontextmanager
+    async def open_producer(
+        self, *, transactional_id: str | None = None
+    ) -> AsyncIterator[MemoryProducer]:
+        if transactional_id is not None:
+            raise TransportError("the memory:// transport has no transactions yet")
+        producer = MemoryProducer(self.broker, self.settings, trio.lowlevel.current_trio_token())
+        try:
+            yield producer
+        finally:
+            with trio.move_on_after(self.settings.shutdown_timeout, shield=True):
+                await producer.flush()
+            producer._closed = True
+
+    @asynccontextmanager
+    async def open_consumer(
+        self, *, group_id: str, topics: Sequence[str], listener: RebalanceListener
+    ) -> AsyncIterator[MemoryConsumer]:
+        if not topics:
+            raise ValueError("open_consumer needs at least one topic")
+        consumer = MemoryConsumer(self.broker, self.settings, group_id, topics, listener)
+        consumer._join()
+        try:
+            yield consumer
+        finally:
+            await consumer._leave()
+
+    @asynccontextmanager
+    async def open_reader(self) -> AsyncIterator[MemoryReader]:
+        reader = MemoryReader(self.broker, self.settings)
+        try:
+            yield reader
+        finally:
+            reader.unassign_nowait(list(reader._positions))
+            reader._closed = True
+
+    async def create_topics(self, specs: Sequence[TopicSpec]) -> list[str]:
+        await trio.lowlevel.checkpoint()
+        return [s.name for s in specs if self.broker.create_topic(s.name, s.partitions, s.config)]
+
+    async def partition_counts(self, topics: Sequence[str]) -> dict[str, int]:
+        await trio.lowlevel.checkpoint()
+        counts = {t: self.broker.partition_count(t) for t in topics}
+        return {t: n for t, n in counts.items() if n is not None}
+
+
+_Report = tuple[DeliveryCallback | None, Message | None, ProducerError | None]
+
+
+class MemoryProducer(Producer):
+    """Appends at once; delivery reports follow soon after in the trio run."""
+
+    def __init__(self, broker: MemoryBroker, settings: Settings, token: trio.lowlevel.TrioToken):
+        self._broker = broker
+        self._settings = settings
+        self._token = token
+        self._closed = False
+        self._reports: deque[_Report] = deque()
+        self._report_scheduled = False
+        self._queued_total = 0
+        self._reported_total = 0
+        self._delivered = 0
+        self._failed = 0
+        self._flush_waiters: list[tuple[int, trio.Event]] = []
+        self._unreported: BaseException | None = None
+
+    def send_nowait(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        partition: int | None = None,
+        timestamp: float | None = None,
+        headers: Headers | None = None,
+        on_delivery: DeliveryCallback | None = None,
+    ) -> None:
+        if self._closed:
+            raise ClosedError("send_nowait() on a closed memory producer")
+        broker = self._broker
+        t = broker._topics.get(topic)
+        if t is None:
+            broker.create_topic(topic, self._settings.topic_partitions)  # auto.create.topics
+            t = broker._topics[topic]
+        partitions = t.partitions
+        if partition is None:
+            partition = partition_for_key(key, len(partitions))
+        elif not 0 <= partition < len(partitions):
+            err = ProducerError(f"unknown partition {topic}[{partition}] ({len(partitions)} exist)")
+            self._report(on_delivery, None, err)
+            return
+        # A transactional producer would buffer here and append on commit.
+        message = broker._append(t, partition, key, value, timestamp, headers)
+        self._report(on_delivery, message, None)
+
+    def _report(
+        self, callback: DeliveryCallback | None, message: Message | None, err: ProducerError | None
+    ) -> None:
+        self._queued_total += 1
+        self._reports.append((callback, message, err))
+        if not self._report_scheduled:
+            self._report_scheduled = True
+            self._token.run_sync_soon(self._run_reports)
+
+    def _run_reports(self) -> None:
+        # Runs in the trio run, outside any task: a raising callback must not
+        # crash the run, so it is logged and re-raised from the next flush().
+        self._report_scheduled = False
+        reports = self._reports
+        for _ in range(len(reports)):
+            callback, message, err = reports.popleft()
+            self._reported_total += 1
+            if err is None:
+                self._delivered += 1
+            else:
+                self._failed += 1
+            if callback is None:
+                if err is not None and self._unreported is None:
+                    self._unreported = err
+                continue
+            md = None
+            if message is not None:
+                md = RecordMetadata(
+                    message.topic, message.partition, message.offset, message.timestamp
+                )
+            try:
+                callback(md, err)
+            except Exception as exc:
+                logger.exception("on_delivery callback %r raised", callback)
+                if self._unreported is None:
+                    self._unreported = exc
+        if reports and not self._report_scheduled:
+            self._report_scheduled = True  # queued by callbacks: next round
+            self._token.run_sync_soon(self._run_reports)
+        if self._flush_waiters:
+            done = self._reported_total
+            for target, event in self._flush_waiters:
+                if target <= done:
+                    event.set()
+            self._flush_waiters = [(t, e) for t, e in self._flush_waiters if t > done]
+
+    async def flush(self) -> None:
+        target = self._queued_total
+        if self._reported_total < target:
+            event = trio.Event()
+            self._flush_waiters.append((target, event))
+            await event.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+        error, self._unreported = self._unreported, None
+        if isinstance(error, ProducerError):
+            raise error
+        if error is not None:
+            raise ProducerError(f"an on_delivery callback raised: {error!r}") from error
+
+    def partition_count(self, topic: str) -> int | None:
+        return self._broker.partition_count(topic)
+
+    def statistics(self) -> ProducerStatistics:
+        return ProducerStatistics(
+            queued=self._queued_total - self._reported_total,
+            delivered=self._delivered,
+            failed=self._failed,
+        )
+
+
+def _fair_take(
+    sources: Sequence[tuple[TP, list[Message], int]], limit: int, start: int
+) -> tuple[list[Message], dict[TP, int]]:
+    """Up to ``limit`` messages from partitions with data, an equal share each,
+    starting at ``sources[start]``; returns them and the new positions."""
+    share = max(1, -(-limit // len(sources)))
+    taken: list[Message] = []
+    positions: dict[TP, int] = {}
+    n = len(sources)
+    for i in range(n):
+        tp, log, position = sources[(start + i) % n]
+        room = limit - len(taken)
+        if room <= 0:
+            break
+        chunk = log[position : position + min(share, room)]
+        taken.extend(chunk)
+        positions[tp] = position + len(chunk)
+    return taken, positions
+
+
+class MemoryConsumer(_Waiter, Consumer):
+    """A member of a consumer group on a :class:`MemoryBroker`.
+
+    Attributes:
+        member_id: the member id; the RANGE assignor sorts members by it, and
+            ids grow with join order.
+    """
+
+    def __init__(
+        self,
+        broker: MemoryBroker,
+        settings: Settings,
+        group_id: str,
+        topics: Sequence[str],
+        listener: RebalanceListener,
+    ) -> None:
+        super().__init__()
+        self._broker = broker
+        self._settings = settings
+        self._group = broker._group(group_id)
+        self._topics = frozenset(topics)
+        self._listener = listener
+        self.member_id = broker._next_member_id(settings.broker_client_id)
+        self._assignment: frozenset[TP] = frozenset()
+        self._incoming: frozenset[TP] | None = None
+        self._must_revoke = False
+        self._positions: dict[TP, int] = {}
+        self._paused: set[TP] = set()
+        self._rotation = 0
+        self._closed = False
+        self._in_getmany = False
+
+    # -- membership (see the module docstring) ---------------------------------
+
+    def _join(self) -> None:
+        self._group.members[self.member_id] = self
+        self._group.start_rebalance()
+
+    async def _leave(self) -> None:
+        group = self._group
+        try:
+            with trio.move_on_after(self._settings.rebalance_drain_timeout, shield=True):
+                if self._assignment:
+                    await self._revoke()
+        finally:
+            self._set_assignment(frozenset())
+            self._closed = True
+            if group.members.get(self.member_id) is self:
+                del group.members[self.member_id]
+                group.start_rebalance()
+
+    async def _revoke(self) -> None:
+        revoked = self._assignment
+        offsets = await self._listener.on_partitions_revoked(revoked)
+        self._commit_now(offsets, allowed=revoked)
+        self._must_revoke = False
+        self._set_assignment(frozenset())
+        self._group.maybe_complete_rebalance()
+
+    async def _install(self, assigned: frozenset[TP]) -> None:
+        self._incoming = None
+        committed = self._group.committed
+        latest = self._settings.consumer_auto_offset_reset == "latest"
+        self._positions = {}
+        for tp in assigned:
+            end = self._broker.end_offset(tp)
+            offset = committed.get(tp)
+            if offset is None or offset > end:
+                offset = end if latest else 0
+            self._positions[tp] = offset
+        self._paused = set(assigned)
+        self._set_assignment(assigned)
+        # If cancelled inside the listener, the partitions stay installed and paused.
+        await self._listener.on_partitions_assigned(assigned)
+
+    def _set_assignment(self, tps: frozenset[TP]) -> None:
+        for tp in self._assignment - tps:
+            self._broker._partition(tp).waiters.discard(self)
+            self._positions.pop(tp, None)
+        self._paused &= tps
+        self._assignment = tps
+        self._watch()
+
+    def _watch(self) -> None:
+        for tp in self._assignment:
+            waiters = self._broker._partition(tp).waiters
+            if tp in self._paused:
+                waiters.discard(self)
+            else:
+                waiters.add(self)
+
+    # -- the Consumer interface ----------------------------------------------
+
+    async def getmany(self) -> list[Message]:
+        """Wait for messages; runs this member's rebalance callbacks when due.
+
+        Raises:
+            ClosedError: the consumer left its group.
+            trio.BusyResourceError: another task is in ``getmany()`` already.
+        """
+        if self._in_getmany:
+            raise trio.BusyResourceError("another task is already in getmany()")
+        self._in_getmany = True
+        try:
+            await trio.lowlevel.checkpoint()
+            while True:
+                if self._closed:
+                    raise ClosedError("getmany() on a consumer that left its group")
+                if self._must_revoke:
+                    await self._revoke()
+                    continue
+                incoming = self._incoming
+                if incoming is not None:
+                    await self._install(incoming)
+                    continue
+                batch = self._take()
+                if batch:
+                    return batch  # no checkpoint after taking: cancellation loses nothing
+                await self._sleep()
+        finally:
+            self._in_getmany = False
+
+    def _take(self) -> list[Message]:
+        positions = self._positions
+        sources = []
+        for tp, position in positions.items():
+            if tp in self._paused:
+                continue
+            log = self._broker._topics[tp.topic].partitions[tp.partition].log
+            if position < len(log):
+                sources.append((tp, log, position))
+        if not sources:
+            return []
+        self._rotation += 1
+        taken, moved = _fair_take(
+            sources, self._settings.consumer_max_batch, self._rotation % len(sources)
+        )
+        positions.update(moved)
+        return taken
+
+    def pause_nowait(self, tps: Collection[TP]) -> None:
+        """Stop returning messages from these partitions, from now on.
+
+        Partitions not assigned to this member are ignored.
+        """
+        self._paused.update(tp for tp in tps if tp in self._assignment)
+        self._watch()
+
+    def resume_nowait(self, tps: Collection[TP]) -> None:
+        self._paused.difference_update(tps)
+        self._watch()
+        self._wake()
+
+    async def commit(self, offsets: Mapping[TP, int]) -> None:
+        """Commit offsets of partitions assigned to this member.
+
+        Raises:
+            CommitError: a partition is not assigned to this member (it was
+                revoked, or never was), or an offset is negative.
+            ClosedError: the consumer left its group.
+        """
+        await trio.lowlevel.checkpoint()
+        if self._closed:
+            raise ClosedError("commit() on a consumer that left its group")
+        self._commit_now(offsets, allowed=self._assignment)
+
+    def _commit_now(self, offsets: Mapping[TP, int], *, allowed: frozenset[TP]) -> None:
+        for tp, offset in offsets.items():
+            if tp not in allowed:
+                raise CommitError(
+                    f"cannot commit {tp}: not assigned to member {self.member_id} "
+                    f"of group {self._group.group_id!r}"
+                )
+            if offset < 0:
+                raise CommitError(f"cannot commit negative offset {offset} for {tp}")
+        self._group.committed.update(offsets)
+
+    async def committed(self, tps: Collection[TP]) -> dict[TP, int | None]:
+        await trio.lowlevel.checkpoint()
+        committed = self._group.committed
+        return {tp: committed.get(tp) for tp in tps}
+
+    def assignment(self) -> frozenset[TP]:
+        return self._assignment
+
+    def position(self, tp: TP) -> int | None:
+        """The offset of the next message ``getmany()`` returns for ``tp``."""
+        return self._positions.get(tp)
+
+
+class MemoryReader(_Waiter, Reader):
+    """A manually assigned reader with end-of-partition events."""
+
+    def __init__(self, broker: MemoryBroker, settings: Settings) -> None:
+        super().__init__()
+        self._broker = broker
+        self._settings = settings
+        self._positions: dict[TP, int] = {}
+        self._eof_reported: set[TP] = set()
+        self._rotation = 0
+        self._closed = False
+
+    def assign_nowait(self, offsets: Mapping[TP, int]) -> None:
+        """Start reading each partition at an offset, OFFSET_BEGINNING or OFFSET_END.
+
+        An offset past the end starts by ``consumer_auto_offset_reset``.
+
+        Raises:
+            TopicError: the topic or partition does not exist.
+            ValueError: an offset is negative and not one of the two constants.
+        """
+        if self._closed:
+            raise ClosedError("assign_nowait() on a closed reader")
+        for tp, offset in offsets.items():
+            part = self._broker._partition(tp)
+            end = len(part.log)
+            if offset == OFFSET_BEGINNING:
+                offset = 0
+            elif offset == OFFSET_END:
+                offset = end
+            elif offset < 0:
+                raise ValueError(f"bad start offset {offset} for {tp}")
+            elif offset > end:
+                offset = end if self._settings.consumer_auto_offset_reset == "latest" else 0
+            self._positions[tp] = offset
+            self._eof_reported.discard(tp)
+            part.waiters.add(self)
+        self._wake()
+
+    def unassign_nowait(self, tps: Iterable[TP]) -> None:
+        for tp in tps:
+            if self._positions.pop(tp, None) is not None:
+                self._eof_reported.discard(tp)
+                self._broker._partition(tp).waiters.discard(self)
+
+    async def getmany(self) -> ReaderBatch:
+        await trio.lowlevel.checkpoint()
+        while True:
+            if self._closed:
+                raise ClosedError("getmany() on a closed reader")
+            batch = self._take()
+            if batch is not None:
+                return batch
+            await self._sleep()
+
+    def _take(self) -> ReaderBatch | None:
+        topics = self._broker._topics
+        sources = []
+        for tp, position in self._positions.items():
+            log = topics[tp.topic].partitions[tp.partition].log
+            if position < len(log):
+                sources.append((tp, log, position))
+        messages: list[Message] = []
+        if sources:
+            self._rotation += 1
+            messages, moved = _fair_take(
+                sources, self._settings.consumer_max_batch, self._rotation % len(sources)
+            )
+            self._positions.update(moved)
+            self._eof_reported.difference_update(moved)
+        eof = set()
+        for tp, position in self._positions.items():
+            if tp not in self._eof_reported and position == len(
+                topics[tp.topic].partitions[tp.partition].log
+            ):
+                eof.add(tp)
+        self._eof_reported |= eof
+        if not messages and not eof:
+            return None
+        return ReaderBatch(messages, frozenset(eof))

@@ -1,0 +1,378 @@
+"""The worker: one trio nursery tree per process.
+
+::
+
+    Worker.serve                       root nursery; stop and crash handling
+    ├── producer                       (transport's open_producer)
+    ├── consumer                       (transport's open_consumer; rebalance listener = Worker)
+    └── work nursery
+        ├── fetcher                    consumer batches -> per-partition lanes
+        ├── commit loop                Committer.serve
+        ├── agents                     each a nursery of actors
+        ├── services, timers, tasks
+        └── ...
+
+Shutdown (a stop request, a signal, or a crash): stop intake, let in-flight
+events finish, commit, all under ``shutdown_timeout`` with a shield; then
+cancel the work nursery, leave the group, flush and close the producer. A
+crash is re-raised after that, so ``streamtrio run`` exits non-zero.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._commit import Committer
+from ._exceptions import StreamtrioError, TopicError, WorkerError
+from ._lanes import Inbox, Lane
+from ._stream import ChannelSource, Source, TopicSource
+from ._timers import serve_service, serve_task, serve_timer
+from ._topic import Topic
+from ._transports.base import Consumer, Producer
+from ._types import TP, Message
+
+if TYPE_CHECKING:
+    from ._app import App
+
+__all__ = ["Worker"]
+
+log = logging.getLogger(__name__)
+
+AssignHook = Callable[[frozenset[TP]], Awaitable[None]]
+
+
+def _offset_of(message: Message) -> int:
+    return message.offset
+
+
+class Worker:
+    """Runs an app: consumes its topics, runs its agents, commits what they finished.
+
+    Use :func:`streamtrio.serve` (inside trio) or :func:`streamtrio.run`.
+    """
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.transport = app._transport()
+        self.producer: Producer | None = None
+        self.consumer: Consumer | None = None
+        self.committer: Committer | None = None
+        self.assigned: set[TP] = set()
+        self.generation = 0
+        self.error: BaseException | None = None
+        self.stopping = False
+        self.ready = False
+        self._stop: trio.Event | None = None
+        self._topic_inboxes: list[tuple[Topic[Any], Inbox[Message]]] = []
+        self._channel_inboxes: list[Inbox[Any]] = []
+        self._routes: dict[str, list[Inbox[Message]]] = {}
+        self._paused: set[TP] = set()
+        self._recovering: set[TP] = set()
+        self._fetch_scope: trio.CancelScope | None = None
+        #: awaited with newly assigned partitions before they are resumed (tables recover here)
+        self.on_assign_hooks: list[AssignHook] = []
+        #: awaited with revoked partitions after their last commit (tables release them)
+        self.on_revoke_hooks: list[AssignHook] = []
+
+    # -- control --------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the worker to shut down gracefully."""
+        if self._stop is not None:
+            self._stop.set()
+
+    def crash(self, error: BaseException) -> None:
+        """Stop because of ``error``; the first error is re-raised by :meth:`serve`."""
+        if self.error is None:
+            self.error = error
+            log.error("worker stopping because of an error: %s", error, exc_info=error)
+        self.stop()
+
+    async def _guard(self, what: str, fn: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            await fn()
+        except Exception as exc:
+            error = exc if isinstance(exc, StreamtrioError) else WorkerError(f"{what} failed: {exc!r}")
+            if error is not exc:
+                error.__cause__ = exc
+            self.crash(error)
+
+    # -- topology -------------------------------------------------------------
+
+    def _source_topics(self) -> list[Topic[Any]]:
+        return [agent.channel for agent in self.app.agents.values() if isinstance(agent.channel, Topic)]
+
+    def _subscription(self) -> list[str]:
+        if not self.app._needs_group():
+            return []
+        names: list[str] = [self.app.leader_topic_name]
+        for topic in self._source_topics():
+            if topic.pattern is not None:
+                names.append("^" + topic.pattern.pattern)
+            else:
+                names.extend(n for n in topic.topics if n not in names)
+        return names
+
+    async def _declare_topics(self) -> None:
+        await self.app.declare_topics()
+        counts = await self.transport.partition_counts([n for t in self._source_topics() for n in t.topics])
+        for topic in self._source_topics():
+            names = [n for n in topic.topics if n in counts]
+            if len({counts[n] for n in names}) > 1:
+                layout = ", ".join(f"{n} has {counts[n]}" for n in names)
+                raise TopicError(
+                    f"topics consumed together must be co-partitioned (equal partition counts): {layout}"
+                )
+        self._partition_counts = counts
+
+    def _route(self, topic_name: str) -> list[Inbox[Message]]:
+        inboxes = self._routes.get(topic_name)
+        if inboxes is None:
+            inboxes = self._routes[topic_name] = [
+                inbox for topic, inbox in self._topic_inboxes if topic.matches(topic_name)
+            ]
+        return inboxes
+
+    def _subscribe_agents(self) -> list[tuple[Any, Source[Any]]]:
+        high_water = self.app.conf.stream_buffer_maxsize
+        plan: list[tuple[Any, Source[Any]]] = []
+        for agent in self.app.agents.values():
+            channel = agent.channel
+            source: Source[Any]
+            if isinstance(channel, Topic):
+                inbox: Inbox[Message] = Inbox(_offset_of, high_water=high_water, flow=self)
+                self._topic_inboxes.append((channel, inbox))
+                source = TopicSource(self.app, inbox, channel.schema, agent=agent.name)
+            else:
+                channel_inbox = channel._subscribe()
+                self._channel_inboxes.append(channel_inbox)
+                source = ChannelSource(channel_inbox)
+            plan.append((agent, source))
+        return plan
+
+    # -- flow control (lanes call these) ----------------------------------------
+
+    def on_lane_full(self, tp: TP | None) -> None:
+        if tp is not None and tp not in self._paused and self.consumer is not None:
+            self._paused.add(tp)
+            self.consumer.pause_nowait([tp])
+
+    def on_lane_drained(self, tp: TP | None) -> None:
+        if tp is None or tp not in self._paused or self.consumer is None:
+            return
+        for inbox in self._route(tp.topic):
+            lane = inbox.lanes.get(tp)
+            if lane is not None and len(lane.buffer) > lane.low_water:
+                return
+        self._paused.discard(tp)
+        if tp not in self._recovering:
+            self.consumer.resume_nowait([tp])
+
+    # -- the rebalance listener ------------------------------------------------
+
+    async def on_partitions_assigned(self, assigned: frozenset[TP]) -> None:
+        self.generation += 1
+        self.assigned |= assigned
+        self._recovering |= assigned
+        for tp in assigned:
+            for inbox in self._route(tp.topic):
+                inbox.add_lane(tp)
+        for hook in self.on_assign_hooks:
+            await hook(assigned)
+        self._recovering -= assigned
+        self._paused -= assigned
+        if self.consumer is not None and assigned:
+            self.consumer.resume_nowait(assigned)
+        log.info("assigned %s", _tps(assigned))
+
+    async def on_partitions_revoked(self, revoked: frozenset[TP]) -> Mapping[TP, int]:
+        self.generation += 1
+        lanes: list[Lane[Message]] = []
+        for tp in revoked:
+            for inbox in self._route(tp.topic):
+                lane = inbox.revoke_lane(tp)
+                if lane is not None:
+                    lanes.append(lane)
+        if not self.stopping:
+            await self._wait_idle(lanes, self.app.conf.rebalance_drain_timeout, "rebalance")
+        offsets: dict[TP, int] = {}
+        for lane in lanes:
+            frontier = lane.frontier()
+            if frontier is not None and lane.tp is not None:
+                offsets[lane.tp] = min(frontier, offsets.get(lane.tp, frontier))
+        todo: dict[TP, int] = {}
+        if self.committer is not None:
+            with trio.move_on_after(self.app.conf.rebalance_drain_timeout, shield=True):
+                todo = await self.committer.prepare(offsets=offsets)
+                self.committer.forget(revoked)
+        for hook in self.on_revoke_hooks:
+            await hook(revoked)
+        self.assigned -= revoked
+        self._paused -= revoked
+        log.info("revoked %s (committing %s)", _tps(revoked), {str(k): v for k, v in todo.items()})
+        return todo
+
+    async def _wait_idle(self, lanes: Collection[Lane[Any]], grace: float, why: str) -> None:
+        """Wait (shielded, at most ``grace`` seconds) until no event of ``lanes`` is in flight."""
+        with trio.move_on_after(grace, shield=True) as scope:
+            # Acks happen on the hot path and notify nobody; polling here, only
+            # during a rebalance or shutdown, keeps them cheap.
+            while any(lane.unacked() > 0 for lane in lanes):  # noqa: ASYNC110
+                await trio.sleep(0.005)
+        if scope.cancelled_caught:
+            busy = [str(lane.tp) for lane in lanes if lane.unacked() > 0]
+            log.warning(
+                "%s: events still in flight after %.1fs on %s; they will be processed again",
+                why,
+                grace,
+                ", ".join(busy),
+            )
+
+    # -- frontiers ---------------------------------------------------------------
+
+    def frontiers(self, tps: Collection[TP] | None = None) -> dict[TP, int]:
+        """The committable offset of each assigned partition (min over its subscribers)."""
+        result: dict[TP, int] = {}
+        for _topic, inbox in self._topic_inboxes:
+            for tp, offset in inbox.frontiers(tps).items():
+                current = result.get(tp)
+                if current is None or offset < current:
+                    result[tp] = offset
+        return result
+
+    def in_flight(self) -> set[TP]:
+        busy: set[TP] = set()
+        for _topic, inbox in self._topic_inboxes:
+            for tp, lane in inbox.lanes.items():
+                if tp is not None and lane.unacked() > 0:
+                    busy.add(tp)
+        return busy
+
+    # -- the fetcher ---------------------------------------------------------------
+
+    async def _fetch(self) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        route = self._route
+        with trio.CancelScope() as scope:
+            self._fetch_scope = scope
+            while True:
+                batch = await consumer.getmany()
+                n = len(batch)
+                i = 0
+                while i < n:
+                    first = batch[i]
+                    topic = first.topic
+                    partition = first.partition
+                    j = i + 1
+                    while j < n and batch[j].partition == partition and batch[j].topic == topic:
+                        j += 1
+                    run = batch if (i == 0 and j == n) else batch[i:j]
+                    tp = TP(topic, partition)
+                    for inbox in route(topic):
+                        inbox.feed(tp, run, first.offset, batch[j - 1].offset)
+                    i = j
+
+    # -- running -------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until :meth:`stop` (or a crash); readiness is reported once agents run.
+
+        Raises:
+            StreamtrioError: the worker could not start, or stopped because of an error.
+        """
+        app = self.app
+        conf = app.conf
+        self._stop = trio.Event()
+        if app._worker is not None:
+            raise WorkerError(f"app {app.conf.appid!r} is already running a worker")
+        app._worker = self
+        try:
+            await self._declare_topics()
+            async with AsyncExitStack() as stack:
+                self.producer = await stack.enter_async_context(self.transport.open_producer())
+                app._producer = self.producer
+                plan = self._subscribe_agents()
+                subscription = self._subscription()
+                if subscription:
+                    self.consumer = await stack.enter_async_context(
+                        self.transport.open_consumer(group_id=conf.appid, topics=subscription, listener=self)
+                    )
+                    self.committer = Committer(
+                        frontiers=self.frontiers,
+                        in_flight=self.in_flight,
+                        consumer=self.consumer,
+                        producer=self.producer,
+                        interval=conf.commit_interval,
+                        generation=lambda: self.generation,
+                    )
+                    for participant in app._commit_participants:
+                        self.committer.participants.append(participant)
+                async with trio.open_nursery() as work:
+                    for agent, source in plan:
+                        await work.start(agent._serve, self, source)
+                    if self.consumer is not None and self.committer is not None:
+                        work.start_soon(self._guard, "fetcher", self._fetch)
+                        work.start_soon(self._guard, "commit loop", self.committer.serve)
+                    for service in app._services:
+                        await work.start(serve_service, self, service)
+                    for timer in app._timers:
+                        work.start_soon(serve_timer, self, timer)
+                    for task in app._tasks:
+                        work.start_soon(serve_task, self, task)
+                    self.ready = True
+                    log.info("%s", app._banner())
+                    task_status.started(self)
+                    await self._stop.wait()
+                    await self._shutdown()
+                    work.cancel_scope.cancel()
+        finally:
+            self.ready = False
+            app._worker = None
+            app._producer = None
+        if self.error is not None:
+            raise self.error
+
+    async def _shutdown(self) -> None:
+        conf = self.app.conf
+        self.stopping = True
+        log.info(
+            "stopping: draining in-flight events and committing (grace %.1fs)",
+            conf.shutdown_timeout,
+        )
+        with trio.move_on_after(conf.shutdown_timeout, shield=True) as scope:
+            if self._fetch_scope is not None:
+                self._fetch_scope.cancel()
+            inboxes: list[Inbox[Any]] = [inbox for _t, inbox in self._topic_inboxes] + self._channel_inboxes
+            for inbox in inboxes:
+                inbox.close()
+            lanes = [lane for inbox in inboxes for lane in inbox.lanes.values()]
+            await self._wait_idle(lanes, conf.shutdown_timeout, "shutdown")
+            if self.committer is not None:
+                try:
+                    committed = await self.committer.commit()
+                except StreamtrioError as exc:
+                    log.error("final commit failed: %s", exc)
+                    if self.error is None:
+                        self.error = exc
+                else:
+                    log.info(
+                        "final commit: %s",
+                        {str(tp): off for tp, off in committed.items()} or "nothing new",
+                    )
+        if scope.cancelled_caught:
+            log.warning("shutdown grace period (%.1fs) ran out", conf.shutdown_timeout)
+
+
+def _tps(tps: Collection[TP]) -> str:
+    if not tps:
+        return "nothing"
+    by_topic: dict[str, list[int]] = {}
+    for tp in tps:
+        by_topic.setdefault(tp.topic, []).append(tp.partition)
+    return ", ".join(f"{t}{sorted(p)}" for t, p in sorted(by_topic.items()))

@@ -1,0 +1,102 @@
+"""The command line, run as a user would: real processes, exit codes, signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "streamtrio"]
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_crashing_agent_exits_non_zero_with_traceback_and_offset() -> None:
+    result = run_cli("run", "tests/apps/crashing.py", "--loglevel", "info")
+    assert result.returncode == 1, result.stderr
+    assert "processed 5" in result.stdout
+    assert "processed 6" not in result.stdout
+    assert "RuntimeError: five is not allowed" in result.stderr
+    assert "topic='numbers' partition=0 offset=5" in result.stderr
+    # the final commit stops before the failing event
+    assert "final commit: {'numbers[0]': 5}" in result.stderr
+
+
+def test_sigint_stops_gracefully_with_offsets_committed() -> None:
+    proc = subprocess.Popen(
+        [*CLI, "run", "examples/wordcount.py"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # the first report: the worker is processing
+        assert "words counted" in line
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - started
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert elapsed < 30
+    assert "shutting down gracefully" in err
+    assert "final commit: {'sentences[" in err
+
+
+def test_bad_app_paths_are_clear_errors() -> None:
+    missing = run_cli("run", "tests/apps/nope.py")
+    assert missing.returncode == 2
+    assert "no such file 'tests/apps/nope.py'" in missing.stderr
+    no_module = run_cli("agents", "no_such_module_xyz")
+    assert no_module.returncode == 2
+    assert "cannot import 'no_such_module_xyz'" in no_module.stderr
+    wrong_attr = run_cli("agents", "tests/apps/crashing.py:application")
+    assert wrong_attr.returncode == 2
+    assert "has no attribute 'application' (it has: app)" in wrong_attr.stderr
+
+
+def test_bad_setting_on_command_line_is_a_clear_error() -> None:
+    result = run_cli("run", "tests/apps/crashing.py", "--broker", "amqp://x")
+    assert result.returncode == 2
+    assert "setting 'broker': unsupported URL 'amqp://x'" in result.stderr
+
+
+def test_agents_and_topics_listings() -> None:
+    agents = run_cli("agents", "tests/apps/crashing.py")
+    assert agents.returncode == 0, agents.stderr
+    assert agents.stdout.startswith("fragile\t<- numbers\tconcurrency 1")
+    topics = run_cli("topics", "examples/wordcount.py")
+    assert topics.returncode == 0, topics.stderr
+    assert "sentences\t4 partitions\tsource" in topics.stdout
+
+
+def test_app_main_gives_the_same_cli() -> None:
+    result = subprocess.run(
+        [sys.executable, "examples/wordcount.py", "agents"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "count_words\t<- sentences\tconcurrency 2" in result.stdout
+
+
+def test_console_script_help() -> None:
+    result = subprocess.run(["streamtrio", "--help"], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0
+    for command in ("run", "send", "topics", "agents"):
+        assert command in result.stdout
