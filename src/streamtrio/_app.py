@@ -25,8 +25,7 @@ from ._types import TP, Headers, Message, RecordMetadata, TopicSpec
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from ._commit import CommitParticipant
-    from ._worker import Worker
+    from ._worker import Component, Worker
 
 __all__ = ["App"]
 
@@ -78,7 +77,8 @@ class App:
         self._tasks: list[Task] = []
         self._services: list[Service] = []
         self._commands: list[tuple[Callable[..., Any], dict[str, Any]]] = []
-        self._commit_participants: list[CommitParticipant] = []
+        #: parts of the worker with their own lifetime (table manager, web server)
+        self._components: list[Component] = []
         self._worker: Worker | None = None
         self._producer: Producer | None = None
         self._transport_obj: Transport | None = None
@@ -245,6 +245,10 @@ class App:
             return fun
 
         return decorator
+
+    # -- tables ------------------------------------------------------------------
+
+    # -- web -----------------------------------------------------------------------
 
     # -- sending -------------------------------------------------------------------
 

@@ -23,11 +23,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from ._commit import Committer
+from ._commit import CommitParticipant, Committer
 from ._exceptions import StreamtrioError, TopicError, WorkerError
 from ._lanes import Inbox, Lane
 from ._stream import ChannelSource, Source, TopicSource
@@ -44,6 +44,23 @@ __all__ = ["Worker"]
 log = logging.getLogger(__name__)
 
 AssignHook = Callable[[frozenset[TP]], Awaitable[None]]
+
+
+class Component(Protocol):
+    """A part of the worker with a lifetime of its own (the table manager, the web server).
+
+    ``attach`` runs before the consumer joins the group (register rebalance
+    hooks and commit participants there). ``serve`` is started next, in a
+    nursery that outlives the consumer, so a component still runs while the
+    group is left and the last offsets are committed; it reports readiness
+    with ``task_status.started()`` and is cancelled after the consumer closed.
+    """
+
+    name: str
+
+    def attach(self, worker: Worker) -> None: ...
+
+    async def serve(self, worker: Worker, *, task_status: trio.TaskStatus[None]) -> None: ...
 
 
 def _offset_of(message: Message) -> int:
@@ -78,6 +95,8 @@ class Worker:
         self.on_assign_hooks: list[AssignHook] = []
         #: awaited with revoked partitions after their last commit (tables release them)
         self.on_revoke_hooks: list[AssignHook] = []
+        #: act at every commit (tables produce their changelog, then persist)
+        self.commit_participants: list[CommitParticipant] = []
 
     # -- control --------------------------------------------------------------
 
@@ -297,6 +316,12 @@ class Worker:
             async with AsyncExitStack() as stack:
                 self.producer = await stack.enter_async_context(self.transport.open_producer())
                 app._producer = self.producer
+                components = await stack.enter_async_context(trio.open_nursery())
+                # Unwinds before the nursery exits: the consumer has left by then.
+                stack.callback(components.cancel_scope.cancel)
+                for component in app._components:
+                    component.attach(self)
+                    await components.start(component.serve, self)
                 plan = self._subscribe_agents()
                 subscription = self._subscription()
                 if subscription:
@@ -311,8 +336,7 @@ class Worker:
                         interval=conf.commit_interval,
                         generation=lambda: self.generation,
                     )
-                    for participant in app._commit_participants:
-                        self.committer.participants.append(participant)
+                    self.committer.participants.extend(self.commit_participants)
                 async with trio.open_nursery() as work:
                     for agent, source in plan:
                         await work.start(agent._serve, self, source)
