@@ -11,6 +11,7 @@ from ._commit import CommitStatistics
 from ._exceptions import (
     AgentError,
     AppLoadError,
+    AskTimeoutError,
     BrokerUnavailableError,
     ClosedError,
     CodecError,
@@ -45,6 +46,7 @@ __all__ = [
     "AgentError",
     "App",
     "AppLoadError",
+    "AskTimeoutError",
     "BrokerUnavailableError",
     "Channel",
     "ClosedError",

@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union
 
 import trio
 
 from ._exceptions import AgentError, ConfigurationError
-from ._stream import Source, Stream
+from ._rpc import chunked_replies, collect, send_reply
+from ._stream import Source, Stream, current_event
 from ._topic import Channel, Topic
 from ._types import Headers, RecordMetadata
 
@@ -114,6 +115,70 @@ class Agent(Generic[T]):
         """Send a value to the agent without waiting for a reply (like ``send``)."""
         await self.send(key=key, value=value, partition=partition)
 
+    # -- RPC ----------------------------------------------------------------
+
+    async def ask(
+        self,
+        value: Any = None,
+        *,
+        key: Any = None,
+        partition: int | None = None,
+        headers: Headers | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - Faust's signature; the error names the agent
+    ) -> Any:
+        """Send ``value`` to the agent and wait for the value it yields for it.
+
+        Raises:
+            AskTimeoutError: no reply within ``timeout`` (default ``ask_timeout``).
+        """
+        return await self.app._rpc.ask(
+            self,
+            value,
+            key=key,
+            partition=partition,
+            headers=headers,
+            deadline=self._timeout(timeout),
+        )
+
+    async def map(
+        self,
+        values: Iterable[Any] | AsyncIterable[Any],
+        *,
+        key: Any = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> AsyncIterator[Any]:
+        """Ask for every value concurrently; yield the replies in input order."""
+        items = [(key, value) for value in await collect(values)]
+        async for reply in chunked_replies(self.app._rpc, self, items, self._timeout(timeout)):
+            yield reply
+
+    async def kvmap(
+        self,
+        items: Mapping[Any, Any] | Iterable[tuple[Any, Any]] | AsyncIterable[tuple[Any, Any]],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> AsyncIterator[tuple[Any, Any]]:
+        """Ask for every (key, value) concurrently; yield (key, reply) in input order."""
+        pairs: list[tuple[Any, Any]] = await collect(items.items() if isinstance(items, Mapping) else items)
+        index = 0
+        async for reply in chunked_replies(self.app._rpc, self, pairs, self._timeout(timeout)):
+            yield pairs[index][0], reply
+            index += 1
+
+    async def join(
+        self,
+        values: Iterable[Any] | AsyncIterable[Any],
+        *,
+        key: Any = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> list[Any]:
+        """Ask for every value concurrently; return the replies in input order."""
+        items = [(key, value) for value in await collect(values)]
+        return await self.app._rpc.gather(self, items, deadline=self._timeout(timeout))
+
+    def _timeout(self, timeout: float | None) -> float:
+        return self.app.conf.ask_timeout if timeout is None else timeout
+
     def add_sink(self, sink: SinkT) -> None:
         if sink not in self.sinks:
             self.sinks.append(sink)
@@ -149,9 +214,14 @@ class Agent(Generic[T]):
     async def _execute(self, stream: Stream[T]) -> None:
         result = self.fun(stream)
         if inspect.isasyncgen(result):
+            app = self.app
             async with aclosing(result) as gen:
                 async for value in gen:
-                    await self._deliver(value)
+                    event = current_event()
+                    if event is not None and event.headers:
+                        send_reply(app, event, value)
+                    if self.sinks:
+                        await self._deliver(value)
         elif inspect.isawaitable(result):
             await result
         else:

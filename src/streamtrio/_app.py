@@ -13,9 +13,12 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import trio
+
 from ._agent import Agent, AgentFun, SinkT
 from ._codecs import Codec
 from ._exceptions import ClosedError, ConfigurationError
+from ._rpc import ReplyConsumer
 from ._settings import Settings, parse_duration
 from ._stream import ChannelSource, IterableSource, Stream
 from ._timers import Service, Task, Timer
@@ -79,6 +82,8 @@ class App:
         self._commands: list[tuple[Callable[..., Any], dict[str, Any]]] = []
         #: parts of the worker with their own lifetime (table manager, web server)
         self._components: list[Component] = []
+        self._rpc = ReplyConsumer(self)
+        self._components.append(self._rpc)
         self._worker: Worker | None = None
         self._producer: Producer | None = None
         self._transport_obj: Transport | None = None
@@ -325,12 +330,14 @@ class App:
             yield self
             return
         await self.declare_topics()
-        async with self._transport().open_producer() as producer:
+        async with self._transport().open_producer() as producer, trio.open_nursery() as nursery:
             self._producer = producer
             try:
+                await nursery.start(self._rpc.serve, None)
                 yield self
             finally:
                 self._producer = None
+                nursery.cancel_scope.cancel()
 
     def is_leader(self) -> bool:
         """Whether this worker is the leader (owns partition 0 of the leader topic)."""

@@ -22,6 +22,7 @@ raised ``from`` the original, so the cause is never lost::
     │   ├── StoreError               the state store failed
     │   └── RecoveryTimeoutError     changelog replay of a partition stalled
     ├── AgentError                   an agent crashed (wraps the original exception)
+    ├── AskTimeoutError              an agent did not reply to ``ask`` in time
     └── WorkerError                  the worker could not start or stopped on error
 """
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 __all__ = [
     "AgentError",
     "AppLoadError",
+    "AskTimeoutError",
     "BrokerUnavailableError",
     "ClosedError",
     "CodecError",
@@ -151,6 +153,10 @@ class RecoveryTimeoutError(TableError):
 
 class AgentError(StreamtrioError):
     """An agent raised; the original exception is the ``__cause__``."""
+
+
+class AskTimeoutError(StreamtrioError, TimeoutError):
+    """An agent did not reply to ``ask`` within the timeout (the message names the agent)."""
 
 
 class WorkerError(StreamtrioError):

@@ -133,6 +133,7 @@ def _options() -> dict[str, _Option]:
             minimum=0.0,
         ),
         _Option("agent_restart_backoff_max", 30.0, "duration", "Largest restart delay", minimum=0.0),
+        _Option("ask_timeout", 30.0, "duration", "Seconds agent.ask() waits for a reply", minimum=0.0),
         _Option(
             "rebalance_drain_timeout",
             30.0,

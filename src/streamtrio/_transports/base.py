@@ -252,9 +252,7 @@ class Transport(ABC):
         self.settings = settings
 
     @abstractmethod
-    def open_producer(
-        self, *, transactional_id: str | None = None
-    ) -> AbstractAsyncContextManager[Producer]:
+    def open_producer(self, *, transactional_id: str | None = None) -> AbstractAsyncContextManager[Producer]:
         """Open a producer; on exit it is flushed (bounded) and closed."""
 
     @abstractmethod
