@@ -27,7 +27,7 @@ import trio
 
 from ._exceptions import AgentError, ConfigurationError
 from ._rpc import chunked_replies, collect, send_reply
-from ._stream import Source, Stream, current_event
+from ._stream import ChannelSource, KeyedSource, Source, Stream, TopicSource, _ActorSource, current_event
 from ._topic import Channel, Topic
 from ._types import Headers, RecordMetadata
 
@@ -231,9 +231,13 @@ class Agent(Generic[T]):
         self, worker: Worker, source: Source[T], *, task_status: Any = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Run the actors until cancelled (or, with on_error='stop', until one crashes)."""
+        keyed = None
+        if self.concurrency > 1 and isinstance(source, TopicSource | ChannelSource):
+            keyed = KeyedSource(source, self.concurrency)
         async with trio.open_nursery() as nursery:
             for index in range(self.concurrency):
-                nursery.start_soon(self._run_actor, worker, source, index)
+                actor_source: Source[T] = keyed.for_actor(index) if keyed is not None else source
+                nursery.start_soon(self._run_actor, worker, actor_source, index)
             task_status.started()
 
     async def _run_actor(self, worker: Worker, source: Source[T], index: int) -> None:
@@ -264,6 +268,8 @@ class Agent(Generic[T]):
                     log.error("agent %s raised; event sent to the dead-letter topic", label, exc_info=exc)
                     continue
                 held = stream.release_held(exc, retry=False)
+                if isinstance(source, _ActorSource):
+                    source.abandon_pending(exc)
                 error = AgentError(f"agent {label} raised {type(exc).__name__}: {exc} (on {_describe(held)})")
                 error.__cause__ = exc
                 worker.crash(error)

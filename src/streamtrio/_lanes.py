@@ -292,6 +292,13 @@ class Inbox(Generic[T]):
                 return got
             await self._lot.park()
 
+    async def wait(self) -> None:
+        """Park until something is fed or :meth:`wake_all` is called (may wake spuriously)."""
+        await self._lot.park()
+
+    def wake_all(self) -> None:
+        self._lot.unpark_all()
+
     def unacked(self) -> int:
         return sum(lane.unacked() for lane in self.lanes.values())
 

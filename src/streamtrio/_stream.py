@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -272,6 +273,75 @@ class IterableSource(Generic[T]):
 
     def release(self, event: Event[T], error: BaseException, *, retry: bool) -> None:
         pass
+
+
+class KeyedSource(Generic[T]):
+    """Routes events by key so that one key is always processed by one actor, in order.
+
+    Used for agents with ``concurrency > 1``. An actor takes events from the
+    shared source; one whose key belongs to another actor is moved to that
+    actor's queue (it stays in flight, so the commit frontier still holds
+    behind it). Events without a key go to whichever actor takes them.
+    """
+
+    def __init__(self, inner: TopicSource[T] | ChannelSource[T], actors: int) -> None:
+        self.inner = inner
+        self.actors = actors
+        self.queues: list[deque[Event[T]]] = [deque() for _ in range(actors)]
+
+    def for_actor(self, index: int) -> _ActorSource[T]:
+        return _ActorSource(self, index)
+
+    def _route(self, event: Event[T]) -> int | None:
+        key = event.message.key if isinstance(self.inner, TopicSource) else event.key
+        if key is None:
+            return None
+        try:
+            return hash(key) % self.actors
+        except TypeError:
+            return None
+
+
+class _ActorSource(Generic[T]):
+    """One actor's view of a :class:`KeyedSource`."""
+
+    def __init__(self, keyed: KeyedSource[T], index: int) -> None:
+        self.keyed = keyed
+        self.index = index
+        self.queue = keyed.queues[index]
+
+    def take_nowait(self) -> Event[T] | None:
+        if self.queue:
+            return self.queue.popleft()
+        keyed = self.keyed
+        while True:
+            event = keyed.inner.take_nowait()
+            if event is None:
+                return None
+            target = keyed._route(event)
+            if target is None or target == self.index:
+                return event
+            keyed.queues[target].append(event)
+            keyed.inner.inbox.wake_all()
+
+    async def take(self) -> Event[T]:
+        while True:
+            event = self.take_nowait()
+            if event is not None:
+                return event
+            await self.keyed.inner.inbox.wait()
+
+    def release(self, event: Event[T], error: BaseException, *, retry: bool) -> None:
+        if retry and not event.acked:
+            # Back to the front of this actor's queue: the key's order holds.
+            self.queue.appendleft(event)
+        else:
+            self.keyed.inner.release(event, error, retry=False)
+
+    def abandon_pending(self, error: BaseException) -> None:
+        """The actor died for good: its queued events stay unacked and are not waited for."""
+        while self.queue:
+            self.keyed.inner.release(self.queue.popleft(), error, retry=False)
 
 
 class Stream(Generic[T]):
