@@ -485,3 +485,80 @@ async def test_stall_is_reported(
         assert worker.committer.statistics().stalled == {TP("stuck", 0): 0}
         never.set()
     assert "partition stuck[0] is stalled" in caplog.text
+
+
+async def test_noack_commits_only_what_the_agent_acked(app_factory: AppFactory, broker: MemoryBroker) -> None:
+    app = app_factory(commit_interval=0.01)
+    topic = app.topic("manual", value_type=int, partitions=1)
+    later: list[streamtrio.Event[int]] = []
+
+    @app.agent(topic)
+    async def manual(stream: streamtrio.Stream[int]) -> None:
+        async for event in stream.noack().events():
+            if event.value < 3:
+                event.ack()
+            else:
+                later.append(event)
+
+    async with running(app):
+        await produce(app, topic, [(None, v) for v in range(6)])
+        await wait_for(lambda: len(later) == 3)
+        await wait_for(lambda: broker.committed("testapp").get(TP("manual", 0)) == 3)
+        await trio.sleep(0.05)
+        assert broker.committed("testapp")[TP("manual", 0)] == 3
+        for event in later:
+            event.ack()
+        await wait_for(lambda: broker.committed("testapp")[TP("manual", 0)] == 6)
+
+
+async def test_echo_copies_to_topics(app_factory: AppFactory, broker: MemoryBroker) -> None:
+    app = app_factory(commit_interval=0.01)
+    source = app.topic("in", key_type=str, value_type=int, partitions=2)
+    audit = app.topic("audit", key_type=str, value_type=int, partitions=2)
+    seen: list[int] = []
+
+    @app.agent(source)
+    async def passthrough(stream: streamtrio.Stream[int]) -> None:
+        async for value in stream.echo(audit):
+            seen.append(value)
+
+    async with running(app):
+        await produce(app, source, [(f"k{v}", v) for v in range(10)])
+        await wait_for(lambda: len(seen) == 10)
+        await wait_for(lambda: sum(broker.end_offset(TP("audit", p)) for p in range(2)) == 10)
+    copied = {(m.key, int(m.value or b"")) for m in all_messages(broker, "audit")}
+    assert copied == {(f"k{v}".encode(), v) for v in range(10)}
+    # same key -> same partition number as the source
+    for p in range(2):
+        assert {m.key for m in broker.messages("audit", p)} == {m.key for m in broker.messages("in", p)}
+
+
+async def test_two_agents_on_one_topic_each_get_every_event(
+    app_factory: AppFactory, broker: MemoryBroker
+) -> None:
+    app = app_factory(commit_interval=0.01)
+    topic = app.topic("fanout", value_type=int, partitions=1)
+    fast: list[int] = []
+    slow: list[int] = []
+    gate = trio.Event()
+
+    @app.agent(topic)
+    async def first(stream: streamtrio.Stream[int]) -> None:
+        async for value in stream:
+            fast.append(value)
+
+    @app.agent(topic)
+    async def second(stream: streamtrio.Stream[int]) -> None:
+        async for value in stream:
+            await gate.wait()
+            slow.append(value)
+
+    async with running(app):
+        await produce(app, topic, [(None, v) for v in range(5)])
+        await wait_for(lambda: fast == [0, 1, 2, 3, 4])
+        await trio.sleep(0.05)
+        # the slow subscriber still holds offset 0: nothing may be committed
+        assert broker.committed("testapp").get(TP("fanout", 0), 0) == 0
+        gate.set()
+        await wait_for(lambda: broker.committed("testapp").get(TP("fanout", 0)) == 5)
+    assert slow == [0, 1, 2, 3, 4]

@@ -358,12 +358,17 @@ class Stream(Generic[T]):
         self._source = source
         self._held: list[Event[T]] = []
         self._since_checkpoint = 0
+        self._auto_ack = True
 
     # -- the root protocol --------------------------------------------------
 
     def _ack_held(self) -> None:
         held = self._held
         if held:
+            if not self._auto_ack:
+                # noack(): the agent acks; keep the unacked ones for crash handling
+                self._held = [event for event in held if not event.acked]
+                return
             for event in held:
                 event.ack()
             held.clear()
@@ -401,7 +406,16 @@ class Stream(Generic[T]):
 
     def close(self) -> None:
         """The agent finished normally: everything it was given is done."""
+        self._auto_ack = True
         self._ack_held()
+
+    def noack(self) -> Stream[T]:
+        """Stop acking events automatically: the agent calls ``event.ack()`` itself.
+
+        Until it does, nothing from that event's offset on is committed.
+        """
+        self._auto_ack = False
+        return self
 
     # -- iteration ----------------------------------------------------------
 
@@ -444,6 +458,22 @@ class Stream(Generic[T]):
             keep = await fun(event.value) if is_async else fun(event.value)  # type: ignore[misc]
             if keep:
                 yield event.value
+
+    async def echo(self, *channels: Channel[Any]) -> AsyncIterator[T]:
+        """Yield every value, after queueing a copy (same key) on each channel/topic.
+
+        Copies to topics are queued like sink messages: delivered before the
+        event's offset is committed.
+        """
+        from ._topic import Topic
+
+        async for event in self.events():
+            for channel in channels:
+                if isinstance(channel, Topic):
+                    channel.send_soon(key=event.key, value=event.value, headers=event.headers)
+                else:
+                    await channel.send(key=event.key, value=event.value, headers=event.headers)
+            yield event.value
 
     async def take(self, max_: int, within: float | None = None) -> AsyncIterator[list[T]]:
         """Yield lists of up to ``max_`` values, or fewer once ``within`` seconds pass.
