@@ -100,3 +100,29 @@ def test_console_script_help() -> None:
     assert result.returncode == 0
     for command in ("run", "send", "topics", "agents"):
         assert command in result.stdout
+
+
+def test_send_prints_where_the_message_landed() -> None:
+    result = run_cli("send", "examples/wordcount.py", "sentences", "hello there", "--key", "k1")
+    assert result.returncode == 0, result.stderr
+    import json
+
+    landed = json.loads(result.stdout)
+    assert landed["topic"] == "sentences"
+    assert landed["offset"] == 0
+    from streamtrio._partitioner import partition_for_key
+
+    assert landed["partition"] == partition_for_key(b"k1", 4)
+
+
+def test_user_command_runs_async_with_producer() -> None:
+    result = subprocess.run(
+        [sys.executable, "tests/apps/commands.py", "greet"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("sent to greetings[")
