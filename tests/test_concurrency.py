@@ -20,7 +20,9 @@ AppFactory = Callable[..., streamtrio.App]
 
 
 @pytest.mark.parametrize("via", ["topic", "channel"])
-async def test_per_key_order_under_concurrency(app_factory: AppFactory, broker: MemoryBroker, via: str) -> None:
+async def test_per_key_order_under_concurrency(
+    app_factory: AppFactory, broker: MemoryBroker, via: str
+) -> None:
     """An order-sensitive per-key computation gives the sequential result with concurrency=8."""
     app = app_factory(commit_interval=0.02)
     source: streamtrio.Channel[Any] = (

@@ -49,8 +49,7 @@ class Message:
         return TP(self.topic, self.partition)
 
 
-@dataclass(frozen=True, slots=True)
-class RecordMetadata:
+class RecordMetadata(NamedTuple):
     """Where a produced message landed."""
 
     topic: str

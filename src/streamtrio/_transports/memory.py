@@ -200,9 +200,7 @@ class MemoryBroker:
 
     # -- topics ---------------------------------------------------------------
 
-    def create_topic(
-        self, name: str, partitions: int, config: Mapping[str, str] | None = None
-    ) -> bool:
+    def create_topic(self, name: str, partitions: int, config: Mapping[str, str] | None = None) -> bool:
         """Create ``name`` unless it exists. Returns whether it was created.
 
         Raises:
@@ -212,9 +210,7 @@ class MemoryBroker:
             return False
         if not name or partitions < 1:
             raise TopicError(f"cannot create topic {name!r} with {partitions} partitions")
-        self._topics[name] = _Topic(
-            name, [_Partition() for _ in range(partitions)], dict(config or {})
-        )
+        self._topics[name] = _Topic(name, [_Partition() for _ in range(partitions)], dict(config or {}))
         for group in self._groups.values():
             if any(name in m._topics for m in group.members.values()):
                 group.start_rebalance()  # Kafka: a metadata change makes members rejoin
@@ -258,7 +254,10 @@ class MemoryBroker:
         return {name: len(t.partitions) for name, t in self._topics.items()}
 
     def messages(self, topic: str, partition: int) -> list[Message]:
-        """The messages stored in one partition, in offset order."""
+        """The messages stored in one partition, in offset order.
+
+        These are the stored objects, the same ones consumers receive: read-only.
+        """
         return list(self._partition(TP(topic, partition)).log)
 
     def end_offset(self, tp: TP) -> int:
@@ -310,17 +309,17 @@ class MemoryTransport(Transport):
         self.broker = MemoryBroker.get(_broker_name(url))
 
     @asynccontextmanager
-    async def open_producer(
-        self, *, transactional_id: str | None = None
-    ) -> AsyncIterator[MemoryProducer]:
+    async def open_producer(self, *, transactional_id: str | None = None) -> AsyncIterator[MemoryProducer]:
         if transactional_id is not None:
             raise TransportError("the memory:// transport has no transactions yet")
         producer = MemoryProducer(self.broker, self.settings, trio.lowlevel.current_trio_token())
         try:
             yield producer
-        finally:
+            # Not on error exits: the messages are stored already, and a
+            # delivery error must not mask the exception that ended the block.
             with trio.move_on_after(self.settings.shutdown_timeout, shield=True):
                 await producer.flush()
+        finally:
             producer._closed = True
 
     @asynccontextmanager
@@ -355,9 +354,6 @@ class MemoryTransport(Transport):
         return {t: n for t, n in counts.items() if n is not None}
 
 
-_Report = tuple[DeliveryCallback | None, Message | None, ProducerError | None]
-
-
 class MemoryProducer(Producer):
     """Appends at once; delivery reports follow soon after in the trio run."""
 
@@ -366,7 +362,9 @@ class MemoryProducer(Producer):
         self._settings = settings
         self._token = token
         self._closed = False
-        self._reports: deque[_Report] = deque()
+        # Pending reports as two parallel queues: no tuple per message.
+        self._report_callbacks: deque[DeliveryCallback | None] = deque()
+        self._report_outcomes: deque[Message | ProducerError] = deque()
         self._report_scheduled = False
         self._queued_total = 0
         self._reported_total = 0
@@ -398,17 +396,23 @@ class MemoryProducer(Producer):
             partition = partition_for_key(key, len(partitions))
         elif not 0 <= partition < len(partitions):
             err = ProducerError(f"unknown partition {topic}[{partition}] ({len(partitions)} exist)")
-            self._report(on_delivery, None, err)
+            self._queued_total += 1
+            self._report_callbacks.append(on_delivery)
+            self._report_outcomes.append(err)
+            self._schedule_reports()
             return
         # A transactional producer would buffer here and append on commit.
         message = broker._append(t, partition, key, value, timestamp, headers)
-        self._report(on_delivery, message, None)
-
-    def _report(
-        self, callback: DeliveryCallback | None, message: Message | None, err: ProducerError | None
-    ) -> None:
         self._queued_total += 1
-        self._reports.append((callback, message, err))
+        if on_delivery is not None:
+            # Successes without a callback are only counted: no per-message
+            # object, which matters to the collector with millions of messages.
+            self._report_callbacks.append(on_delivery)
+            self._report_outcomes.append(message)
+        if not self._report_scheduled:
+            self._schedule_reports()
+
+    def _schedule_reports(self) -> None:
         if not self._report_scheduled:
             self._report_scheduled = True
             self._token.run_sync_soon(self._run_reports)
@@ -416,33 +420,35 @@ class MemoryProducer(Producer):
     def _run_reports(self) -> None:
         # Runs in the trio run, outside any task: a raising callback must not
         # crash the run, so it is logged and re-raised from the next flush().
+        # Messages sent by the callbacks themselves schedule the next round.
         self._report_scheduled = False
-        reports = self._reports
-        for _ in range(len(reports)):
-            callback, message, err = reports.popleft()
-            self._reported_total += 1
-            if err is None:
-                self._delivered += 1
-            else:
+        callbacks, outcomes = self._report_callbacks, self._report_outcomes
+        count = len(callbacks)
+        uncounted = self._queued_total - self._reported_total - count
+        self._delivered += uncounted
+        self._reported_total += uncounted + count
+        for _ in range(count):
+            callback = callbacks.popleft()
+            outcome = outcomes.popleft()
+            if isinstance(outcome, ProducerError):
                 self._failed += 1
-            if callback is None:
-                if err is not None and self._unreported is None:
-                    self._unreported = err
-                continue
-            md = None
-            if message is not None:
-                md = RecordMetadata(
-                    message.topic, message.partition, message.offset, message.timestamp
-                )
+                if callback is None:
+                    if self._unreported is None:
+                        self._unreported = outcome
+                    continue
+                md, err = None, outcome
+            else:
+                self._delivered += 1
+                if callback is None:
+                    continue
+                md = RecordMetadata(outcome.topic, outcome.partition, outcome.offset, outcome.timestamp)
+                err = None
             try:
                 callback(md, err)
             except Exception as exc:
                 logger.exception("on_delivery callback %r raised", callback)
                 if self._unreported is None:
                     self._unreported = exc
-        if reports and not self._report_scheduled:
-            self._report_scheduled = True  # queued by callbacks: next round
-            self._token.run_sync_soon(self._run_reports)
         if self._flush_waiters:
             done = self._reported_total
             for target, event in self._flush_waiters:
@@ -629,9 +635,7 @@ class MemoryConsumer(_Waiter, Consumer):
         if not sources:
             return []
         self._rotation += 1
-        taken, moved = _fair_take(
-            sources, self._settings.consumer_max_batch, self._rotation % len(sources)
-        )
+        taken, moved = _fair_take(sources, self._settings.consumer_max_batch, self._rotation % len(sources))
         positions.update(moved)
         return taken
 
