@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union
 import trio
 
 from ._exceptions import AgentError, ConfigurationError
+from ._records import FieldDescriptor
 from ._rpc import chunked_replies, collect, send_reply
 from ._stream import ChannelSource, KeyedSource, Source, Stream, TopicSource, _ActorSource, current_event
 from ._topic import Channel, Topic
@@ -94,6 +95,9 @@ class Agent(Generic[T]):
         self.isolated_partitions = isolated_partitions
         self.__doc__ = fun.__doc__
         self.__wrapped__ = fun
+        self._worker: Worker | None = None
+        self._nursery: trio.Nursery | None = None
+        self._repartitions: dict[str, _Repartition] = {}
 
     # -- sending to the agent -------------------------------------------------
 
@@ -176,6 +180,47 @@ class Agent(Generic[T]):
         items = [(key, value) for value in await collect(values)]
         return await self.app._rpc.gather(self, items, deadline=self._timeout(timeout))
 
+    def _group_by(
+        self, parent: Stream[Any], key: Any, *, name: str | None, partitions: int | None
+    ) -> Stream[Any]:
+        keyfn: Callable[[Any], Any]
+        if isinstance(key, FieldDescriptor):
+            keyfn = key.getattr
+            label = name or str(key.field)
+        elif callable(key):
+            keyfn = key
+            label = name or str(getattr(key, "__name__", ""))
+            if not label or label == "<lambda>":
+                raise ConfigurationError(
+                    f"agent {self.name!r}: group_by with a lambda needs name= "
+                    "(it names the repartition topic)"
+                )
+        else:
+            raise TypeError(f"group_by key must be a Record field or a callable, got {key!r}")
+        topic_name = f"{self.app.id}-{self.name}-{label}-repartition"
+        repartition = self._repartitions.get(topic_name)
+        if repartition is None:
+            source = self.channel
+            if not isinstance(source, Topic):
+                raise ConfigurationError(
+                    f"agent {self.name!r}: group_by needs a topic, not an in-process channel"
+                )
+            topic = source.derive_topic(
+                topics=[topic_name],
+                key_type=None,
+                key_serializer="json",
+                partitions=partitions or source.partitions,
+                internal=True,
+            )
+            repartition = self._repartitions[topic_name] = _Repartition(self, topic, keyfn)
+        return Stream(
+            _LazySource(repartition, parent._actor, parent),
+            app=self.app,
+            label=f"{parent.label}.group_by({label})",
+            agent=self,
+            actor=parent._actor,
+        )
+
     def _timeout(self, timeout: float | None) -> float:
         return self.app.conf.ask_timeout if timeout is None else timeout
 
@@ -231,10 +276,13 @@ class Agent(Generic[T]):
         self, worker: Worker, source: Source[T], *, task_status: Any = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Run the actors until cancelled (or, with on_error='stop', until one crashes)."""
+        self._worker = worker
+        self._repartitions.clear()
         keyed = None
         if self.concurrency > 1 and isinstance(source, TopicSource | ChannelSource):
             keyed = KeyedSource(source, self.concurrency)
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             for index in range(self.concurrency):
                 actor_source: Source[T] = keyed.for_actor(index) if keyed is not None else source
                 nursery.start_soon(self._run_actor, worker, actor_source, index)
@@ -245,7 +293,7 @@ class Agent(Generic[T]):
         backoff = conf.agent_restart_backoff
         label = self.name if self.concurrency == 1 else f"{self.name}[{index}]"
         while True:
-            stream: Stream[T] = Stream(source, app=self.app, label=label)
+            stream: Stream[T] = Stream(source, app=self.app, label=label, agent=self, actor=index)
             try:
                 await self._execute(stream)
             except Exception as exc:
@@ -278,6 +326,90 @@ class Agent(Generic[T]):
                 stream.close()
                 log.info("agent %s finished", label)
                 return
+
+
+class _Repartition:
+    """One group_by's repartition topic: subscribed once, fed by one forwarder per actor."""
+
+    def __init__(self, agent: Agent[Any], topic: Topic[Any], keyfn: Callable[[Any], Any]) -> None:
+        self.agent = agent
+        self.topic = topic
+        self.keyfn = keyfn
+        self.source: TopicSource[Any] | KeyedSource[Any] | None = None
+        self.forwarding: set[int] = set()
+        self._lock = trio.Lock()
+
+    async def source_for(self, actor: int, parent: Stream[Any]) -> Source[Any]:
+        agent = self.agent
+        worker = agent._worker
+        nursery = agent._nursery
+        if worker is None or nursery is None:
+            raise RuntimeError(f"agent {agent.name!r} is not running")
+        async with self._lock:
+            if self.source is None:
+                inbox = await worker.add_subscription(self.topic)
+                plain: TopicSource[Any] = TopicSource(agent.app, inbox, self.topic.schema, agent=agent.name)
+                self.source = KeyedSource(plain, agent.concurrency) if agent.concurrency > 1 else plain
+        if actor not in self.forwarding:
+            self.forwarding.add(actor)
+            nursery.start_soon(
+                self._forward, worker, Stream(parent._source, app=agent.app, label=parent.label)
+            )
+        source = self.source
+        return source.for_actor(actor) if isinstance(source, KeyedSource) else source
+
+    async def _forward(self, worker: Worker, stream: Stream[Any]) -> None:
+        """Send each event of the actor's source on with its new key; ack it once delivered."""
+        topic = self.topic
+        keyfn = self.keyfn
+        stream.noack()
+        try:
+            async for event in stream.events():
+                topic.send_soon(
+                    key=keyfn(event.value),
+                    value=event.value,
+                    headers=event.headers,
+                    timestamp=event.message.timestamp,
+                    callback=_ack_when_delivered(event),
+                )
+        except Exception as exc:
+            held = stream.release_held(exc, retry=False)
+            error = AgentError(
+                f"group_by of agent {self.agent.name} raised {type(exc).__name__}: {exc} "
+                f"(on {_describe(held)})"
+            )
+            error.__cause__ = exc
+            worker.crash(error)
+
+
+def _ack_when_delivered(event: Any) -> Callable[[Any], None]:
+    def delivered(fut: Any) -> None:
+        if fut._error is None:
+            event.ack()
+
+    return delivered
+
+
+class _LazySource(Generic[T]):
+    """Defers a group_by's setup (declare, subscribe, start forwarding) to the first take."""
+
+    def __init__(self, repartition: _Repartition, actor: int, parent: Stream[Any]) -> None:
+        self._repartition = repartition
+        self._actor = actor
+        self._parent = parent
+        self._inner: Source[T] | None = None
+
+    def take_nowait(self) -> Any:
+        return self._inner.take_nowait() if self._inner is not None else None
+
+    async def take(self) -> Any:
+        if self._inner is None:
+            self._inner = await self._repartition.source_for(self._actor, self._parent)
+        return await self._inner.take()
+
+    def release(self, event: Any, error: BaseException, *, retry: bool) -> None:
+        if self._inner is not None:
+            self._inner.release(event, error, retry=retry)
 
 
 def _describe(events: list[Any]) -> str:

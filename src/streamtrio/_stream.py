@@ -24,6 +24,7 @@ from ._lanes import Inbox, Lane
 from ._types import Headers, Message, RecordMetadata
 
 if TYPE_CHECKING:
+    from ._agent import Agent
     from ._app import App
     from ._codecs import Schema
     from ._topic import Channel
@@ -352,13 +353,25 @@ class Stream(Generic[T]):
     ``(key, value)`` pairs.
     """
 
-    def __init__(self, source: Source[T], *, app: App, label: str = "") -> None:
+    def __init__(
+        self,
+        source: Source[T],
+        *,
+        app: App,
+        label: str = "",
+        agent: Agent[Any] | None = None,
+        actor: int = 0,
+    ) -> None:
         self.app = app
         self.label = label
         self._source = source
         self._held: list[Event[T]] = []
         self._since_checkpoint = 0
         self._auto_ack = True
+        self._agent = agent
+        self._actor = actor
+        #: streams derived from this one that the same actor iterates (group_by)
+        self._children: list[Stream[Any]] = []
 
     # -- the root protocol --------------------------------------------------
 
@@ -395,19 +408,52 @@ class Stream(Generic[T]):
         self._ack_held()
         return await self._take_event()
 
-    def release_held(self, error: BaseException, *, retry: bool) -> list[Event[T]]:
+    def release_held(self, error: BaseException, *, retry: bool) -> list[Event[Any]]:
         """The actor died: leave held events unacked (or requeue them to retry)."""
+        released: list[Event[Any]] = []
+        for child in self._children:
+            released += child.release_held(error, retry=retry)
         held = [event for event in self._held if not event.acked]
         # Requeue in reverse so the oldest ends up first in its lane again.
         for event in reversed(held):
             self._source.release(event, error, retry=retry)
         self._held.clear()
-        return held
+        return released + held
 
     def close(self) -> None:
         """The agent finished normally: everything it was given is done."""
+        for child in self._children:
+            child.close()
         self._auto_ack = True
         self._ack_held()
+
+    def group_by(
+        self,
+        key: Any,
+        *,
+        name: str | None = None,
+        partitions: int | None = None,
+    ) -> Stream[T]:
+        """Re-key the stream through a repartition topic.
+
+        Every event is sent, with its new key, to the internal topic
+        ``<app id>-<agent>-<name>-repartition`` and consumed back from it, so
+        table writes made while processing it land on the partition that
+        owns the new key. A source event is acked only once its copy is
+        delivered.
+
+        Args:
+            key: a Record field (``Order.account_id``) or a callable on the value.
+            name: names the repartition topic (default: the field's name;
+                required for a callable without a ``__name__``).
+            partitions: partitions of the repartition topic (default: the
+                source topic's).
+        """
+        if self._agent is None:
+            raise TypeError("group_by() works on an agent's stream (inside @app.agent)")
+        child: Stream[T] = self._agent._group_by(self, key, name=name, partitions=partitions)
+        self._children.append(child)
+        return child
 
     def noack(self) -> Stream[T]:
         """Stop acking events automatically: the agent calls ``event.ack()`` itself.

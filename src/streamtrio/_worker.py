@@ -86,6 +86,7 @@ class Worker:
         self.ready = False
         self._stop: trio.Event | None = None
         self._topic_inboxes: list[tuple[Topic[Any], Inbox[Message]]] = []
+        self._dynamic_topics: list[Topic[Any]] = []
         self._channel_inboxes: list[Inbox[Any]] = []
         self._routes: dict[str, list[Inbox[Message]]] = {}
         self._paused: set[TP] = set()
@@ -130,9 +131,9 @@ class Worker:
         if not self.app._needs_group():
             return []
         names: list[str] = [self.app.leader_topic_name]
-        for topic in self._source_topics():
+        for topic in [*self._source_topics(), *self._dynamic_topics]:
             if topic.pattern is not None:
-                names.append("^" + topic.pattern.pattern)
+                names.append(f"^(?:{topic.pattern.pattern})$")
             else:
                 names.extend(n for n in topic.topics if n not in names)
         return names
@@ -173,6 +174,25 @@ class Worker:
                 source = ChannelSource(channel_inbox)
             plan.append((agent, source))
         return plan
+
+    async def add_subscription(self, topic: Topic[Any]) -> Inbox[Message]:
+        """Subscribe one more topic at run time (group_by); the group rebalances.
+
+        Returns the inbox its partitions will be fed to once assigned.
+        """
+        if self.consumer is None:
+            raise WorkerError(f"cannot subscribe {topic.label!r}: this worker has no consumer")
+        await self.transport.create_topics([topic.spec(name) for name in topic.topics])
+        inbox: Inbox[Message] = Inbox(_offset_of, high_water=self.app.conf.stream_buffer_maxsize, flow=self)
+        self._topic_inboxes.append((topic, inbox))
+        self._dynamic_topics.append(topic)
+        self._routes.clear()
+        for tp in self.assigned:
+            if topic.matches(tp.topic):
+                inbox.add_lane(tp)
+        await self.consumer.subscribe(self._subscription())
+        log.info("subscribed %s", topic.label)
+        return inbox
 
     # -- flow control (lanes call these) ----------------------------------------
 

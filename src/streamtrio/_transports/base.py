@@ -175,9 +175,20 @@ class Consumer(ABC):
     async def getmany(self) -> list[Message]:
         """Wait for the next batch of messages.
 
+        Rebalance callbacks are awaited while ``getmany()`` is in progress; a
+        rebalance only advances while the member keeps calling it, and a
+        listener must not call it.
+
         Returns a non-empty list of messages from assigned, unpaused
         partitions, in offset order within each partition. Bound the wait
         with a cancel scope; cancelling loses no message.
+        """
+
+    @abstractmethod
+    async def subscribe(self, topics: Sequence[str]) -> None:
+        """Replace the subscription (topic names, or regexes starting with ``^``).
+
+        The group rebalances; the listener is called as for any rebalance.
         """
 
     @abstractmethod

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
@@ -153,12 +154,11 @@ class _Group:
     def range_assignment(self) -> dict[str, frozenset[TP]]:
         """Kafka's RangeAssignor: per topic, partitions in order over sorted members."""
         result: dict[str, set[TP]] = {member_id: set() for member_id in self.members}
-        topics = sorted({t for m in self.members.values() for t in m._topics})
+        # Topics not created yet are skipped: their creation triggers a rebalance.
+        topics = sorted(t for t in self.broker._topics if any(m.subscribes(t) for m in self.members.values()))
         for name in topics:
-            topic = self.broker._topics.get(name)
-            if topic is None:
-                continue  # not created yet: its creation triggers a rebalance
-            subscribers = sorted(mid for mid, m in self.members.items() if name in m._topics)
+            topic = self.broker._topics[name]
+            subscribers = sorted(mid for mid, m in self.members.items() if m.subscribes(name))
             per_member, extra = divmod(len(topic.partitions), len(subscribers))
             start = 0
             for i, member_id in enumerate(subscribers):
@@ -212,7 +212,7 @@ class MemoryBroker:
             raise TopicError(f"cannot create topic {name!r} with {partitions} partitions")
         self._topics[name] = _Topic(name, [_Partition() for _ in range(partitions)], dict(config or {}))
         for group in self._groups.values():
-            if any(name in m._topics for m in group.members.values()):
+            if any(m.subscribes(name) for m in group.members.values()):
                 group.start_rebalance()  # Kafka: a metadata change makes members rejoin
         return True
 
@@ -521,7 +521,7 @@ class MemoryConsumer(_Waiter, Consumer):
         self._broker = broker
         self._settings = settings
         self._group = broker._group(group_id)
-        self._topics = frozenset(topics)
+        self._set_subscription(topics)
         self._listener = listener
         self.member_id = broker._next_member_id(settings.broker_client_id)
         self._assignment: frozenset[TP] = frozenset()
@@ -534,6 +534,21 @@ class MemoryConsumer(_Waiter, Consumer):
         self._in_getmany = False
 
     # -- membership (see the module docstring) ---------------------------------
+
+    def _set_subscription(self, topics: Sequence[str]) -> None:
+        self._topics = frozenset(t for t in topics if not t.startswith("^"))
+        self._patterns = [re.compile(t) for t in topics if t.startswith("^")]
+
+    def subscribes(self, topic: str) -> bool:
+        """Whether this member's subscription (names or ``^regex``) covers ``topic``."""
+        return topic in self._topics or any(p.match(topic) for p in self._patterns)
+
+    async def subscribe(self, topics: Sequence[str]) -> None:
+        """Replace the subscription; the group rebalances (in the members' getmany)."""
+        if self._closed:
+            raise ClosedError("subscribe() on a closed consumer")
+        self._set_subscription(topics)
+        self._group.start_rebalance()
 
     def _join(self) -> None:
         self._group.members[self.member_id] = self
