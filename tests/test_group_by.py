@@ -103,6 +103,36 @@ async def test_failing_key_function_stops_the_worker_without_committing_past_it(
         for v in range(8):
             source.send_soon(value=v)
         await app.producer.flush()
-    with pytest.raises(streamtrio.AgentError, match="group_by of agent regroup raised KeyError"):
+    with pytest.raises(streamtrio.AgentError, match="forwarding of agent regroup raised KeyError"):
         await streamtrio.serve(app)
     assert broker.committed("testapp").get(TP("items", 0), 0) <= 4
+
+
+@pytest.mark.parametrize("kind", ["topic", "channel"])
+async def test_through_forwards_and_consumes_back(
+    app_factory: AppFactory, broker: MemoryBroker, kind: str
+) -> None:
+    app = app_factory(commit_interval=0.02)
+    source = app.topic("raw", key_type=str, value_type=int, partitions=2)
+    target: streamtrio.Channel[Any] = (
+        app.topic("cleaned", key_type=str, value_type=int, partitions=2) if kind == "topic" else app.channel()
+    )
+    seen: list[tuple[str, int, str]] = []
+
+    @app.agent(source)
+    async def clean(stream: streamtrio.Stream[int]) -> None:
+        async for event in stream.through(target).events():
+            seen.append((event.key, event.value, event.message.topic))
+
+    async with running(app):
+        async with app.open_client():
+            for v in range(20):
+                source.send_soon(key=f"k{v}", value=v)
+            await app.producer.flush()
+        await wait_for(lambda: len(seen) == 20)
+        await wait_for(lambda: all_committed(broker, "testapp", "raw"))
+    assert sorted(v for _, v, _ in seen) == list(range(20))
+    assert {k for k, _, _ in seen} == {f"k{v}" for v in range(20)}
+    if kind == "topic":
+        assert {t for _, _, t in seen} == {"cleaned"}
+        assert sum(broker.end_offset(TP("cleaned", p)) for p in range(2)) == 20

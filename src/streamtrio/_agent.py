@@ -30,7 +30,7 @@ from ._records import FieldDescriptor
 from ._rpc import chunked_replies, collect, send_reply
 from ._stream import ChannelSource, KeyedSource, Source, Stream, TopicSource, _ActorSource, current_event
 from ._topic import Channel, Topic
-from ._types import Headers, RecordMetadata
+from ._types import TP, Headers, RecordMetadata
 
 if TYPE_CHECKING:
     from ._app import App
@@ -80,10 +80,12 @@ class Agent(Generic[T]):
             raise ConfigurationError(
                 f"agent {name!r}: on_error='dead_letter' needs a topic (channel events have no raw message)"
             )
-        if isolated_partitions:
+        if isolated_partitions and not isinstance(channel, Topic):
+            raise ConfigurationError(f"agent {name!r}: isolated_partitions=True needs a topic")
+        if isolated_partitions and concurrency != 1:
             raise ConfigurationError(
-                f"agent {name!r}: isolated_partitions=True is not available yet "
-                "(it arrives with the stream operators and RPC issue)"
+                f"agent {name!r}: isolated_partitions=True runs one actor per partition; "
+                f"concurrency must be 1, got {concurrency}"
             )
         self.fun = fun
         self.app = app
@@ -221,6 +223,19 @@ class Agent(Generic[T]):
             actor=parent._actor,
         )
 
+    def _through(self, parent: Stream[Any], channel: Channel[Any]) -> Stream[Any]:
+        label = channel.label
+        repartition = self._repartitions.get(label)
+        if repartition is None:
+            repartition = self._repartitions[label] = _Repartition(self, channel, None)
+        return Stream(
+            _LazySource(repartition, parent._actor, parent),
+            app=self.app,
+            label=f"{parent.label}.through({label})",
+            agent=self,
+            actor=parent._actor,
+        )
+
     def _timeout(self, timeout: float | None) -> float:
         return self.app.conf.ask_timeout if timeout is None else timeout
 
@@ -278,6 +293,9 @@ class Agent(Generic[T]):
         """Run the actors until cancelled (or, with on_error='stop', until one crashes)."""
         self._worker = worker
         self._repartitions.clear()
+        if self.isolated_partitions and isinstance(source, TopicSource):
+            await self._serve_isolated(worker, source, task_status=task_status)
+            return
         keyed = None
         if self.concurrency > 1 and isinstance(source, TopicSource | ChannelSource):
             keyed = KeyedSource(source, self.concurrency)
@@ -287,6 +305,58 @@ class Agent(Generic[T]):
                 actor_source: Source[T] = keyed.for_actor(index) if keyed is not None else source
                 nursery.start_soon(self._run_actor, worker, actor_source, index)
             task_status.started()
+
+    async def _serve_isolated(self, worker: Worker, source: TopicSource[T], *, task_status: Any) -> None:
+        """One actor per assigned partition: started on assign, cancelled after its revoke.
+
+        The worker drains a revoked partition's in-flight events and commits
+        them before the revoke hook cancels its actor.
+        """
+        channel = self.channel
+        assert isinstance(channel, Topic)
+        scopes: dict[TP, trio.CancelScope] = {}
+        source.inbox.wake_all_on_feed = True
+
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+
+            async def actor(tp: TP, *, task_status: trio.TaskStatus[None]) -> None:
+                with trio.CancelScope() as scope:
+                    scopes[tp] = scope
+                    task_status.started()
+                    own: TopicSource[T] = TopicSource(
+                        self.app, source.inbox, source.schema, agent=self.name, tp=tp
+                    )
+                    await self._run_actor(worker, own, tp.partition)
+                if scopes.get(tp) is scope:
+                    del scopes[tp]
+
+            async def on_assign(tps: frozenset[TP]) -> None:
+                for tp in sorted(tps):
+                    if channel.matches(tp.topic) and tp not in scopes:
+                        await nursery.start(actor, tp)
+
+            async def on_revoke(tps: frozenset[TP]) -> None:
+                for tp in tps:
+                    scope = scopes.pop(tp, None)
+                    if scope is not None:
+                        scope.cancel()
+
+            worker.on_assign_hooks.append(on_assign)
+            worker.on_revoke_hooks.append(on_revoke)
+            try:
+                await on_assign(frozenset(worker.assigned))
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                worker.on_assign_hooks.remove(on_assign)
+                worker.on_revoke_hooks.remove(on_revoke)
+
+    def actors(self) -> int:
+        """How many actors run now (isolated partitions: one per assigned partition)."""
+        if self.isolated_partitions and self._nursery is not None:
+            return len(self._nursery.child_tasks)
+        return self.concurrency
 
     async def _run_actor(self, worker: Worker, source: Source[T], index: int) -> None:
         conf = self.app.conf
@@ -331,11 +401,11 @@ class Agent(Generic[T]):
 class _Repartition:
     """One group_by's repartition topic: subscribed once, fed by one forwarder per actor."""
 
-    def __init__(self, agent: Agent[Any], topic: Topic[Any], keyfn: Callable[[Any], Any]) -> None:
+    def __init__(self, agent: Agent[Any], topic: Channel[Any], keyfn: Callable[[Any], Any] | None) -> None:
         self.agent = agent
         self.topic = topic
         self.keyfn = keyfn
-        self.source: TopicSource[Any] | KeyedSource[Any] | None = None
+        self.source: TopicSource[Any] | ChannelSource[Any] | KeyedSource[Any] | None = None
         self.forwarding: set[int] = set()
         self._lock = trio.Lock()
 
@@ -347,8 +417,12 @@ class _Repartition:
             raise RuntimeError(f"agent {agent.name!r} is not running")
         async with self._lock:
             if self.source is None:
-                inbox = await worker.add_subscription(self.topic)
-                plain: TopicSource[Any] = TopicSource(agent.app, inbox, self.topic.schema, agent=agent.name)
+                plain: TopicSource[Any] | ChannelSource[Any]
+                if isinstance(self.topic, Topic):
+                    inbox = await worker.add_subscription(self.topic)
+                    plain = TopicSource(agent.app, inbox, self.topic.schema, agent=agent.name)
+                else:
+                    plain = ChannelSource(self.topic._subscribe())
                 self.source = KeyedSource(plain, agent.concurrency) if agent.concurrency > 1 else plain
         if actor not in self.forwarding:
             self.forwarding.add(actor)
@@ -365,17 +439,22 @@ class _Repartition:
         stream.noack()
         try:
             async for event in stream.events():
-                topic.send_soon(
-                    key=keyfn(event.value),
-                    value=event.value,
-                    headers=event.headers,
-                    timestamp=event.message.timestamp,
-                    callback=_ack_when_delivered(event),
-                )
+                key = keyfn(event.value) if keyfn is not None else event.key
+                if isinstance(topic, Topic):
+                    topic.send_soon(
+                        key=key,
+                        value=event.value,
+                        headers=event.headers,
+                        timestamp=event.message.timestamp,
+                        callback=_ack_when_delivered(event),
+                    )
+                else:
+                    await topic.send(key=key, value=event.value, headers=event.headers)
+                    event.ack()
         except Exception as exc:
             held = stream.release_held(exc, retry=False)
             error = AgentError(
-                f"group_by of agent {self.agent.name} raised {type(exc).__name__}: {exc} "
+                f"forwarding of agent {self.agent.name} raised {type(exc).__name__}: {exc} "
                 f"(on {_describe(held)})"
             )
             error.__cause__ = exc

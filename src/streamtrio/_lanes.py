@@ -85,6 +85,7 @@ class Lane(Generic[T]):
         "_position",
         "buffer",
         "burst",
+        "first_offset",
         "high_water",
         "inbox",
         "low_water",
@@ -107,6 +108,8 @@ class Lane(Generic[T]):
         self._abandoned: set[int] = set()
         self._position = -1  # next offset expected; older ones are duplicates
         self._last_taken: int | None = None
+        #: the offset of the first item fed (the monitor counts progress from it)
+        self.first_offset: int | None = None
 
     # -- filling ------------------------------------------------------------
 
@@ -123,6 +126,8 @@ class Lane(Generic[T]):
             items = [item for item in items if offset_of(item) >= self._position]
             if not items:
                 return 0
+        if self.first_offset is None:
+            self.first_offset = self.inbox.offset_of(items[0])
         self.buffer.extend(items)
         self._position = last_offset + 1
         return len(items)
@@ -208,6 +213,8 @@ class Inbox(Generic[T]):
         self._ready: deque[Lane[T]] = deque()
         self._lot = trio.lowlevel.ParkingLot()
         self.closed = False
+        #: wake every waiting actor on a feed (isolated partitions: each waits for its own lane)
+        self.wake_all_on_feed = False
 
     # -- lanes --------------------------------------------------------------
 
@@ -239,7 +246,10 @@ class Inbox(Generic[T]):
         if lane.extend(items, first_offset, last_offset):
             self._mark_ready(lane)
             if self._lot:  # wake an idle actor even when the lane was already queued
-                self._lot.unpark()
+                if self.wake_all_on_feed:
+                    self._lot.unpark_all()
+                else:
+                    self._lot.unpark()
             if len(lane.buffer) >= lane.high_water:
                 self.flow.on_lane_full(tp)
 
@@ -281,6 +291,17 @@ class Inbox(Generic[T]):
                     ready.rotate(-1)
             return lane, item
         return None
+
+    def take_from_nowait(self, tp: TP | None) -> tuple[Lane[T], T] | None:
+        """The next item of one partition's lane (isolated partitions), if ready."""
+        lane = self.lanes.get(tp)
+        if lane is None or self.closed or not lane.buffer:
+            return None
+        item = lane.buffer.popleft()
+        lane.taken(self.offset_of(item))
+        if len(lane.buffer) == lane.low_water:
+            self.flow.on_lane_drained(lane.tp)
+        return lane, item
 
     async def take(self) -> tuple[Lane[T], T]:
         """Wait for the next item. Cancelling loses nothing."""

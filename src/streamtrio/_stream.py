@@ -21,7 +21,7 @@ import trio
 
 from ._exceptions import DecodeError
 from ._lanes import Inbox, Lane
-from ._types import Headers, Message, RecordMetadata
+from ._types import TP, Headers, Message, RecordMetadata
 
 if TYPE_CHECKING:
     from ._agent import Agent
@@ -146,9 +146,12 @@ class TopicSource(Generic[T]):
     topic, then it is acked).
     """
 
-    def __init__(self, app: App, inbox: Inbox[Message], schema: Schema, *, agent: str) -> None:
+    def __init__(
+        self, app: App, inbox: Inbox[Message], schema: Schema, *, agent: str, tp: TP | None = None
+    ) -> None:
         self.app = app
         self.inbox = inbox
+        self.tp = tp  # only this partition (isolated_partitions)
         self.schema = schema
         self.agent = agent
         self.policy: str = app.conf.value_decode_error
@@ -181,7 +184,7 @@ class TopicSource(Generic[T]):
     def take_nowait(self) -> Event[T] | None:
         inbox = self.inbox
         while True:
-            got = inbox.take_nowait()
+            got = inbox.take_nowait() if self.tp is None else inbox.take_from_nowait(self.tp)
             if got is None:
                 return None
             event = self._event(*got)
@@ -189,6 +192,12 @@ class TopicSource(Generic[T]):
                 return event
 
     async def take(self) -> Event[T]:
+        if self.tp is not None:
+            while True:
+                event = self.take_nowait()
+                if event is not None:
+                    return event
+                await self.inbox.wait()
         while True:
             lane, msg = await self.inbox.take()
             event = self._event(lane, msg)
@@ -426,6 +435,19 @@ class Stream(Generic[T]):
             child.close()
         self._auto_ack = True
         self._ack_held()
+
+    def through(self, channel: Channel[Any] | str) -> Stream[T]:
+        """Send every event on to ``channel`` (a topic, topic name or channel) and
+        continue with a stream that consumes from it.
+
+        A source event is acked once its copy is delivered.
+        """
+        if self._agent is None:
+            raise TypeError("through() works on an agent's stream (inside @app.agent)")
+        target = self.app._topic_named(channel) if isinstance(channel, str) else channel
+        child: Stream[T] = self._agent._through(self, target)
+        self._children.append(child)
+        return child
 
     def group_by(
         self,
