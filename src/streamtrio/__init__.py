@@ -6,6 +6,7 @@ structured concurrency, with confluent-kafka as the Kafka client.
 
 from ._agent import Agent
 from ._app import App
+from ._cluster import ClusterMap, WorkerInfo
 from ._codecs import Codec, Schema, get_codec, register_codec
 from ._commit import CommitStatistics
 from ._exceptions import (
@@ -35,9 +36,13 @@ from ._records import FieldDescriptor, Record
 from ._run import run, serve
 from ._settings import Settings
 from ._stream import Event, Stream, current_event
+from ._tables.manager import TableManager, TableManagerStatistics
+from ._tables.table import GlobalTable, Table
 from ._topic import Channel, FutureMessage, Topic
 from ._types import TP, Message, RecordMetadata, TopicSpec
 from ._version import __version__
+from ._web.router import NoOwnerError, Router, SameNode, TableNotFoundError
+from ._web.routes import View
 from ._worker import Worker
 
 __all__ = [
@@ -50,6 +55,7 @@ __all__ = [
     "BrokerUnavailableError",
     "Channel",
     "ClosedError",
+    "ClusterMap",
     "Codec",
     "CodecError",
     "CommitError",
@@ -60,26 +66,36 @@ __all__ = [
     "Event",
     "FieldDescriptor",
     "FutureMessage",
+    "GlobalTable",
     "LaneStatistics",
     "Message",
+    "NoOwnerError",
     "ProducerError",
     "ProducerFencedError",
     "Record",
     "RecordMetadata",
     "RecoveryTimeoutError",
+    "Router",
+    "SameNode",
     "Schema",
     "Settings",
     "StoreError",
     "Stream",
     "StreamtrioError",
+    "Table",
     "TableError",
+    "TableManager",
+    "TableManagerStatistics",
+    "TableNotFoundError",
     "Topic",
     "TopicError",
     "TopicSpec",
     "TransportError",
     "ValidationError",
+    "View",
     "Worker",
     "WorkerError",
+    "WorkerInfo",
     "__version__",
     "current_event",
     "get_codec",

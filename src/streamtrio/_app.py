@@ -28,6 +28,12 @@ from ._types import TP, Headers, Message, RecordMetadata, TopicSpec
 from ._version import __version__
 
 if TYPE_CHECKING:
+    import httpx
+
+    from ._cluster import ClusterMember
+    from ._monitor import Monitor
+    from ._web.app import WebServer
+    from ._web.router import Router
     from ._worker import Component, Worker
 
 __all__ = ["App"]
@@ -87,6 +93,7 @@ class App:
         self._worker: Worker | None = None
         self._producer: Producer | None = None
         self._transport_obj: Transport | None = None
+        self._init_web()
 
     # -- configuration -----------------------------------------------------------
 
@@ -253,7 +260,207 @@ class App:
 
     # -- tables ------------------------------------------------------------------
 
+    if TYPE_CHECKING:
+        from ._tables.manager import TableManager as _TableManager
+        from ._tables.table import GlobalTable as _GlobalTable
+        from ._tables.table import Table as _Table
+
+    _table_manager: _TableManager | None = None
+
+    @property
+    def tables(self) -> _TableManager:
+        """The app's tables by name; also recovery state (``wait_until_recovery_completed``)."""
+        if self._table_manager is None:
+            from ._tables.manager import TableManager
+
+            self._table_manager = TableManager(self)
+            self._components.append(self._table_manager)
+        return self._table_manager
+
+    def Table(  # Faust's name
+        self,
+        name: str,
+        *,
+        default: Callable[[], Any] | None = None,
+        key_type: type | None = None,
+        value_type: type | None = None,
+        partitions: int | None = None,
+        changelog_topic: Topic[Any] | str | None = None,
+        store: str | None = None,
+        help: str | None = None,
+        on_recover: Callable[[], Any] | None = None,
+        on_changelog_event: Callable[[Any], Any] | None = None,
+        recovery_buffer_size: int = 1000,
+        standby_buffer_size: int | None = None,
+        extra_topic_configs: Mapping[str, Any] | None = None,
+        use_partitioner: bool = False,
+        key_serializer: str | Codec = "msgpack",
+        value_serializer: str | Codec = "msgpack",
+    ) -> _Table:
+        """A changelog-backed table partitioned like the agents' source topics.
+
+        See :class:`streamtrio.Table` and ``docs/tables.md``.
+        """
+        from ._tables.table import Table
+
+        return self._add_table(Table, locals())
+
+    def GlobalTable(  # Faust's name
+        self,
+        name: str,
+        *,
+        default: Callable[[], Any] | None = None,
+        key_type: type | None = None,
+        value_type: type | None = None,
+        partitions: int | None = None,
+        changelog_topic: Topic[Any] | str | None = None,
+        store: str | None = None,
+        help: str | None = None,
+        on_recover: Callable[[], Any] | None = None,
+        on_changelog_event: Callable[[Any], Any] | None = None,
+        recovery_buffer_size: int = 1000,
+        standby_buffer_size: int | None = None,
+        extra_topic_configs: Mapping[str, Any] | None = None,
+        use_partitioner: bool = False,
+        key_serializer: str | Codec = "msgpack",
+        value_serializer: str | Codec = "msgpack",
+    ) -> _GlobalTable:
+        """A table every worker holds in full, replayed before the worker is ready.
+
+        See :class:`streamtrio.GlobalTable` and ``docs/tables.md``.
+        """
+        from ._tables.table import GlobalTable
+
+        table = self._add_table(GlobalTable, locals())
+        assert isinstance(table, GlobalTable)
+        return table
+
+    def _add_table(self, cls: type[_Table], args: dict[str, Any]) -> _Table:
+        options = {k: v for k, v in args.items() if k not in ("self", "name", "Table", "GlobalTable")}
+        name = args["name"]
+        if name in self.tables:
+            raise ConfigurationError(f"a table named {name!r} is already registered")
+        table = cls(self, name, manager=self.tables, **options)
+        self.tables.add(table)
+        return table
+
+
     # -- web -----------------------------------------------------------------------
+
+    def _init_web(self) -> None:
+        from ._cluster import ClusterMember
+        from ._monitor import Monitor
+        from ._web.app import WebServer
+        from ._web.router import Router
+
+        self._web = WebServer(self)
+        self._cluster = ClusterMember(self, url=lambda: self._web.url)
+        self._monitor = Monitor(self)
+        self._router = Router(self)
+        # Declared with the app's topics: the compacted cluster-map topic.
+        self._topics.append(self._cluster.topic())
+        self._components.extend([self._web, self._cluster, self._monitor])
+
+    def page(self, path: str, *, name: str | None = None) -> Callable[[F], F]:
+        """Serve the decorated view at ``path`` on every worker.
+
+        The view is an ``async def view(request, **params)`` (GET) or a class
+        with async ``get``/``post``/``put``/``patch``/``delete`` methods taking
+        ``(self, request, **params)``; subclass :class:`streamtrio.View` to get
+        ``self.app``. Dicts and lists are sent as JSON; Quart responses pass
+        through; HTTP errors (``werkzeug.exceptions``) answer with JSON bodies.
+        Path parameters: ``/totals/<account>/`` or ``/totals/{account}/``.
+        """
+
+        def decorator(view: F) -> F:
+            self._web.pages.append((path, view, name))
+            return view
+
+        return decorator
+
+    def table_route(
+        self,
+        table: Any,
+        shard_param: str | None = None,
+        *,
+        query_param: str | None = None,
+        match_info: str | None = None,
+        exact_key: Any = None,
+        proxy: bool = False,
+    ) -> Callable[[F], F]:
+        """Answer the decorated view on the worker that actively holds the key.
+
+        The key comes from the query (``query_param``, or Faust's older name
+        ``shard_param``), a path parameter (``match_info``) or is fixed
+        (``exact_key``). Another worker answers 307 to the owner's URL (same
+        path and query), or forwards the request when ``proxy=True``; while no
+        owner is known the answer is 503 with ``Retry-After``. Put it under
+        ``@app.page``.
+        """
+        from ._web.routes import table_route
+
+        return table_route(  # type: ignore[return-value]
+            self,
+            table,
+            shard_param,
+            query_param=query_param,
+            match_info=match_info,
+            exact_key=exact_key,
+            proxy=proxy,
+        )
+
+    def topic_route(
+        self,
+        topic: Topic[Any] | str,
+        shard_param: str | None = None,
+        *,
+        query_param: str | None = None,
+        match_info: str | None = None,
+        exact_key: Any = None,
+        proxy: bool = False,
+    ) -> Callable[[F], F]:
+        """Like :meth:`table_route`, for the worker that consumes the key's partition of ``topic``."""
+        from ._web.routes import topic_route
+
+        return topic_route(  # type: ignore[return-value]
+            self,
+            topic,
+            shard_param,
+            query_param=query_param,
+            match_info=match_info,
+            exact_key=exact_key,
+            proxy=proxy,
+        )
+
+    @property
+    def router(self) -> Router:
+        """Find the worker that holds a key; route requests to it."""
+        return self._router
+
+    @property
+    def web(self) -> WebServer:
+        """This worker's web server (``app.web.url`` is its canonical URL once bound)."""
+        return self._web
+
+    @property
+    def http_client(self) -> httpx.AsyncClient:
+        """An ``httpx.AsyncClient`` for code running in the worker (open while it runs).
+
+        Raises:
+            ClosedError: no worker is running this app.
+        """
+        return self._web.http_client
+
+    @property
+    def cluster(self) -> ClusterMember:
+        """This worker's view of the cluster (``app.cluster.map``: partition -> worker)."""
+        return self._cluster
+
+    @property
+    def monitor(self) -> Monitor:
+        """Events/s and commit lag, as served by ``/stats/``."""
+        return self._monitor
+
 
     # -- sending -------------------------------------------------------------------
 

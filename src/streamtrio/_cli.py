@@ -1,4 +1,4 @@
-"""The ``streamtrio`` command line (typer): run, send, topics, agents.
+"""The ``streamtrio`` command line (typer): run, send, topics, agents, tables.
 
 ``streamtrio COMMAND APP ...`` loads the app from ``path/to/file.py[:NAME]``
 or ``package.module[:NAME]``; ``app.main()`` gives the same commands with the
@@ -192,11 +192,23 @@ def agents_command(app: App) -> None:
         typer.echo(f"{info['name']}\t<- {info['channel']}\tconcurrency {info['concurrency']}\tsinks {sinks}")
 
 
+def tables_command(app: App) -> None:
+    """List the app's tables with their changelog topics and partitions."""
+    for table in app.tables.values():
+        info = table.info()
+        line = f"{info['name']}\t{info['type']}\t-> {info['changelog_topic']}"
+        line += f"\t{info['partitions']} partitions"
+        if info["help"]:
+            line += f"\t{info['help']}"
+        typer.echo(line)
+
+
 _COMMANDS: list[tuple[str, Callable[..., None]]] = [
     ("run", run_command),
     ("send", send_command),
     ("topics", topics_command),
     ("agents", agents_command),
+    ("tables", tables_command),
 ]
 
 

@@ -1,0 +1,200 @@
+"""Changelog replay: recovery of newly owned partitions, and the follower that keeps
+standbys and global tables warm.
+
+Both read the changelog with a :class:`~streamtrio._transports.base.Reader`
+(outside the consumer group) and write what they read to the store together
+with the offset reached, in one atomic ``write_batch`` per batch, so a replay
+interrupted by a crash resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .._exceptions import RecoveryTimeoutError
+from .._stream import Event
+from .._types import TP, Message
+from .base import Store
+
+if TYPE_CHECKING:
+    from .._transports.base import Reader
+    from .table import Table
+
+__all__ = ["Replay", "apply_messages", "replay"]
+
+log = logging.getLogger(__name__)
+
+#: Batches with more writes than this are written in a worker thread.
+THREAD_WRITE_THRESHOLD = 5000
+#: Seconds between progress lines of a long recovery.
+PROGRESS_EVERY = 5.0
+
+
+@dataclass(slots=True)
+class Replay:
+    """What one recovery replayed, per changelog partition."""
+
+    records: dict[TP, int] = field(default_factory=dict)
+    seconds: dict[TP, float] = field(default_factory=dict)
+
+
+async def write_batch(
+    store: Store, writes: dict[tuple[str, int], dict[bytes, bytes | None]], offsets: Mapping[TP, int]
+) -> None:
+    """``store.write_batch``, in a thread when it is big (never abandoned on cancel)."""
+    if sum(len(w) for w in writes.values()) > THREAD_WRITE_THRESHOLD:
+        await trio.to_thread.run_sync(store.write_batch, writes, offsets)
+    else:
+        store.write_batch(writes, offsets)
+
+
+def apply_messages(
+    messages: Iterable[Message],
+    targets: Mapping[TP, tuple[Table, int]],
+    writes: dict[Store, dict[tuple[str, int], dict[bytes, bytes | None]]],
+    offsets: dict[Store, dict[TP, int]],
+    counts: dict[TP, int],
+    store_for: Any,
+    events: list[tuple[Table, Message]] | None = None,
+) -> int:
+    """Stage changelog records as store writes; returns how many were staged.
+
+    Records of partitions not in ``targets`` are ignored; a record without a
+    key (not one streamtrio wrote) is skipped with a warning.
+    """
+    staged = 0
+    for message in messages:
+        tp = TP(message.topic, message.partition)
+        target = targets.get(tp)
+        if target is None:
+            continue
+        table, number = target
+        key = message.key
+        store: Store = store_for(table)
+        if key is None or not key:
+            log.warning(
+                "table %r: skipping a changelog record without a key at %s[%d]@%d",
+                table.name,
+                message.topic,
+                message.partition,
+                message.offset,
+            )
+        else:
+            writes.setdefault(store, {}).setdefault((table.name, number), {})[key] = message.value
+            staged += 1
+            if events is not None and table._on_changelog_event is not None:
+                events.append((table, message))
+        offsets.setdefault(store, {})[tp] = message.offset
+        counts[tp] = counts.get(tp, 0) + 1
+    return staged
+
+
+async def flush_staged(
+    writes: dict[Store, dict[tuple[str, int], dict[bytes, bytes | None]]],
+    offsets: dict[Store, dict[TP, int]],
+) -> None:
+    for store in set(writes) | set(offsets):
+        await write_batch(store, writes.get(store, {}), offsets.get(store, {}))
+    writes.clear()
+    offsets.clear()
+
+
+async def run_changelog_callbacks(events: list[tuple[Table, Message]]) -> None:
+    for table, message in events:
+        callback = table._on_changelog_event
+        if callback is None:
+            continue
+        key = table._decode_key(message.key) if message.key else None
+        value = None if message.value is None else table._decode_value(message.value)
+        await callback(Event(table.app, key, value, message.headers, message))
+    events.clear()
+
+
+async def replay(
+    reader: Reader,
+    targets: Mapping[TP, tuple[Table, int]],
+    *,
+    store_for: Any,
+    stall_timeout: float,
+    buffer_size: int,
+) -> Replay:
+    """Replay the changelog partitions ``targets`` from their persisted offset + 1 to the end.
+
+    The end is an end-of-partition event from the reader. Writes reach the
+    store every ``buffer_size`` records and at each partition's end.
+
+    Raises:
+        RecoveryTimeoutError: nothing arrived for ``timeout`` seconds; names
+            the table, changelog topic and partition(s) still replaying.
+    """
+    from .._transports.base import OFFSET_BEGINNING
+
+    result = Replay()
+    if not targets:
+        return result
+    starts: dict[TP, int] = {}
+    for tp, (table, _number) in targets.items():
+        persisted = store_for(table).persisted_offset(tp)
+        starts[tp] = OFFSET_BEGINNING if persisted is None else persisted + 1
+        result.records[tp] = 0
+    remaining = set(targets)
+    began = trio.current_time()
+    last_report = began
+    writes: dict[Store, dict[tuple[str, int], dict[bytes, bytes | None]]] = {}
+    offsets: dict[Store, dict[TP, int]] = {}
+    events: list[tuple[Table, Message]] = []
+    buffered = 0
+    reader.assign_nowait(starts)
+    try:
+        while remaining:
+            batch = None
+            with trio.move_on_after(stall_timeout):
+                batch = await reader.getmany()
+            if batch is None:
+                stuck = ", ".join(
+                    f"table {targets[tp][0].name!r} partition {tp.partition} "
+                    f"(changelog {tp.topic}[{tp.partition}], {result.records[tp]} records replayed)"
+                    for tp in sorted(remaining)
+                )
+                raise RecoveryTimeoutError(
+                    f"recovery made no progress for {stall_timeout:.1f}s (table_recovery_timeout): {stuck}"
+                )
+            buffered += apply_messages(
+                batch.messages, targets, writes, offsets, result.records, store_for, events
+            )
+            done = batch.eof & remaining
+            if buffered >= buffer_size or done:
+                await flush_staged(writes, offsets)
+                await run_changelog_callbacks(events)
+                buffered = 0
+            now = trio.current_time()
+            for tp in sorted(done):
+                remaining.discard(tp)
+                result.seconds[tp] = now - began
+                log.info(
+                    "table %r partition %d recovered: %d records replayed from %s[%d] in %.2fs",
+                    targets[tp][0].name,
+                    tp.partition,
+                    result.records[tp],
+                    tp.topic,
+                    tp.partition,
+                    now - began,
+                )
+            if remaining and now - last_report >= PROGRESS_EVERY:
+                last_report = now
+                log.info(
+                    "recovering tables: %d records replayed so far, %d partition(s) left (%s)",
+                    sum(result.records.values()),
+                    len(remaining),
+                    ", ".join(str(tp) for tp in sorted(remaining)[:8]),
+                )
+        await flush_staged(writes, offsets)
+        await run_changelog_callbacks(events)
+    finally:
+        reader.unassign_nowait(list(targets))
+    return result

@@ -1,0 +1,561 @@
+"""Table and GlobalTable: changelog-backed mappings.
+
+A table is partitioned like the agents' source topics: a write made while an
+agent processes an event from source partition N goes to table partition N,
+and to partition N of the changelog topic. A write outside an event goes to
+the partition Kafka's partitioner picks for the encoded key.
+
+Each table partition a worker owns is layered::
+
+    dirty      writes since the last commit (reads see them at once)
+    pending    writes handed to the changelog, not yet persisted (a commit in flight)
+    store      the committed state (LMDB or memory), bytes
+
+At a commit the manager (:mod:`._tables.manager`) seals ``dirty`` into
+``pending``, produces the latest value of each key to the changelog, and once
+every record is delivered writes ``pending`` and the changelog offsets it
+reaches to the store in one atomic batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from .._codecs import Codec, Schema
+from .._exceptions import ClosedError, ConfigurationError, EncodeError, ProducerError, TableError
+from .._partitioner import partition_for_key
+from .._stream import current_event
+from .._topic import Topic
+from .._types import TP, RecordMetadata
+from .base import MAX_KEY_SIZE, StorePartition
+
+if TYPE_CHECKING:
+    from .._app import App
+    from .._stream import Event
+    from .manager import TableManager
+
+__all__ = ["GlobalTable", "Table"]
+
+log = logging.getLogger(__name__)
+
+RecoverCallback = Callable[[], Awaitable[None]]
+ChangelogCallback = Callable[["Event[Any]"], Awaitable[None]]
+
+
+class _Deleted:
+    def __repr__(self) -> str:
+        return "<deleted>"
+
+
+#: The value of a key deleted in a layer (a tombstone until it is persisted).
+DELETED: Any = _Deleted()
+_MISSING: Any = object()
+
+
+class Layer:
+    """Writes of one table partition between two commits.
+
+    ``data`` maps the encoded key to ``(key, value, encoded value)``; a deleted
+    key has value :data:`DELETED` and encoded value ``None`` (a tombstone).
+    ``outstanding`` counts changelog records not yet acknowledged; ``offset``
+    is the highest changelog offset delivered for this layer.
+    """
+
+    __slots__ = ("data", "error", "offset", "outstanding")
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, tuple[Any, Any, bytes | None]] = {}
+        self.outstanding = 0
+        self.offset = -1
+        self.error: ProducerError | None = None
+
+    def delivered(self, metadata: RecordMetadata | None, error: ProducerError | None) -> None:
+        """The producer's delivery callback for this layer's changelog records."""
+        self.outstanding -= 1
+        if error is not None:
+            if self.error is None:
+                self.error = error
+        elif metadata is not None and metadata.offset > self.offset:
+            self.offset = metadata.offset
+
+
+class TablePartition:
+    """The in-memory state of one table partition on this worker.
+
+    ``view`` is the store partition when this worker serves the partition
+    (it owns it, or it is a GlobalTable); ``None`` for a partition it only
+    wrote to from outside an event (those writes reach the changelog only).
+    """
+
+    __slots__ = ("dirty", "number", "pending", "view")
+
+    def __init__(self, number: int, view: StorePartition | None = None) -> None:
+        self.number = number
+        self.view = view
+        self.dirty = Layer()
+        self.pending: list[Layer] = []
+
+    def overlay(self, kbytes: bytes) -> tuple[Any, Any, bytes | None] | None:
+        entry = self.dirty.data.get(kbytes)
+        if entry is None and self.pending:
+            for layer in reversed(self.pending):
+                entry = layer.data.get(kbytes)
+                if entry is not None:
+                    break
+        return entry
+
+    def merged_overlay(self) -> dict[bytes, tuple[Any, Any, bytes | None]]:
+        merged: dict[bytes, tuple[Any, Any, bytes | None]] = {}
+        for layer in self.pending:
+            merged.update(layer.data)
+        merged.update(self.dirty.data)
+        return merged
+
+    def unpersisted(self) -> int:
+        return len(self.dirty.data) + sum(len(layer.data) for layer in self.pending)
+
+
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+class Table(MutableMapping[Any, Any]):
+    """A changelog-backed, partitioned key/value table (create with :meth:`App.Table`).
+
+    Behaves as a ``MutableMapping``; ``table[key]`` of a missing key returns
+    ``default()`` when a default factory is given (without storing it), so
+    ``table[key] += 1`` works with ``default=int``. Values must be assigned
+    again after an in-place change (``table[k] = table[k] + [x]``), as in Faust.
+
+    Args:
+        app: the app.
+        name: the table name (letters, digits, ``.``, ``_``, ``-``).
+        default: a factory for the value of a missing key (``int``, ``list``...).
+        key_type: the key type (``None``, ``str``, ``int``, ``float``, ``bytes`` or a Record).
+        value_type: the value type (the same choices).
+        partitions: the changelog partition count (default: the ``topic_partitions``
+            setting); it should equal the source topics' count.
+        changelog_topic: a topic (or name) to use instead of ``<app id>-<name>-changelog``.
+        store: a store URL for this table (default: the ``store`` setting).
+        help: a description shown by ``streamtrio tables``.
+        on_recover: ``async def f()`` called after each recovery.
+        on_changelog_event: ``async def f(event)`` called for each changelog
+            record replayed or followed (recovery, standbys, global tables).
+        recovery_buffer_size: records applied to the store per batch during recovery.
+        standby_buffer_size: accepted for Faust compatibility (standbys apply
+            each fetched batch at once).
+        extra_topic_configs: extra configs of the changelog topic.
+        use_partitioner: write every key to the changelog partition its hash
+            picks, instead of the partition of the event being processed.
+        key_serializer: codec for keys (default ``msgpack``).
+        value_serializer: codec for values (default ``msgpack``).
+
+    Raises:
+        ConfigurationError: a bad name, type, codec or partition count.
+    """
+
+    #: Whether every worker serves every partition (GlobalTable).
+    is_global: bool = False
+
+    def __init__(
+        self,
+        app: App,
+        name: str,
+        *,
+        default: Callable[[], Any] | None = None,
+        key_type: type | None = None,
+        value_type: type | None = None,
+        partitions: int | None = None,
+        changelog_topic: Topic[Any] | str | None = None,
+        store: str | None = None,
+        help: str | None = None,
+        on_recover: RecoverCallback | None = None,
+        on_changelog_event: ChangelogCallback | None = None,
+        recovery_buffer_size: int = 1000,
+        standby_buffer_size: int | None = None,
+        extra_topic_configs: Mapping[str, Any] | None = None,
+        use_partitioner: bool = False,
+        key_serializer: str | Codec = "msgpack",
+        value_serializer: str | Codec = "msgpack",
+        manager: TableManager,
+    ) -> None:
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ConfigurationError(
+                f"table name {name!r}: use letters, digits, '.', '_' and '-' (it names the changelog topic)"
+            )
+        if default is not None and not callable(default):
+            raise ConfigurationError(
+                f"table {name!r}: default must be a callable such as int, got {default!r}"
+            )
+        if partitions is not None and partitions < 1:
+            raise ConfigurationError(f"table {name!r}: partitions must be at least 1, got {partitions}")
+        if recovery_buffer_size < 1:
+            raise ConfigurationError(f"table {name!r}: recovery_buffer_size must be at least 1")
+        self.app = app
+        self.name = name
+        self.default = default
+        self.key_type = key_type
+        self.value_type = value_type
+        self.help = help or ""
+        self.store_url = store
+        self.recovery_buffer_size = recovery_buffer_size
+        self.standby_buffer_size = standby_buffer_size
+        self.use_partitioner = use_partitioner or self.is_global
+        self.schema = Schema(
+            key_type=key_type,
+            value_type=value_type,
+            key_serializer=key_serializer,
+            value_serializer=value_serializer,
+        )
+        self._manager = manager
+        self._recover_callbacks: list[RecoverCallback] = [on_recover] if on_recover is not None else []
+        self._on_changelog_event = on_changelog_event
+        if isinstance(changelog_topic, Topic):
+            topic = changelog_topic
+        else:
+            topic_name = changelog_topic or f"{app.id}-{name}-changelog"
+            topic = app.topic(
+                topic_name,
+                key_type=key_type,
+                value_type=value_type,
+                key_serializer=key_serializer,
+                value_serializer=value_serializer,
+                partitions=partitions,
+                compacting=True,
+                internal=True,
+                config=extra_topic_configs,
+            )
+        self.changelog_topic = topic
+        self.changelog_topic_name = topic.get_topic_name()
+        #: the partition count; the changelog topic's real count once the worker started
+        self.partitions: int = partitions or topic.partitions or app.conf.topic_partitions
+        #: the partitions this worker holds in memory (served ones have a store view)
+        self._parts: dict[int, TablePartition] = {}
+
+    # -- description --------------------------------------------------------------
+
+    @property
+    def label(self) -> str:
+        return f"{type(self).__name__}: {self.name}"
+
+    @property
+    def shortlabel(self) -> str:
+        return self.name
+
+    def changelog_tp(self, partition: int) -> TP:
+        """The changelog topic partition of a table partition."""
+        return TP(self.changelog_topic_name, partition)
+
+    def on_recover(self, fun: RecoverCallback) -> RecoverCallback:
+        """Decorator: call ``async def fun()`` after each recovery of this table."""
+        self._recover_callbacks.append(fun)
+        return fun
+
+    def served_partitions(self) -> list[int]:
+        """The partitions this worker serves now (owned, or every one of a GlobalTable)."""
+        return sorted(n for n, part in self._parts.items() if part.view is not None)
+
+    def persisted_offset(self, tp: TP | int) -> int | None:
+        """The last changelog offset persisted in the store for ``tp`` (or a partition number).
+
+        Raises:
+            ClosedError: the worker is not running.
+        """
+        if isinstance(tp, int):
+            tp = self.changelog_tp(tp)
+        return self._manager._store_for(self).persisted_offset(tp)
+
+    def info(self) -> dict[str, Any]:
+        """The table's attributes and, while a worker runs, its local state."""
+        info: dict[str, Any] = {
+            "name": self.name,
+            "type": type(self).__name__,
+            "changelog_topic": self.changelog_topic_name,
+            "partitions": self.partitions,
+            "key_type": getattr(self.key_type, "__name__", None),
+            "value_type": getattr(self.value_type, "__name__", None),
+            "default": getattr(self.default, "__name__", None),
+            "use_partitioner": self.use_partitioner,
+            "help": self.help,
+        }
+        if self._manager.running:
+            store = self._manager._store_for(self)
+            info["keys"] = {n: self._len_partition(self._parts[n]) for n in self.served_partitions()}
+            info["persisted_offsets"] = {
+                n: store.persisted_offset(self.changelog_tp(n)) for n in self.served_partitions()
+            }
+            info["unpersisted_writes"] = sum(part.unpersisted() for part in self._parts.values())
+        return info
+
+    def as_ansitable(
+        self,
+        title: str = "{table.name}",
+        *,
+        key: str = "key",
+        value: str = "value",
+        sort: bool = False,
+        reverse: bool = False,
+        target: Any = None,
+    ) -> str:
+        """Draw the table's items (those this worker serves) as a text table."""
+        rows = [(repr(k) if not isinstance(k, str) else k, repr(v)) for k, v in self.items()]
+        if sort:
+            rows.sort(reverse=reverse)
+        heading = title.format(table=self)
+        w1 = max([len(key), *(len(r[0]) for r in rows)])
+        w2 = max([len(value), *(len(r[1]) for r in rows)])
+        width = w1 + w2 + 5
+        heading = heading[: width - 2]
+        lines = [
+            "┌" + heading.center(width - 2, "─") + "┐",
+            f"│ {key.ljust(w1)} │ {value.ljust(w2)} │",
+            f"├{'─' * (w1 + 2)}┼{'─' * (w2 + 2)}┤",
+        ]
+        lines += [f"│ {k.ljust(w1)} │ {v.ljust(w2)} │" for k, v in rows]
+        lines.append(f"└{'─' * (w1 + 2)}┴{'─' * (w2 + 2)}┘")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} changelog={self.changelog_topic_name!r}>"
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    # -- codecs ---------------------------------------------------------------------
+
+    def _encode_key(self, key: Any) -> bytes:
+        try:
+            raw = self.schema.dumps_key(key) if key is not None else self.schema.key_codec.dumps(None)
+        except Exception as exc:
+            raise EncodeError(f"table {self.name!r}: cannot encode key {key!r:.80}: {exc}") from exc
+        if raw is None or not 0 < len(raw) <= MAX_KEY_SIZE:
+            size = 0 if raw is None else len(raw)
+            raise EncodeError(
+                f"table {self.name!r}: key {key!r:.80} encodes to {size} bytes; "
+                f"a table key must be 1 to {MAX_KEY_SIZE} bytes"
+            )
+        return raw
+
+    def _encode_value(self, key: Any, value: Any) -> bytes:
+        try:
+            raw = self.schema.dumps_value(value) if value is not None else self.schema.value_codec.dumps(None)
+        except Exception as exc:
+            raise EncodeError(
+                f"table {self.name!r}: cannot encode the value for key {key!r:.80}: {exc}"
+            ) from exc
+        assert raw is not None
+        return raw
+
+    def _decode_key(self, raw: bytes) -> Any:
+        return self.schema.loads_key(raw, topic=self.changelog_topic_name)
+
+    def _decode_value(self, raw: bytes) -> Any:
+        return self.schema.loads_value(raw, topic=self.changelog_topic_name)
+
+    # -- locating keys -------------------------------------------------------------------
+
+    def _event_partition(self) -> int | None:
+        """The source partition of the event being processed, if it is one this worker owns."""
+        if self.use_partitioner:
+            return None
+        event = current_event()
+        if event is None:
+            return None
+        message = event.message
+        if (message.topic, message.partition) not in self._manager.sources:
+            return None
+        n = message.partition
+        if n >= self.partitions:
+            raise TableError(
+                f"table {self.name!r} has {self.partitions} partitions (changelog topic "
+                f"{self.changelog_topic_name!r}) but the event being processed is from "
+                f"{message.topic}[{n}]: give the table as many partitions as its source topics"
+            )
+        return n
+
+    def _check_running(self) -> None:
+        if not self._manager.running:
+            raise ClosedError(
+                f"table {self.name!r} is not running: tables are used by a running worker "
+                "(agents, timers, tasks, web views)"
+            )
+
+    def _find(self, kbytes: bytes) -> tuple[TablePartition | None, Any]:
+        """Where ``kbytes`` lives and its value (``_MISSING`` if nowhere)."""
+        self._check_running()
+        n = self._event_partition()
+        parts = self._parts
+        if n is not None:
+            part = parts.get(n)
+            return part, (_MISSING if part is None else self._get_in(part, kbytes))
+        home = partition_for_key(kbytes, self.partitions)
+        part = parts.get(home)
+        if part is not None:
+            value = self._get_in(part, kbytes)
+            if value is not _MISSING:
+                return part, value
+        if not self.use_partitioner:
+            for number, other in parts.items():
+                if number != home and other.view is not None:
+                    value = self._get_in(other, kbytes)
+                    if value is not _MISSING:
+                        return other, value
+        return None, _MISSING
+
+    def _get_in(self, part: TablePartition, kbytes: bytes) -> Any:
+        entry = part.dirty.data.get(kbytes)
+        if entry is None and part.pending:
+            entry = part.overlay(kbytes)
+        if entry is not None:
+            value = entry[1]
+            return _MISSING if value is DELETED else value
+        view = part.view
+        if view is None:
+            return _MISSING
+        raw = view.get(kbytes)
+        return _MISSING if raw is None else self._decode_value(raw)
+
+    def _write_partition(self, kbytes: bytes) -> TablePartition:
+        n = self._event_partition()
+        if n is None:
+            found, value = self._find(kbytes)
+            if found is not None and value is not _MISSING:
+                return found
+            n = partition_for_key(kbytes, self.partitions)
+        part = self._parts.get(n)
+        if part is None:
+            part = self._parts[n] = TablePartition(n)
+        return part
+
+    def partition_for_key(self, key: Any) -> int:
+        """The changelog partition a write of ``key`` made now goes to."""
+        kbytes = self._encode_key(key)
+        n = self._event_partition()
+        return n if n is not None else partition_for_key(kbytes, self.partitions)
+
+    def _put(self, part: TablePartition, kbytes: bytes, key: Any, value: Any, vbytes: bytes | None) -> None:
+        layer = part.dirty
+        layer.data[kbytes] = (key, value, vbytes)
+        if self._manager.eager:
+            layer.outstanding += 1
+            self._manager.producer.send_nowait(
+                self.changelog_topic_name, kbytes, vbytes, partition=part.number, on_delivery=layer.delivered
+            )
+
+    # -- the mapping ----------------------------------------------------------------------
+
+    def __getitem__(self, key: Any) -> Any:
+        _, value = self._find(self._encode_key(key))
+        if value is _MISSING:
+            if self.default is not None:
+                return self.default()
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        kbytes = self._encode_key(key)
+        vbytes = self._encode_value(key, value)
+        self._check_running()
+        self._put(self._write_partition(kbytes), kbytes, key, value, vbytes)
+
+    def __delitem__(self, key: Any) -> None:
+        kbytes = self._encode_key(key)
+        part, value = self._find(kbytes)
+        if part is None or value is _MISSING:
+            raise KeyError(key)
+        self._put(part, kbytes, key, DELETED, None)
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            kbytes = self._encode_key(key)
+        except EncodeError:
+            return False
+        return self._find(kbytes)[1] is not _MISSING
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        """The value of ``key``, or ``default`` (the default factory is not used)."""
+        _, value = self._find(self._encode_key(key))
+        return default if value is _MISSING else value
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        kbytes = self._encode_key(key)
+        part, value = self._find(kbytes)
+        if part is None or value is _MISSING:
+            if default:
+                return default[0]
+            raise KeyError(key)
+        self._put(part, kbytes, key, DELETED, None)
+        return value
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        kbytes = self._encode_key(key)
+        _, value = self._find(kbytes)
+        if value is _MISSING:
+            self[key] = default
+            return default
+        return value
+
+    def clear(self) -> None:
+        """Delete every key this worker serves (each delete reaches the changelog)."""
+        for key in list(self.keys()):
+            del self[key]
+
+    def _iter_partition(self, part: TablePartition) -> Iterator[tuple[Any, Any]]:
+        overlay = part.merged_overlay()
+        for _, (key, value, _raw) in overlay.items():
+            if value is not DELETED:
+                yield key, value
+        if part.view is not None:
+            decode_key, decode_value = self._decode_key, self._decode_value
+            for kbytes, raw in part.view.items():
+                if kbytes not in overlay:
+                    yield decode_key(kbytes), decode_value(raw)
+
+    def _len_partition(self, part: TablePartition) -> int:
+        count = len(part.view) if part.view is not None else 0
+        view = part.view
+        for kbytes, (_, value, _raw) in part.merged_overlay().items():
+            stored = view is not None and view.get(kbytes) is not None
+            if value is DELETED:
+                count -= stored
+            else:
+                count += not stored
+        return count
+
+    def _served(self) -> list[TablePartition]:
+        self._check_running()
+        return [self._parts[n] for n in self.served_partitions()]
+
+    def items(self) -> Iterator[tuple[Any, Any]]:  # type: ignore[override]
+        """Every (key, value) of the partitions this worker serves."""
+        for part in self._served():
+            yield from self._iter_partition(part)
+
+    def keys(self) -> Iterator[Any]:  # type: ignore[override]
+        return (key for key, _ in self.items())
+
+    def values(self) -> Iterator[Any]:  # type: ignore[override]
+        return (value for _, value in self.items())
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.keys()
+
+    def __len__(self) -> int:
+        return sum(self._len_partition(part) for part in self._served())
+
+
+class GlobalTable(Table):
+    """A table every worker holds in full (create with :meth:`App.GlobalTable`).
+
+    Every worker replays every partition of the changelog before it reports
+    ready, then follows it. A key always lives in the partition its hash picks;
+    a write is visible on the writing worker at once and on the others once
+    they read it from the changelog.
+    """
+
+    is_global = True
