@@ -326,61 +326,73 @@ class Worker:
             StreamtrioError: the worker could not start, or stopped because of an error.
         """
         app = self.app
-        conf = app.conf
         self._stop = trio.Event()
         if app._worker is not None:
             raise WorkerError(f"app {app.conf.appid!r} is already running a worker")
         app._worker = self
         try:
-            await self._declare_topics()
-            async with AsyncExitStack() as stack:
-                self.producer = await stack.enter_async_context(self.transport.open_producer())
-                app._producer = self.producer
-                components = await stack.enter_async_context(trio.open_nursery())
-                # Unwinds before the nursery exits: the consumer has left by then.
-                stack.callback(components.cancel_scope.cancel)
-                for component in app._components:
-                    component.attach(self)
-                    await components.start(component.serve, self)
-                plan = self._subscribe_agents()
-                subscription = self._subscription()
-                if subscription:
-                    self.consumer = await stack.enter_async_context(
-                        self.transport.open_consumer(group_id=conf.appid, topics=subscription, listener=self)
-                    )
-                    self.committer = Committer(
-                        frontiers=self.frontiers,
-                        in_flight=self.in_flight,
-                        consumer=self.consumer,
-                        producer=self.producer,
-                        interval=conf.commit_interval,
-                        generation=lambda: self.generation,
-                    )
-                    self.committer.participants.extend(self.commit_participants)
-                async with trio.open_nursery() as work:
-                    for agent, source in plan:
-                        await work.start(agent._serve, self, source)
-                    if self.consumer is not None and self.committer is not None:
-                        work.start_soon(self._guard, "fetcher", self._fetch)
-                        work.start_soon(self._guard, "commit loop", self.committer.serve)
-                    for service in app._services:
-                        await work.start(serve_service, self, service)
-                    for timer in app._timers:
-                        work.start_soon(serve_timer, self, timer)
-                    for task in app._tasks:
-                        work.start_soon(serve_task, self, task)
-                    self.ready = True
-                    log.info("%s", app._banner())
-                    task_status.started(self)
-                    await self._stop.wait()
-                    await self._shutdown()
-                    work.cancel_scope.cancel()
+            await self._serve(task_status)
+        except BaseExceptionGroup as group:
+            # A single start-up error (a port in use, an unreachable broker) is
+            # raised as itself, not wrapped in the nurseries' exception groups.
+            leaf = _single_error(group)
+            if leaf is None:
+                raise
+            raise leaf from leaf.__cause__
         finally:
             self.ready = False
             app._worker = None
             app._producer = None
         if self.error is not None:
             raise self.error
+
+    async def _serve(self, task_status: trio.TaskStatus[Worker]) -> None:
+        app = self.app
+        conf = app.conf
+        await self._declare_topics()
+        async with AsyncExitStack() as stack:
+            self.producer = await stack.enter_async_context(self.transport.open_producer())
+            app._producer = self.producer
+            components = await stack.enter_async_context(trio.open_nursery())
+            # Unwinds before the nursery exits: the consumer has left by then.
+            stack.callback(components.cancel_scope.cancel)
+            for component in app._components:
+                component.attach(self)
+                await components.start(component.serve, self)
+            plan = self._subscribe_agents()
+            subscription = self._subscription()
+            if subscription:
+                self.consumer = await stack.enter_async_context(
+                    self.transport.open_consumer(group_id=conf.appid, topics=subscription, listener=self)
+                )
+                self.committer = Committer(
+                    frontiers=self.frontiers,
+                    in_flight=self.in_flight,
+                    consumer=self.consumer,
+                    producer=self.producer,
+                    interval=conf.commit_interval,
+                    generation=lambda: self.generation,
+                )
+                self.committer.participants.extend(self.commit_participants)
+            async with trio.open_nursery() as work:
+                for agent, source in plan:
+                    await work.start(agent._serve, self, source)
+                if self.consumer is not None and self.committer is not None:
+                    work.start_soon(self._guard, "fetcher", self._fetch)
+                    work.start_soon(self._guard, "commit loop", self.committer.serve)
+                for service in app._services:
+                    await work.start(serve_service, self, service)
+                for timer in app._timers:
+                    work.start_soon(serve_timer, self, timer)
+                for task in app._tasks:
+                    work.start_soon(serve_task, self, task)
+                self.ready = True
+                log.info("%s", app._banner())
+                task_status.started(self)
+                assert self._stop is not None
+                await self._stop.wait()
+                await self._shutdown()
+                work.cancel_scope.cancel()
 
     async def _shutdown(self) -> None:
         conf = self.app.conf
@@ -411,6 +423,21 @@ class Worker:
                     )
         if scope.cancelled_caught:
             log.warning("shutdown grace period (%.1fs) ran out", conf.shutdown_timeout)
+
+
+def _single_error(group: BaseExceptionGroup[BaseException]) -> StreamtrioError | None:
+    """The only streamtrio error in a (nested) exception group, if that is all it holds."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    if len(leaves) == 1 and isinstance(leaves[0], StreamtrioError):
+        return leaves[0]
+    return None
 
 
 def _tps(tps: Collection[TP]) -> str:
