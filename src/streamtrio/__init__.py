@@ -38,6 +38,8 @@ from ._settings import Settings
 from ._stream import Event, Stream, current_event
 from ._tables.manager import TableManager, TableManagerStatistics
 from ._tables.table import GlobalTable, Table
+from ._tables.windowed import WindowSet, WindowWrapper
+from ._tables.windows import HoppingWindow, SlidingWindow, TumblingWindow, Window
 from ._topic import Channel, FutureMessage, Topic
 from ._types import TP, Message, RecordMetadata, TopicSpec
 from ._version import __version__
@@ -67,6 +69,7 @@ __all__ = [
     "FieldDescriptor",
     "FutureMessage",
     "GlobalTable",
+    "HoppingWindow",
     "LaneStatistics",
     "Message",
     "NoOwnerError",
@@ -79,6 +82,7 @@ __all__ = [
     "SameNode",
     "Schema",
     "Settings",
+    "SlidingWindow",
     "StoreError",
     "Stream",
     "StreamtrioError",
@@ -91,8 +95,12 @@ __all__ = [
     "TopicError",
     "TopicSpec",
     "TransportError",
+    "TumblingWindow",
     "ValidationError",
     "View",
+    "Window",
+    "WindowSet",
+    "WindowWrapper",
     "Worker",
     "WorkerError",
     "WorkerInfo",

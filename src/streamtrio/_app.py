@@ -296,10 +296,13 @@ class App:
         use_partitioner: bool = False,
         key_serializer: str | Codec = "msgpack",
         value_serializer: str | Codec = "msgpack",
+        on_window_close: Callable[[Any, Any], Any] | None = None,
     ) -> _Table:
         """A changelog-backed table partitioned like the agents' source topics.
 
-        See :class:`streamtrio.Table` and ``docs/tables.md``.
+        Window it with ``.tumbling()``, ``.hopping()`` or ``.using_window()``;
+        ``on_window_close(key, value)`` is then called once per closed window.
+        See :class:`streamtrio.Table`, ``docs/tables.md`` and ``docs/windows.md``.
         """
         from ._tables.table import Table
 
@@ -343,7 +346,6 @@ class App:
         table = cls(self, name, manager=self.tables, **options)
         self.tables.add(table)
         return table
-
 
     # -- web -----------------------------------------------------------------------
 

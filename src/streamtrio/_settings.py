@@ -219,6 +219,13 @@ def _options() -> dict[str, _Option]:
             "bool",
             "Produce every table write at once (Faust style)",
         ),
+        _Option(
+            "table_cleanup_interval",
+            1.0,
+            "duration",
+            "Seconds between checks that close expired windows of windowed tables",
+            minimum=0.001,
+        ),
         _Option("lmdb_map_size", 1 << 30, "int", "LMDB map size in bytes", minimum=1 << 20),
         _Option("lmdb_sync", True, "bool", "fsync LMDB on each commit"),
     ]

@@ -194,6 +194,8 @@ class TableManager(Mapping[str, Table]):
         self._source_cache = {}
         for table in self._tables.values():
             table._parts = {}
+            if table._windowing is not None:
+                table._windowing.reset()
 
     async def serve(self, worker: Worker, *, task_status: trio.TaskStatus[None]) -> None:
         """Open the store(s), catch up the GlobalTables, follow standbys; closes the store on exit."""
@@ -236,6 +238,9 @@ class TableManager(Mapping[str, Table]):
                         for callback in table._recover_callbacks:
                             await callback()
                 self.running = True
+                for table in self._tables.values():
+                    if table._windowing is not None:
+                        nursery.start_soon(table._windowing.serve, worker, conf.table_cleanup_interval)
                 if not self.app._needs_group():
                     self._recovery_done.set()
                 log.info("%s", self._banner())

@@ -31,11 +31,16 @@ from .._stream import current_event
 from .._topic import Topic
 from .._types import TP, RecordMetadata
 from .base import MAX_KEY_SIZE, StorePartition
+from .windows import STREAM_TIME_KEY
 
 if TYPE_CHECKING:
+    from datetime import timedelta
+
     from .._app import App
     from .._stream import Event
     from .manager import TableManager
+    from .windowed import Windowing, WindowWrapper
+    from .windows import Window
 
 __all__ = ["GlobalTable", "Table"]
 
@@ -43,6 +48,8 @@ log = logging.getLogger(__name__)
 
 RecoverCallback = Callable[[], Awaitable[None]]
 ChangelogCallback = Callable[["Event[Any]"], Awaitable[None]]
+#: ``on_window_close(key, value)``, sync or async; key is ``(table key, (start, end))``.
+WindowCloseCallback = Callable[[Any, Any], "Awaitable[None] | None"]
 
 
 class _Deleted:
@@ -151,6 +158,9 @@ class Table(MutableMapping[Any, Any]):
             picks, instead of the partition of the event being processed.
         key_serializer: codec for keys (default ``msgpack``).
         value_serializer: codec for values (default ``msgpack``).
+        on_window_close: ``fn(key, value)`` (sync or async) called once per
+            window of a windowed table when it closes, with ``key`` =
+            ``(table key, (start, end))`` and its final value (``docs/windows.md``).
 
     Raises:
         ConfigurationError: a bad name, type, codec or partition count.
@@ -179,6 +189,7 @@ class Table(MutableMapping[Any, Any]):
         use_partitioner: bool = False,
         key_serializer: str | Codec = "msgpack",
         value_serializer: str | Codec = "msgpack",
+        on_window_close: WindowCloseCallback | None = None,
         manager: TableManager,
     ) -> None:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
@@ -233,6 +244,70 @@ class Table(MutableMapping[Any, Any]):
         self.partitions: int = partitions or topic.partitions or app.conf.topic_partitions
         #: the partitions this worker holds in memory (served ones have a store view)
         self._parts: dict[int, TablePartition] = {}
+        if on_window_close is not None and not callable(on_window_close):
+            raise ConfigurationError(f"table {name!r}: on_window_close must be callable")
+        self._on_window_close = on_window_close
+        #: the windowed state, once ``tumbling``/``hopping``/``using_window`` was called
+        self._windowing: Windowing | None = None
+
+    # -- windows ------------------------------------------------------------------
+
+    @property
+    def window(self) -> Window | None:
+        """The window of a windowed table, else ``None``."""
+        return None if self._windowing is None else self._windowing.window
+
+    def using_window(self, window: Window, *, key_index: bool = False) -> WindowWrapper:
+        """Window this table with ``window``; returns the :class:`WindowWrapper` to use.
+
+        Raises:
+            ConfigurationError: a GlobalTable, or the table already has another window.
+        """
+        from .windowed import Windowing, WindowWrapper
+        from .windows import Window as _Window
+
+        if not isinstance(window, _Window):
+            raise ConfigurationError(f"table {self.name!r}: using_window needs a Window, got {window!r}")
+        if self.is_global:
+            raise ConfigurationError(f"global table {self.name!r} cannot be windowed; use app.Table")
+        if self._windowing is None:
+            self._windowing = Windowing(self, window)
+        elif self._windowing.window is not window:
+            raise ConfigurationError(
+                f"table {self.name!r} is already windowed with {self._windowing.window!r}; "
+                "use one table per window"
+            )
+        self._windowing.key_index |= key_index
+        return WindowWrapper(self, key_index=key_index)
+
+    def tumbling(
+        self,
+        size: float | timedelta | str,
+        expires: float | timedelta | str | None = None,
+        key_index: bool = False,
+    ) -> WindowWrapper:
+        """Tumbling windows ``[k*size, (k+1)*size)`` (see :class:`streamtrio.TumblingWindow`)."""
+        from .windows import TumblingWindow
+
+        return self.using_window(TumblingWindow(size, expires), key_index=key_index)
+
+    def hopping(
+        self,
+        size: float | timedelta | str,
+        step: float | timedelta | str,
+        expires: float | timedelta | str | None = None,
+        key_index: bool = False,
+    ) -> WindowWrapper:
+        """Hopping windows ``[k*step, k*step + size)`` (see :class:`streamtrio.HoppingWindow`)."""
+        from .windows import HoppingWindow
+
+        return self.using_window(HoppingWindow(size, step, expires), key_index=key_index)
+
+    async def on_window_close(self, key: Any, value: Any) -> None:
+        """Called once per closed window; calls the table's ``on_window_close`` callback."""
+        from .windowed import call_window_close
+
+        await call_window_close(self._on_window_close, key, value)
 
     # -- description --------------------------------------------------------------
 
@@ -287,6 +362,8 @@ class Table(MutableMapping[Any, Any]):
                 n: store.persisted_offset(self.changelog_tp(n)) for n in self.served_partitions()
             }
             info["unpersisted_writes"] = sum(part.unpersisted() for part in self._parts.values())
+        if self._windowing is not None:
+            info.update(self._windowing.info())
         return info
 
     def as_ansitable(
@@ -352,6 +429,8 @@ class Table(MutableMapping[Any, Any]):
         return raw
 
     def _decode_key(self, raw: bytes) -> Any:
+        if self._windowing is not None:
+            return self._windowing.decode_key(raw)
         return self.schema.loads_key(raw, topic=self.changelog_topic_name)
 
     def _decode_value(self, raw: bytes) -> Any:
@@ -507,13 +586,15 @@ class Table(MutableMapping[Any, Any]):
 
     def _iter_partition(self, part: TablePartition) -> Iterator[tuple[Any, Any]]:
         overlay = part.merged_overlay()
-        for _, (key, value, _raw) in overlay.items():
-            if value is not DELETED:
+        # A windowed table keeps its stream time under a key of its own.
+        hidden = STREAM_TIME_KEY if self._windowing is not None else None
+        for kbytes, (key, value, _raw) in overlay.items():
+            if value is not DELETED and kbytes != hidden:
                 yield key, value
         if part.view is not None:
             decode_key, decode_value = self._decode_key, self._decode_value
             for kbytes, raw in part.view.items():
-                if kbytes not in overlay:
+                if kbytes not in overlay and kbytes != hidden:
                     yield decode_key(kbytes), decode_value(raw)
 
     def _len_partition(self, part: TablePartition) -> int:
@@ -525,6 +606,12 @@ class Table(MutableMapping[Any, Any]):
                 count -= stored
             else:
                 count += not stored
+        if self._windowing is not None:
+            hidden = part.overlay(STREAM_TIME_KEY)
+            if hidden is not None:
+                count -= hidden[1] is not DELETED
+            elif view is not None and view.get(STREAM_TIME_KEY) is not None:
+                count -= 1
         return count
 
     def _served(self) -> list[TablePartition]:
