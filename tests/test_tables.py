@@ -496,3 +496,15 @@ def test_tables_cli_lists_changelog_topics(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "totals\tTable\t-> cliapp-totals-changelog\t4 partitions\tsum per account" in result.output
     assert "names\tGlobalTable\t-> cliapp-names-changelog\t8 partitions" in result.output
+
+
+async def test_default_table_partitions_keys_like_the_producer(app_factory: Any) -> None:
+    """Stored as msgpack, but placed where a raw-keyed producer puts the key (router agrees)."""
+    from streamtrio._partitioner import partition_for_key
+
+    app = app_factory(topic_partitions=8)
+    counts = app.Table("placement", default=int)
+    keys = [f"user-{i}" for i in range(50)]
+    for key in keys:
+        assert counts.key_partition(key) == partition_for_key(key.encode(), 8)
+        assert app.router.table_partition("placement", key).partition == partition_for_key(key.encode(), 8)

@@ -294,7 +294,7 @@ class App:
         standby_buffer_size: int | None = None,
         extra_topic_configs: Mapping[str, Any] | None = None,
         use_partitioner: bool = False,
-        key_serializer: str | Codec = "msgpack",
+        key_serializer: str | Codec | None = None,
         value_serializer: str | Codec = "msgpack",
         on_window_close: Callable[[Any, Any], Any] | None = None,
     ) -> _Table:
@@ -325,7 +325,7 @@ class App:
         standby_buffer_size: int | None = None,
         extra_topic_configs: Mapping[str, Any] | None = None,
         use_partitioner: bool = False,
-        key_serializer: str | Codec = "msgpack",
+        key_serializer: str | Codec | None = None,
         value_serializer: str | Codec = "msgpack",
     ) -> _GlobalTable:
         """A table every worker holds in full, replayed before the worker is ready.

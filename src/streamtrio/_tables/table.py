@@ -187,11 +187,14 @@ class Table(MutableMapping[Any, Any]):
         standby_buffer_size: int | None = None,
         extra_topic_configs: Mapping[str, Any] | None = None,
         use_partitioner: bool = False,
-        key_serializer: str | Codec = "msgpack",
+        key_serializer: str | Codec | None = None,
         value_serializer: str | Codec = "msgpack",
         on_window_close: WindowCloseCallback | None = None,
         manager: TableManager,
     ) -> None:
+        key_serializer_given = key_serializer
+        if key_serializer is None:
+            key_serializer = "msgpack"
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ConfigurationError(
                 f"table name {name!r}: use letters, digits, '.', '_' and '-' (it names the changelog topic)"
@@ -220,6 +223,17 @@ class Table(MutableMapping[Any, Any]):
             key_serializer=key_serializer,
             value_serializer=value_serializer,
         )
+        # Keys are *stored* with key_serializer (msgpack by default, so a str key
+        # comes back a str) but *partitioned* the way producers encode them: with
+        # the table's explicit key_serializer, else the app's. Otherwise the
+        # router would place a key on another partition than the source event
+        # that wrote it.
+        self._partition_schema = self.schema
+        if partition_serializer := (key_serializer_given or app.conf.key_serializer):
+            try:
+                self._partition_schema = Schema(key_type=key_type, key_serializer=partition_serializer)
+            except ConfigurationError:
+                pass  # e.g. Record keys cannot be raw: partition by the stored form
         self._manager = manager
         self._recover_callbacks: list[RecoverCallback] = [on_recover] if on_recover is not None else []
         self._on_changelog_event = on_changelog_event
@@ -472,7 +486,7 @@ class Table(MutableMapping[Any, Any]):
         if n is not None:
             part = parts.get(n)
             return part, (_MISSING if part is None else self._get_in(part, kbytes))
-        home = partition_for_key(kbytes, self.partitions)
+        home = self._home(kbytes)
         part = parts.get(home)
         if part is not None:
             value = self._get_in(part, kbytes)
@@ -505,7 +519,7 @@ class Table(MutableMapping[Any, Any]):
             found, value = self._find(kbytes)
             if found is not None and value is not _MISSING:
                 return found
-            n = partition_for_key(kbytes, self.partitions)
+            n = self._home(kbytes)
         part = self._parts.get(n)
         if part is None:
             part = self._parts[n] = TablePartition(n)
@@ -513,9 +527,25 @@ class Table(MutableMapping[Any, Any]):
 
     def partition_for_key(self, key: Any) -> int:
         """The changelog partition a write of ``key`` made now goes to."""
-        kbytes = self._encode_key(key)
+        self._encode_key(key)  # the key must be storable
         n = self._event_partition()
-        return n if n is not None else partition_for_key(kbytes, self.partitions)
+        return n if n is not None else self.key_partition(key)
+
+    def _home(self, kbytes: bytes) -> int:
+        """The owning partition of a stored (plain, unwindowed) key."""
+        if self._partition_schema is self.schema:
+            return partition_for_key(kbytes, self.partitions)
+        return self.key_partition(self.schema.loads_key(kbytes, topic=self.changelog_topic_name))
+
+    def key_partition(self, key: Any) -> int:
+        """The partition that owns ``key``: where a producer's murmur2 puts it."""
+        try:
+            raw = self._partition_schema.dumps_key(key)
+        except Exception:
+            raw = None
+        if raw is None:
+            raw = self._encode_key(key)
+        return partition_for_key(raw, self.partitions)
 
     def _put(self, part: TablePartition, kbytes: bytes, key: Any, value: Any, vbytes: bytes | None) -> None:
         layer = part.dirty

@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .._exceptions import ConfigurationError, EncodeError, TableError
-from .._partitioner import partition_for_key
 from .._records import FieldDescriptor
 from .._settings import parse_duration
 from .._stream import current_event
@@ -237,7 +236,7 @@ class Windowing:
         table._check_running()
         n = table._event_partition()
         if n is None:
-            n = partition_for_key(kbytes, table.partitions)
+            n = table._home(kbytes)
         part = table._parts.get(n)
         if part is None:
             part = table._parts[n] = TablePartition(n)
@@ -253,7 +252,7 @@ class Windowing:
             if part is not None:
                 yield n, part
             return
-        home = partition_for_key(kbytes, table.partitions)
+        home = table._home(kbytes)
         part = table._parts.get(home)
         if part is not None:
             yield home, part

@@ -131,7 +131,7 @@ class Router:
         table = self._table(table_name)
         key = coerce_key(key, table.key_type)
         # Outside an event a table places a key as the producer does.
-        return TP(table.changelog_topic_name, partition_for_key(table._encode_key(key), table.partitions))
+        return TP(table.changelog_topic_name, table.key_partition(key))
 
     def topic_partition(self, topic: Topic[Any] | str, key: Any) -> TP:
         """The partition of ``topic`` the producer sends ``key`` to."""
