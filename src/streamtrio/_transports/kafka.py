@@ -1,0 +1,165 @@
+"""The ``kafka://`` transport, on confluent-kafka (librdkafka).
+
+Threads, per the architecture: each group consumer and each reader is owned
+by one thread that makes every call on its confluent ``Consumer``
+(:mod:`.kafka_consumer`); the producer is owned by its poll thread
+(:mod:`.kafka_producer`). Each thread runs in a nursery owned by the
+``open_*`` context manager that created it and ends, after closing its
+client, when the context manager exits. Topic administration
+(:mod:`.kafka_admin`) waits for the admin client's futures in worker threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING
+
+import trio
+
+from .._exceptions import ConfigurationError
+from .._types import TopicSpec
+from .base import Consumer, Producer, Reader, RebalanceListener, Transport
+from .kafka_admin import (
+    KafkaAdmin,
+    consumer_config,
+    parse_bootstrap,
+    producer_config,
+    reader_config,
+    reraise_unwrapped,
+)
+from .kafka_consumer import KafkaConsumer, KafkaReader
+from .kafka_producer import KafkaProducer
+
+if TYPE_CHECKING:
+    from .._settings import Settings
+
+__all__ = ["KafkaTransport"]
+
+log = logging.getLogger("streamtrio.kafka")
+
+#: How long a closing consumer may spend handing its partitions back.
+_MIN_LEAVE_TIMEOUT = 5.0
+
+
+class KafkaTransport(Transport):
+    """Producers, consumers and readers for ``kafka://host:port[;host2:port]``.
+
+    Args:
+        url: the broker URL.
+        settings: the app settings; the ``broker_*``, ``consumer_*`` and
+            ``producer_*`` settings become librdkafka options.
+
+    Raises:
+        ConfigurationError: the URL is not a ``kafka://`` URL.
+    """
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        super().__init__(url, settings)
+        self.bootstrap_servers = parse_bootstrap(url)
+        self._admin = KafkaAdmin(settings, self.bootstrap_servers)
+
+    @contextlib.asynccontextmanager
+    async def open_producer(self, *, transactional_id: str | None = None) -> AsyncIterator[Producer]:
+        """Open a producer; on exit it is flushed (within ``shutdown_timeout``) and closed.
+
+        Raises:
+            BrokerUnavailableError: no answer within ``broker_request_timeout``.
+            ConfigurationError: an unknown or invalid librdkafka option.
+        """
+        if transactional_id is not None:
+            raise ConfigurationError(
+                "transactional producers are not available yet: the exactly_once "
+                "processing guarantee is tracked as its own issue"
+            )
+        producer = KafkaProducer(
+            producer_config(self.settings, self.bootstrap_servers),
+            bootstrap=self.bootstrap_servers,
+            request_timeout=self.settings.broker_request_timeout,
+            close_timeout=self.settings.shutdown_timeout,
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(producer._serve)
+                try:
+                    yield producer
+                finally:
+                    await producer._close()
+        except BaseExceptionGroup as group:
+            reraise_unwrapped(group)
+
+    @contextlib.asynccontextmanager
+    async def open_consumer(
+        self,
+        *,
+        group_id: str,
+        topics: Sequence[str],
+        listener: RebalanceListener,
+    ) -> AsyncIterator[Consumer]:
+        """Join ``group_id``, subscribed to ``topics`` with range assignment.
+
+        Returns once subscribed; partitions arrive later, through the
+        listener, paused. On exit the listener's revoke is awaited and the
+        offsets it returns committed (within ``rebalance_drain_timeout``),
+        then the consumer leaves the group and closes.
+
+        Raises:
+            BrokerUnavailableError: no answer within ``broker_request_timeout``.
+            ConfigurationError: an unknown or invalid librdkafka option.
+        """
+        consumer = KafkaConsumer(
+            consumer_config(self.settings, self.bootstrap_servers, group_id),
+            topics=list(topics),
+            listener=listener,
+            bootstrap=self.bootstrap_servers,
+            request_timeout=self.settings.broker_request_timeout,
+            max_batch=self.settings.consumer_max_batch,
+        )
+        leave_timeout = max(_MIN_LEAVE_TIMEOUT, self.settings.rebalance_drain_timeout)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(consumer._serve, nursery)
+                try:
+                    yield consumer
+                finally:
+                    try:
+                        with trio.move_on_after(leave_timeout, shield=True):
+                            await consumer._leave()
+                    finally:
+                        consumer._stop_soon()
+                        # Cancels a listener handler still running; the
+                        # consumer thread itself is never abandoned.
+                        nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            reraise_unwrapped(group)
+
+    @contextlib.asynccontextmanager
+    async def open_reader(self) -> AsyncIterator[Reader]:
+        """Open a manually assigned reader outside any group (never commits).
+
+        Raises:
+            BrokerUnavailableError: no answer within ``broker_request_timeout``.
+            ConfigurationError: an unknown or invalid librdkafka option.
+        """
+        reader = KafkaReader(
+            reader_config(self.settings, self.bootstrap_servers),
+            bootstrap=self.bootstrap_servers,
+            request_timeout=self.settings.broker_request_timeout,
+            max_batch=self.settings.consumer_max_batch,
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(reader._serve, nursery)
+                try:
+                    yield reader
+                finally:
+                    reader._stop_soon()
+        except BaseExceptionGroup as group:
+            reraise_unwrapped(group)
+
+    async def create_topics(self, specs: Sequence[TopicSpec]) -> list[str]:
+        return await self._admin.create_topics(specs)
+
+    async def partition_counts(self, topics: Sequence[str]) -> dict[str, int]:
+        return await self._admin.partition_counts(topics)

@@ -1,0 +1,341 @@
+"""Kafka client set-up shared by the consumer, producer and reader, and topic admin.
+
+Settings become librdkafka options here (:func:`consumer_config`,
+:func:`producer_config`, :func:`reader_config`), librdkafka's errors become
+streamtrio exceptions (:func:`new_client`, :func:`broker_unavailable`), and
+:class:`KafkaAdmin` creates and inspects topics.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import trio
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from .._exceptions import BrokerUnavailableError, ConfigurationError, TopicError
+from .._types import TopicSpec
+
+if TYPE_CHECKING:
+    from .._settings import Settings
+
+__all__ = [
+    "KafkaAdmin",
+    "broker_unavailable",
+    "consumer_config",
+    "new_client",
+    "parse_bootstrap",
+    "producer_config",
+    "reader_config",
+    "reraise_unwrapped",
+]
+
+log = logging.getLogger("streamtrio.kafka")
+#: librdkafka's own log lines, forwarded to Python logging.
+rdkafka_log = logging.getLogger("streamtrio.kafka.librdkafka")
+
+_DEFAULT_PORT = 9092
+# Options streamtrio sets itself because its correctness depends on them.
+_MANAGED = frozenset(
+    {
+        "bootstrap.servers",
+        "group.id",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "enable.partition.eof",
+        "transactional.id",
+        "on_delivery",
+        "error_cb",
+        "logger",
+    }
+)
+
+T = TypeVar("T")
+
+
+def parse_bootstrap(url: str) -> str:
+    """``kafka://host:port[;host2:port]`` -> librdkafka's ``host:port,host2:port``.
+
+    Raises:
+        ConfigurationError: the URL is not a ``kafka://`` URL with at least one host.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() != "kafka":
+        raise ConfigurationError(f"broker URL {url!r}: expected kafka://host:port[;host:port]")
+    hosts = []
+    for part in rest.replace(",", ";").split(";"):
+        host = part.strip().rstrip("/")
+        if not host:
+            continue
+        if ":" not in host.rsplit("]", 1)[-1]:
+            host = f"{host}:{_DEFAULT_PORT}"
+        hosts.append(host)
+    if not hosts:
+        raise ConfigurationError(f"broker URL {url!r}: no host given")
+    return ",".join(hosts)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _user_options(settings: Settings, *names: str) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for name in names:
+        extra: Mapping[str, Any] = getattr(settings, name)
+        for key, value in extra.items():
+            if key in _MANAGED:
+                raise ConfigurationError(
+                    f"setting {name!r}: librdkafka option {key!r} is managed by streamtrio "
+                    "and cannot be overridden"
+                )
+            options[key] = value
+    return options
+
+
+def _base_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": bootstrap,
+        "client.id": settings.broker_client_id,
+        "logger": rdkafka_log,
+        "error_cb": _log_client_error,
+    }
+
+
+def consumer_config(settings: Settings, bootstrap: str, group_id: str) -> dict[str, Any]:
+    """librdkafka options of a group consumer."""
+    config = _base_config(settings, bootstrap)
+    config.update(
+        {
+            "group.id": group_id,
+            "session.timeout.ms": _ms(settings.broker_session_timeout),
+            "heartbeat.interval.ms": _ms(settings.broker_heartbeat_interval),
+            "max.poll.interval.ms": _ms(settings.broker_max_poll_interval),
+            "auto.offset.reset": settings.consumer_auto_offset_reset,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "partition.assignment.strategy": "range",
+            # A broker that answers with a whole partition per fetch (Tansu)
+            # overfills the prefetch queue; the default 1 s back-off then halves
+            # throughput.
+            "fetch.queue.backoff.ms": 10,
+        }
+    )
+    config.update(_user_options(settings, "broker_config", "consumer_config"))
+    return config
+
+
+def reader_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
+    """librdkafka options of a manually assigned reader (outside any group)."""
+    config = _base_config(settings, bootstrap)
+    config.update(
+        {
+            # librdkafka requires a group.id even for manual assignment; a
+            # unique one that is never committed to keeps the reader alone.
+            "group.id": f"{settings.broker_client_id}-reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+            "fetch.queue.backoff.ms": 10,
+        }
+    )
+    config.update(_user_options(settings, "broker_config", "consumer_config"))
+    return config
+
+
+def producer_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
+    """librdkafka options of a producer."""
+    config = _base_config(settings, bootstrap)
+    config.update(
+        {
+            "linger.ms": settings.producer_linger_ms,
+            "compression.type": settings.producer_compression_type,
+            "acks": settings.producer_acks,
+            # The Java client's partitioner: a keyed message lands where any
+            # other Kafka client would put it.
+            "partitioner": "murmur2_random",
+        }
+    )
+    config.update(_user_options(settings, "broker_config", "producer_config"))
+    return config
+
+
+def admin_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
+    """librdkafka options of the admin client."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "client.id": settings.broker_client_id,
+    }
+    config.update(_user_options(settings, "broker_config"))
+    return config
+
+
+def new_client(factory: Callable[[dict[str, Any]], T], config: dict[str, Any], what: str) -> T:
+    """Create a confluent-kafka client, turning a bad option into a ConfigurationError.
+
+    Raises:
+        ConfigurationError: librdkafka rejected an option (the message names it).
+    """
+    try:
+        return factory(config)
+    except KafkaException as exc:
+        raise ConfigurationError(
+            f"invalid librdkafka option for the Kafka {what} (check the broker_config, "
+            f"consumer_config and producer_config settings): {_reason(exc)}"
+        ) from exc
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"invalid librdkafka option for the Kafka {what}: {exc}") from exc
+
+
+def broker_unavailable(bootstrap: str, timeout: float, exc: KafkaException) -> BrokerUnavailableError:
+    """The error raised when the broker does not answer within ``timeout``."""
+    error = BrokerUnavailableError(
+        f"cannot reach the Kafka broker at {bootstrap} within {timeout:g}s: {_reason(exc)}"
+    )
+    error.__cause__ = exc
+    return error
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        err: KafkaError = exc.args[0]
+        return f"{err.str()} ({err.name()})"
+    return str(exc)
+
+
+def _log_client_error(err: KafkaError) -> None:
+    # Global client errors (broker down, authentication) are retried by
+    # librdkafka; fatal ones also surface through the calls that fail. A lost
+    # connection is already in librdkafka's own log.
+    if err.fatal():
+        level = logging.ERROR
+    elif err.code() == KafkaError._TRANSPORT:
+        level = logging.DEBUG
+    else:
+        level = logging.WARNING
+    log.log(level, "Kafka client error: %s (%s)", err.str(), err.name())
+
+
+def reraise_unwrapped(group: BaseExceptionGroup[BaseException]) -> NoReturn:
+    """Raise the only exception inside ``group`` (nested single groups too), else ``group``.
+
+    The transport's context managers run a nursery around ``yield``; trio
+    wraps whatever leaves it in an exception group. A lone error is raised
+    bare so callers can catch ``BrokerUnavailableError`` (or their own error
+    from the ``async with`` body) as usual; its own context is kept.
+    """
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+        leaf = leaf.exceptions[0]
+    if leaf is group:
+        raise group
+    context = leaf.__context__
+    try:
+        raise leaf
+    finally:
+        leaf.__context__ = context
+
+
+class KafkaAdmin:
+    """Topic creation and inspection through a confluent ``AdminClient``.
+
+    The admin client is thread-safe and resolves its futures on its own
+    thread; every blocking wait runs in a worker thread with a deadline of
+    ``settings.broker_request_timeout``.
+    """
+
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        self._settings = settings
+        self._bootstrap = bootstrap
+        self._client: Any = None
+
+    def _admin(self) -> Any:
+        if self._client is None:
+            self._client = new_client(
+                AdminClient, admin_config(self._settings, self._bootstrap), "admin client"
+            )
+        return self._client
+
+    async def partition_counts(self, topics: Sequence[str]) -> dict[str, int]:
+        """Partition counts of the existing topics among ``topics``."""
+        existing = await self._list_topics()
+        return {name: existing[name] for name in topics if name in existing}
+
+    async def create_topics(self, specs: Sequence[TopicSpec]) -> list[str]:
+        """Create the missing topics among ``specs``; return the names created."""
+        existing = await self._list_topics()
+        missing: dict[str, TopicSpec] = {}
+        for spec in specs:
+            if spec.name not in existing and spec.name not in missing:
+                missing[spec.name] = spec
+        if not missing:
+            return []
+        admin = self._admin()
+        timeout = self._settings.broker_request_timeout
+        new_topics = [
+            NewTopic(
+                spec.name,
+                num_partitions=spec.partitions,
+                replication_factor=spec.replication_factor,
+                config={k: str(v) for k, v in spec.config.items()},
+            )
+            for spec in missing.values()
+        ]
+        try:
+            futures = admin.create_topics(new_topics, operation_timeout=timeout, request_timeout=timeout)
+        except KafkaException as exc:
+            raise TopicError(f"cannot create topics {sorted(missing)}: {_reason(exc)}") from exc
+
+        def wait() -> list[str]:
+            created: list[str] = []
+            for name, future in futures.items():
+                try:
+                    future.result(timeout=timeout)
+                except KafkaException as exc:
+                    err = exc.args[0] if exc.args else None
+                    if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                        continue
+                    if isinstance(err, KafkaError) and err.code() in (
+                        KafkaError._TRANSPORT,
+                        KafkaError._TIMED_OUT,
+                        KafkaError._ALL_BROKERS_DOWN,
+                    ):
+                        raise broker_unavailable(self._bootstrap, timeout, exc) from exc
+                    raise TopicError(
+                        f"cannot create topic {name!r} ({missing[name].partitions} partitions): "
+                        f"{_reason(exc)}"
+                    ) from exc
+                except TimeoutError as exc:
+                    raise BrokerUnavailableError(
+                        f"the Kafka broker at {self._bootstrap} did not confirm the creation "
+                        f"of topic {name!r} within {timeout:g}s"
+                    ) from exc
+                created.append(name)
+            return created
+
+        created = await trio.to_thread.run_sync(wait, thread_name="streamtrio-kafka-admin")
+        if created:
+            log.info("created topics %s", ", ".join(created))
+        return created
+
+    async def _list_topics(self) -> dict[str, int]:
+        admin = self._admin()
+        timeout = self._settings.broker_request_timeout
+
+        def call() -> dict[str, int]:
+            try:
+                metadata = admin.list_topics(timeout=timeout)
+            except KafkaException as exc:
+                raise broker_unavailable(self._bootstrap, timeout, exc) from exc
+            return {
+                name: len(topic.partitions) for name, topic in metadata.topics.items() if topic.error is None
+            }
+
+        return await trio.to_thread.run_sync(call, thread_name="streamtrio-kafka-admin")

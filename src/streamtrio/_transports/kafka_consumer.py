@@ -1,0 +1,695 @@
+"""The Kafka group consumer and the manually assigned reader.
+
+Each owns one confluent ``Consumer`` and exactly one thread that makes every
+call on it (Tansu and librdkafka misbehave when a second thread calls in while
+the first polls). The trio side talks to that thread through a
+``queue.SimpleQueue`` of commands; the thread serves them between
+``consume()`` calls, answers through a :class:`trio.Event` set with the run's
+trio token, and hands fetched messages to trio as whole batches through a
+small bounded memory channel.
+
+Rebalance callbacks fire on the thread inside ``consume()``. The thread starts
+the listener's handler as a task in the consumer's nursery and keeps serving
+commands (commit, committed, pause, resume) until the handler returns, so a
+handler may await the consumer without deadlocking it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import trio
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer as _RdConsumer
+
+from .._exceptions import (
+    ClosedError,
+    CommitError,
+    StreamtrioError,
+    TopicError,
+    TransportError,
+)
+from .._types import TP, Message
+from .base import Consumer, Reader, ReaderBatch, RebalanceListener
+from .kafka_admin import broker_unavailable, new_client
+
+__all__ = ["KafkaConsumer", "KafkaReader"]
+
+log = logging.getLogger("streamtrio.kafka")
+
+B = TypeVar("B")
+
+#: How long ``consume()`` waits; commands are served at least this often.
+_POLL_TIMEOUT = 0.05
+#: How long the thread waits for room in the batch channel before serving commands again.
+_OFFER_TIMEOUT = 0.05
+#: Batches waiting in the channel (beyond the one being handed over).
+_CHANNEL_SIZE = 2
+#: Revocation records kept to filter batches fetched before a revocation.
+_RETIRED_KEEP = 256
+
+# Errors a consumer sees while the cluster moves or the network blips;
+# librdkafka retries them by itself.
+_TRANSIENT = frozenset(
+    {
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError._MAX_POLL_EXCEEDED,
+        KafkaError._RESOLVE,
+    }
+)
+_TOPIC_ERRORS = frozenset(
+    {
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    }
+)
+
+
+class _Stop(Exception):
+    """Raised on the thread to leave its loop (the trio run is gone)."""
+
+
+@dataclass(slots=True, eq=False)
+class _Reply:
+    """Where the thread puts the answer to a command; trio waits on ``event``."""
+
+    event: trio.Event = field(default_factory=trio.Event)
+    value: Any = None
+    error: BaseException | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Command:
+    kind: str
+    arg: Any = None
+    reply: _Reply | None = None
+
+
+def _to_message(m: Any) -> Message:
+    ts_type, ts = m.timestamp()
+    headers = m.headers()
+    if headers is not None:
+        headers = [(k, v if v is not None else b"") for k, v in headers]
+    return Message(
+        m.topic(),
+        m.partition(),
+        m.offset(),
+        m.key(),
+        m.value(),
+        ts / 1000.0 if ts_type != TIMESTAMP_NOT_AVAILABLE else 0.0,
+        headers,
+    )
+
+
+def _rd_partitions(tps: Iterable[TP], offsets: Mapping[TP, int] | None = None) -> list[Any]:
+    if offsets is None:
+        return [TopicPartition(tp.topic, tp.partition) for tp in tps]
+    return [TopicPartition(tp.topic, tp.partition, offsets[tp]) for tp in tps]
+
+
+def _tps(partitions: Iterable[Any]) -> frozenset[TP]:
+    return frozenset(TP(p.topic, p.partition) for p in partitions)
+
+
+def _message_error(err: KafkaError, m: Any) -> StreamtrioError | None:
+    """The exception for an error delivered as a message, or ``None`` to only log it."""
+    where = f"topic {m.topic()!r} partition {m.partition()}" if m.topic() else "the consumer"
+    if err.code() in _TRANSIENT or (err.retriable() and not err.fatal()):
+        log.warning("Kafka consumer error on %s (retrying): %s", where, err.str())
+        return None
+    exc_type: type[StreamtrioError] = TopicError if err.code() in _TOPIC_ERRORS else TransportError
+    exc = exc_type(f"Kafka consumer error on {where}: {err.str()} ({err.name()})")
+    exc.__cause__ = KafkaException(err)
+    return exc
+
+
+class _ThreadOwnedClient(Generic[B]):
+    """A confluent Consumer owned by one thread, served through a command queue.
+
+    Subclasses say how to set the client up and what a batch is; this class
+    runs the thread, the command queue and the batch channel.
+    """
+
+    _kind = "consumer"
+
+    def __init__(self, config: dict[str, Any], *, bootstrap: str, request_timeout: float) -> None:
+        self._config = config
+        self._bootstrap = bootstrap
+        self._request_timeout = request_timeout
+        self._max_batch = 10000
+        self._queue: queue.SimpleQueue[_Command] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._nursery: trio.Nursery | None = None
+        send, receive = trio.open_memory_channel[tuple[int, B]](_CHANNEL_SIZE)
+        self._send_channel = send
+        self._receive_channel = receive
+        # Partitions taken away, as (generation, partitions). A batch is tagged
+        # with the generation it was fetched in; trio drops its messages of
+        # partitions retired in a later generation.
+        self._generation = 0
+        self._retired: list[tuple[int, frozenset[TP]]] = []
+        # Owned by the thread.
+        self._client: Any = None
+        self._pending: tuple[int, B] | None = None
+        self._frozen = False
+        self._stopping = False
+
+    # -- trio side ---------------------------------------------------------
+
+    async def _serve(
+        self,
+        nursery: trio.Nursery,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._nursery = nursery
+        await trio.to_thread.run_sync(
+            self._thread_main,
+            task_status,
+            thread_name=f"streamtrio-kafka-{self._kind}",
+        )
+
+    def _put(self, command: _Command) -> None:
+        with self._lock:
+            if self._closed:
+                raise ClosedError(f"the Kafka {self._kind} is closed")
+            self._queue.put(command)
+
+    async def _call(self, kind: str, arg: Any = None) -> Any:
+        reply = _Reply()
+        self._put(_Command(kind, arg, reply))
+        await reply.event.wait()
+        if reply.error is not None:
+            raise reply.error
+        return reply.value
+
+    def _stop_soon(self) -> None:
+        """Ask the thread to close the client and exit (idempotent)."""
+        try:
+            self._put(_Command("stop"))
+        except ClosedError:
+            pass
+
+    def _retire(self, tps: frozenset[TP]) -> int:
+        self._generation += 1
+        self._retired.append((self._generation, tps))
+        del self._retired[:-_RETIRED_KEEP]
+        return self._generation
+
+    def _retired_since(self, generation: int) -> frozenset[TP]:
+        if generation >= self._generation:
+            return frozenset()
+        out: set[TP] = set()
+        for gen, tps in reversed(self._retired):
+            if gen <= generation:
+                break
+            out |= tps
+        return frozenset(out)
+
+    async def _receive(self) -> tuple[int, B]:
+        try:
+            return await self._receive_channel.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise ClosedError(f"the Kafka {self._kind} is closed") from None
+
+    # -- thread side -------------------------------------------------------
+
+    def _setup(self, client: Any) -> None:
+        """Called on the thread once the broker answered (subscribe, ...)."""
+
+    def _fetch(self, client: Any) -> tuple[int, B] | None:
+        """One ``consume()`` call; the batch to hand to trio, if any."""
+        raise NotImplementedError
+
+    def _filter_pending(self, tps: frozenset[TP]) -> None:
+        """Drop the not yet handed-over messages of ``tps``."""
+
+    def _handle(self, client: Any, command: _Command) -> Any:
+        """Serve one subclass-specific command; return its answer."""
+        raise NotImplementedError(command.kind)
+
+    def _thread_main(self, task_status: trio.TaskStatus[None]) -> None:
+        client = new_client(_RdConsumer, self._config, self._kind)
+        self._client = client
+        try:
+            try:
+                client.list_topics(timeout=self._request_timeout)
+            except KafkaException as exc:
+                raise broker_unavailable(self._bootstrap, self._request_timeout, exc) from exc
+            self._setup(client)
+            self._to_trio(task_status.started)
+            self._loop(client)
+        except _Stop:
+            pass
+        finally:
+            self._stopping = True
+            with self._lock:
+                self._closed = True
+            self._fail_commands()
+            try:
+                client.close()
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("closing the Kafka %s: %s", self._kind, exc)
+            try:
+                self._to_trio(self._send_channel.close)
+            except _Stop:
+                pass
+
+    def _to_trio(self, fn: Callable[..., object], *args: Any) -> None:
+        try:
+            trio.from_thread.run_sync(fn, *args, trio_token=self._token)
+        except trio.RunFinishedError:
+            raise _Stop from None
+
+    def _loop(self, client: Any) -> None:
+        while True:
+            self._serve_commands(client)
+            if self._stopping:
+                return
+            if self._pending is not None:
+                if self._offer(self._pending):
+                    self._pending = None
+                continue
+            if self._frozen:
+                self._serve_commands(client, timeout=_POLL_TIMEOUT)
+                continue
+            batch = self._fetch(client)
+            if batch is not None:
+                self._pending = batch
+
+    def _offer(self, batch: tuple[int, B]) -> bool:
+        """Hand ``batch`` to trio; ``False`` if the channel stayed full for a while."""
+        try:
+            return trio.from_thread.run(self._offer_in_trio, batch, trio_token=self._token)
+        except trio.RunFinishedError:
+            raise _Stop from None
+
+    async def _offer_in_trio(self, batch: tuple[int, B]) -> bool:
+        with trio.move_on_after(_OFFER_TIMEOUT):
+            try:
+                await self._send_channel.send(batch)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # nobody reads any more: the consumer is closing
+            return True
+        return False
+
+    def _serve_commands(self, client: Any, timeout: float | None = None) -> None:
+        """Serve every queued command; wait up to ``timeout`` for the first one."""
+        try:
+            command = self._queue.get(timeout=timeout) if timeout else self._queue.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._dispatch(client, command)
+            try:
+                command = self._queue.get_nowait()
+            except queue.Empty:
+                return
+
+    def _dispatch(self, client: Any, command: _Command) -> None:
+        try:
+            if command.kind == "stop":
+                self._stopping = True
+                value: Any = None
+            elif command.kind == "freeze":
+                self._frozen = True
+                value = None
+            elif command.kind == "pause":
+                self._pause_resume(client.pause, command.arg, "pause")
+                value = None
+            elif command.kind == "resume":
+                self._pause_resume(client.resume, command.arg, "resume")
+                value = None
+            else:
+                value = self._handle(client, command)
+        except Exception as exc:
+            if command.reply is None:
+                raise
+            self._answer(command.reply, error=exc)
+        else:
+            if command.reply is not None:
+                self._answer(command.reply, value=value)
+
+    def _pause_resume(self, method: Callable[[list[Any]], None], tps: frozenset[TP], what: str) -> None:
+        try:
+            method(_rd_partitions(tps))
+        except KafkaException as exc:
+            log.warning("cannot %s %s: %s", what, ", ".join(map(str, sorted(tps))), exc)
+
+    def _answer(self, reply: _Reply, *, value: Any = None, error: BaseException | None = None) -> None:
+        reply.value = value
+        reply.error = error
+        try:
+            trio.from_thread.run_sync(reply.event.set, trio_token=self._token)
+        except trio.RunFinishedError:
+            pass
+
+    def _fail_commands(self) -> None:
+        while True:
+            try:
+                command = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if command.reply is not None:
+                self._answer(command.reply, error=ClosedError(f"the Kafka {self._kind} is closed"))
+
+    def _run_in_trio(self, fn: Callable[[Any], Any], arg: Any) -> tuple[bool, Any]:
+        """Run ``await fn(arg)`` as a task in the nursery; serve commands until it ends.
+
+        Returns ``(True, result)``, or ``(False, exception)`` if it raised (the
+        task re-raises it in the nursery, which takes the consumer down).
+        """
+        reply = _Reply()
+        done = _Command("done", reply=reply)
+        assert self._nursery is not None
+
+        async def task() -> None:
+            try:
+                reply.value = await fn(arg)
+            except BaseException as exc:
+                reply.error = exc
+                raise
+            finally:
+                self._queue.put(done)
+
+        self._to_trio(self._nursery.start_soon, task)
+        while True:
+            command = self._queue.get()
+            if command is done:
+                break
+            if command.kind == "stop":
+                self._stopping = True  # leave once the handler is finished
+                continue
+            self._dispatch(self._client, command)
+        if reply.error is not None:
+            self._stopping = True
+            return False, reply.error
+        return True, reply.value
+
+
+class KafkaConsumer(_ThreadOwnedClient[list[Message]], Consumer):
+    """A group member on one confluent Consumer; see the module docstring."""
+
+    _kind = "consumer"
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        *,
+        topics: list[str],
+        listener: RebalanceListener,
+        bootstrap: str,
+        request_timeout: float,
+        max_batch: int,
+    ) -> None:
+        super().__init__(config, bootstrap=bootstrap, request_timeout=request_timeout)
+        self._topics = topics
+        self._listener = listener
+        self._group_id = str(config["group.id"])
+        self._max_batch = max_batch
+        self._assignment: frozenset[TP] = frozenset()
+        # consumer_config may choose cooperative-sticky; range (eager) is the default.
+        strategy = str(config.get("partition.assignment.strategy", "range"))
+        self._cooperative = "cooperative" in strategy
+
+    # -- Consumer interface ------------------------------------------------
+
+    async def getmany(self) -> list[Message]:
+        while True:
+            generation, batch = await self._receive()
+            retired = self._retired_since(generation)
+            if retired:
+                batch = [m for m in batch if (m.topic, m.partition) not in retired]
+            if batch:
+                return batch
+
+    async def subscribe(self, topics: Sequence[str]) -> None:
+        """Replace the subscription (names, or librdkafka regexes starting with ``^``).
+
+        Returns once the consumer thread has subscribed; the rebalance that
+        follows reaches the listener as usual.
+        """
+        await self._call("subscribe", list(topics))
+
+    def pause_nowait(self, tps: Collection[TP]) -> None:
+        self._put(_Command("pause", frozenset(tps)))
+
+    def resume_nowait(self, tps: Collection[TP]) -> None:
+        self._put(_Command("resume", frozenset(tps)))
+
+    async def commit(self, offsets: Mapping[TP, int]) -> None:
+        if offsets:
+            await self._call("commit", dict(offsets))
+
+    async def committed(self, tps: Collection[TP]) -> dict[TP, int | None]:
+        if not tps:
+            return {}
+        result: dict[TP, int | None] = await self._call("committed", frozenset(tps))
+        return result
+
+    def assignment(self) -> frozenset[TP]:
+        return self._assignment
+
+    # -- lifecycle (called by KafkaTransport.open_consumer) ----------------
+
+    async def _leave(self) -> None:
+        """Give every partition back through the listener, committing what it returns."""
+        try:
+            await self._call("freeze")
+        except ClosedError:
+            return
+        assigned = self._assignment
+        if not assigned:
+            return
+        offsets = await self._listener.on_partitions_revoked(assigned)
+        await self.commit(offsets)
+
+    # -- thread side -------------------------------------------------------
+
+    def _setup(self, client: Any) -> None:
+        self._subscribe(client, self._topics)
+
+    def _subscribe(self, client: Any, topics: list[str]) -> None:
+        self._topics = topics
+        if not topics:
+            client.unsubscribe()
+            return
+        try:
+            client.subscribe(
+                topics,
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+        except KafkaException as exc:
+            raise TopicError(f"cannot subscribe to {', '.join(topics)}: {exc.args[0]}") from exc
+
+    def _fetch(self, client: Any) -> tuple[int, list[Message]] | None:
+        raw = client.consume(num_messages=self._max_batch, timeout=_POLL_TIMEOUT)
+        if not raw:
+            return None
+        batch: list[Message] = []
+        for m in raw:
+            err = m.error()
+            if err is None:
+                batch.append(_to_message(m))
+            elif err.code() != KafkaError._PARTITION_EOF:
+                exc = _message_error(err, m)
+                if exc is not None:
+                    raise exc
+        return (self._generation, batch) if batch else None
+
+    def _handle(self, client: Any, command: _Command) -> Any:
+        if command.kind == "commit":
+            self._commit(client, command.arg)
+            return None
+        if command.kind == "committed":
+            return self._committed(client, command.arg)
+        if command.kind == "subscribe":
+            self._subscribe(client, command.arg)
+            return None
+        raise NotImplementedError(command.kind)
+
+    def _commit(self, client: Any, offsets: Mapping[TP, int]) -> None:
+        described = ", ".join(f"{tp}@{off}" for tp, off in sorted(offsets.items()))
+        try:
+            result = client.commit(offsets=_rd_partitions(offsets, offsets), asynchronous=False)
+        except KafkaException as exc:
+            raise CommitError(
+                f"cannot commit {described} for group {self._group_id!r}: {exc.args[0]}"
+            ) from exc
+        for p in result or ():
+            if p.error is not None:
+                raise CommitError(
+                    f"cannot commit {p.topic}[{p.partition}]@{p.offset} for group "
+                    f"{self._group_id!r}: {p.error}"
+                ) from KafkaException(p.error)
+
+    def _committed(self, client: Any, tps: frozenset[TP]) -> dict[TP, int | None]:
+        try:
+            result = client.committed(_rd_partitions(tps), timeout=self._request_timeout)
+        except KafkaException as exc:
+            raise TransportError(
+                f"cannot read the committed offsets of group {self._group_id!r}: {exc.args[0]}"
+            ) from exc
+        return {TP(p.topic, p.partition): (p.offset if p.offset >= 0 else None) for p in result}
+
+    def _on_assign(self, client: Any, partitions: list[Any]) -> None:
+        if self._stopping:
+            return
+        tps = _tps(partitions)
+        if self._cooperative:
+            client.incremental_assign(partitions)
+            self._assignment = self._assignment | tps
+        else:
+            client.assign(partitions)
+            self._assignment = tps
+        # Paused before any fetch: the listener resumes them when their
+        # tables are ready.
+        if partitions:
+            client.pause(partitions)
+        log.info("assigned %s", ", ".join(map(str, sorted(tps))) or "nothing")
+        self._run_in_trio(self._listener.on_partitions_assigned, tps)
+
+    def _on_revoke(self, client: Any, partitions: list[Any]) -> None:
+        self._give_up(client, partitions, commit=True)
+
+    def _on_lost(self, client: Any, partitions: list[Any]) -> None:
+        self._give_up(client, partitions, commit=False)
+
+    def _give_up(self, client: Any, partitions: list[Any], *, commit: bool) -> None:
+        tps = _tps(partitions)
+        self._retire(tps)
+        self._filter_pending(tps)
+        if tps and not self._stopping:
+            log.info("%s %s", "revoked" if commit else "lost", ", ".join(map(str, sorted(tps))))
+            ok, offsets = self._run_in_trio(self._listener.on_partitions_revoked, tps)
+            offsets = {tp: off for tp, off in offsets.items() if tp in tps} if ok else {}
+            if commit and offsets:
+                try:
+                    self._commit(client, offsets)
+                except CommitError as exc:
+                    log.error("commit on revoke failed: %s", exc)
+        if self._cooperative:
+            client.incremental_unassign(partitions)
+        else:
+            client.unassign()
+        self._assignment = self._assignment - tps
+
+    def _filter_pending(self, tps: frozenset[TP]) -> None:
+        if self._pending is not None:
+            _, batch = self._pending
+            kept = [m for m in batch if (m.topic, m.partition) not in tps]
+            self._pending = (self._generation, kept) if kept else None
+
+
+class KafkaReader(_ThreadOwnedClient[ReaderBatch], Reader):
+    """A manually assigned consumer outside any group; never commits."""
+
+    _kind = "reader"
+
+    def __init__(
+        self, config: dict[str, Any], *, bootstrap: str, request_timeout: float, max_batch: int
+    ) -> None:
+        super().__init__(config, bootstrap=bootstrap, request_timeout=request_timeout)
+        self._max_batch = max_batch
+        # Owned by the thread: what is assigned now.
+        self._assigned: set[TP] = set()
+        self._thread_generation = 0
+
+    def assign_nowait(self, offsets: Mapping[TP, int]) -> None:
+        if offsets:
+            # Re-assigning restarts the partition: drop what was fetched before.
+            generation = self._retire(frozenset(offsets))
+            self._put(_Command("assign", (generation, dict(offsets))))
+
+    def unassign_nowait(self, tps: Iterable[TP]) -> None:
+        retired = frozenset(tps)
+        if retired:
+            generation = self._retire(retired)
+            self._put(_Command("unassign", (generation, retired)))
+
+    async def getmany(self) -> ReaderBatch:
+        while True:
+            generation, batch = await self._receive()
+            retired = self._retired_since(generation)
+            if retired:
+                batch = ReaderBatch(
+                    [m for m in batch.messages if (m.topic, m.partition) not in retired],
+                    batch.eof - retired,
+                )
+            if batch.messages or batch.eof:
+                return batch
+
+    # -- thread side -------------------------------------------------------
+
+    def _handle(self, client: Any, command: _Command) -> Any:
+        generation: int
+        try:
+            if command.kind == "assign":
+                generation, offsets = command.arg
+                again = [tp for tp in offsets if tp in self._assigned]
+                if again:
+                    client.incremental_unassign(_rd_partitions(again))
+                client.incremental_assign(_rd_partitions(offsets, offsets))
+                self._assigned.update(offsets)
+            elif command.kind == "unassign":
+                generation, tps = command.arg
+                gone = [tp for tp in tps if tp in self._assigned]
+                if gone:
+                    client.incremental_unassign(_rd_partitions(gone))
+                    self._assigned.difference_update(gone)
+            else:
+                raise NotImplementedError(command.kind)
+        except KafkaException as exc:
+            described = ", ".join(map(str, sorted(command.arg[1])))
+            raise TransportError(
+                f"the Kafka reader cannot {command.kind} {described}: {exc.args[0]}"
+            ) from exc
+        self._thread_generation = generation
+        self._filter_pending(frozenset(command.arg[1]))
+        return None
+
+    def _filter_pending(self, tps: frozenset[TP]) -> None:
+        if self._pending is not None:
+            _, batch = self._pending
+            kept = ReaderBatch(
+                [m for m in batch.messages if (m.topic, m.partition) not in tps],
+                batch.eof - tps,
+            )
+            self._pending = (self._thread_generation, kept) if kept.messages or kept.eof else None
+
+    def _fetch(self, client: Any) -> tuple[int, ReaderBatch] | None:
+        raw = client.consume(num_messages=self._max_batch, timeout=_POLL_TIMEOUT)
+        if not raw:
+            return None
+        messages: list[Message] = []
+        eof: set[TP] = set()
+        for m in raw:
+            err = m.error()
+            if err is None:
+                msg = _to_message(m)
+                messages.append(msg)
+                if eof:
+                    eof.discard(TP(msg.topic, msg.partition))
+            elif err.code() == KafkaError._PARTITION_EOF:
+                eof.add(TP(m.topic(), m.partition()))
+            else:
+                exc = _message_error(err, m)
+                if exc is not None:
+                    raise exc
+        if not messages and not eof:
+            return None
+        return self._thread_generation, ReaderBatch(messages, frozenset(eof))

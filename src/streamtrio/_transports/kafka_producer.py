@@ -1,0 +1,436 @@
+"""The Kafka producer: one thread owns the confluent ``Producer``.
+
+``send_nowait`` appends the message to a ``queue.SimpleQueue`` (no thread hop
+per message). The poll thread drains that queue into ``produce()`` (on
+``BufferError`` it polls and retries: nothing is dropped), calls ``poll()``
+to serve delivery reports, and hands the reports of one round to trio at
+once with ``TrioToken.run_sync_soon``. In trio the batch updates the counters,
+wakes ``flush()`` waiters and calls the ``on_delivery`` callbacks.
+
+``flush()`` is exact: every message carries the number of the flush *epoch*
+it was sent in; ``flush()`` closes the current epoch and waits until no
+message of it or an older epoch is outstanding.
+
+Per message, the trio side does one tuple and one queue put; the thread does
+one ``produce()`` and one small Python callback (a counter per epoch for
+messages without ``on_delivery``, so no allocation per delivery).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import trio
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Producer as _RdProducer
+
+from .._exceptions import ClosedError, ProducerError, ProducerFencedError
+from .._types import Headers, RecordMetadata
+from .base import DeliveryCallback, Producer, ProducerStatistics
+from .kafka_admin import broker_unavailable, new_client
+
+__all__ = ["KafkaProducer"]
+
+log = logging.getLogger("streamtrio.kafka")
+
+#: Messages produced between two polls when the queue is busy.
+_PRODUCE_CHUNK = 2000
+#: How long the thread polls for delivery reports while messages are in flight.
+_POLL_BUSY = 0.002
+#: How long the thread waits for new messages when nothing is in flight.
+_POLL_IDLE = 0.1
+#: How often partition counts are refreshed for topics the producer does not know.
+_METADATA_REFRESH = 1.0
+
+_FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
+
+_STOP = object()
+
+
+@dataclass(frozen=True, slots=True)
+class _WantMetadata:
+    topic: str
+
+
+# One queued message: topic, key, value, partition, timestamp_ms, headers,
+# on_delivery, epoch.
+_Item = tuple[
+    str,
+    bytes | None,
+    bytes | None,
+    int | None,
+    int,
+    Headers | None,
+    DeliveryCallback | None,
+    int,
+]
+
+
+def producer_error(err: KafkaError, topic: str, partition: int | None = None) -> ProducerError:
+    """A ``ProducerError`` (or ``ProducerFencedError``) for a librdkafka error."""
+    where = f"topic {topic!r}" + (f" partition {partition}" if partition is not None else "")
+    cls = ProducerFencedError if err.code() in _FENCED else ProducerError
+    exc = cls(f"cannot deliver a message to {where}: {err.str()} ({err.name()})")
+    exc.__cause__ = KafkaException(err)
+    return exc  # type: ignore[return-value]
+
+
+class _EpochSink:
+    """Counts the deliveries of one epoch's messages that have no callback (thread side)."""
+
+    __slots__ = ("epoch", "ok", "owner", "produced", "reported")
+
+    def __init__(self, owner: KafkaProducer, epoch: int) -> None:
+        self.owner = owner
+        self.epoch = epoch
+        self.ok = 0
+        self.produced = 0
+        self.reported = 0
+
+    def report(self, err: KafkaError | None, msg: Any) -> None:
+        if err is None:
+            self.ok += 1
+        else:
+            self.reported += 1
+            self.owner._record_failure(None, self.epoch, producer_error(err, msg.topic(), msg.partition()))
+
+
+@dataclass(slots=True)
+class _Reports:
+    """The delivery reports of one poll round, built on the thread."""
+
+    done: Counter[int] = field(default_factory=Counter)  # epoch -> messages finished
+    delivered: int = 0
+    failed: int = 0
+    callbacks: list[tuple[DeliveryCallback, RecordMetadata | None, ProducerError | None]] = field(
+        default_factory=list
+    )
+    # (epoch, error) of failed messages nobody has a callback for.
+    unreported: list[tuple[int, ProducerError]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.done)
+
+
+class KafkaProducer(Producer):
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        *,
+        bootstrap: str,
+        request_timeout: float,
+        close_timeout: float,
+    ) -> None:
+        self._config = config
+        self._bootstrap = bootstrap
+        self._request_timeout = request_timeout
+        self._close_timeout = close_timeout
+        self._queue: queue.SimpleQueue[_Item | object] = queue.SimpleQueue()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._closed = False
+        # trio side
+        # Messages not yet reported, per closed epoch; the open epoch's are
+        # ``_open_sent`` minus its (negative) entry in ``_outstanding``.
+        self._epoch = 0
+        self._open_sent = 0
+        self._outstanding: dict[int, int] = {}
+        self._sent = 0
+        self._delivered = 0
+        self._failed = 0
+        self._progress = trio.Event()
+        self._unreported: list[tuple[int, ProducerError]] = []
+        # Written by the thread, read by trio (one dict assignment at a time).
+        self._partitions: dict[str, int] = {}
+        self._metadata_asked: dict[str, float] = {}
+        # thread side
+        self._reports = _Reports()
+        self._sinks: dict[int, _EpochSink] = {}
+        self._wanted_topics: set[str] = set()
+        self._last_refresh = 0.0
+
+    # -- Producer interface ------------------------------------------------
+
+    def send_nowait(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        partition: int | None = None,
+        timestamp: float | None = None,
+        headers: Headers | None = None,
+        on_delivery: DeliveryCallback | None = None,
+    ) -> None:
+        if self._closed:
+            raise ClosedError("the Kafka producer is closed")
+        self._open_sent += 1
+        self._queue.put(
+            (
+                topic,
+                key,
+                value,
+                partition,
+                round(timestamp * 1000) if timestamp is not None else 0,
+                headers,
+                on_delivery,
+                self._epoch,
+            )
+        )
+
+    async def flush(self) -> None:
+        epoch = self._close_epoch()
+        while any(e <= epoch for e in self._outstanding):
+            await self._progress.wait()
+        mine = [err for e, err in self._unreported if e <= epoch]
+        if mine:
+            self._unreported = [(e, err) for e, err in self._unreported if e > epoch]
+            first = mine[0]
+            if len(mine) > 1:
+                first.add_note(f"{len(mine) - 1} more message(s) failed before this flush")
+            raise first
+
+    def _close_epoch(self) -> int:
+        epoch = self._epoch
+        self._epoch += 1
+        self._sent += self._open_sent
+        left = self._outstanding.get(epoch, 0) + self._open_sent
+        self._open_sent = 0
+        if left:
+            self._outstanding[epoch] = left
+        else:
+            self._outstanding.pop(epoch, None)
+        return epoch
+
+    def partition_count(self, topic: str) -> int | None:
+        count = self._partitions.get(topic)
+        if count is None and not self._closed:
+            # Learnt in the background by the poll thread; a later call will know.
+            now = time.monotonic()
+            if now - self._metadata_asked.get(topic, -_METADATA_REFRESH) >= _METADATA_REFRESH:
+                self._metadata_asked[topic] = now
+                self._queue.put(_WantMetadata(topic))
+        return count
+
+    def statistics(self) -> ProducerStatistics:
+        return ProducerStatistics(
+            queued=self._sent + self._open_sent - self._delivered - self._failed,
+            delivered=self._delivered,
+            failed=self._failed,
+        )
+
+    # -- lifecycle (called by KafkaTransport.open_producer) ----------------
+
+    async def _serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        await trio.to_thread.run_sync(self._thread_main, task_status, thread_name="streamtrio-kafka-producer")
+
+    async def _close(self) -> None:
+        """Flush (bounded by the close timeout), then stop the thread."""
+        try:
+            with trio.move_on_after(self._close_timeout, shield=True) as scope:
+                await self.flush()
+            if scope.cancelled_caught:
+                log.warning(
+                    "producer closed with %d message(s) undelivered after %gs",
+                    self.statistics().queued,
+                    self._close_timeout,
+                )
+        finally:
+            self._closed = True
+            self._queue.put(_STOP)
+
+    def _on_reports(self, reports: _Reports) -> None:
+        """In trio: account for one batch of delivery reports."""
+        outstanding = self._outstanding
+        for epoch, n in reports.done.items():
+            left = outstanding.get(epoch, 0) - n
+            if left or epoch == self._epoch:
+                outstanding[epoch] = left
+            else:
+                del outstanding[epoch]
+        self._delivered += reports.delivered
+        self._failed += reports.failed
+        if reports.unreported:
+            for _, err in reports.unreported:
+                log.error("%s", err)
+            self._unreported.extend(reports.unreported)
+        self._progress.set()
+        self._progress = trio.Event()
+        for callback, metadata, error in reports.callbacks:
+            callback(metadata, error)
+
+    # -- thread side -------------------------------------------------------
+
+    def _thread_main(self, task_status: trio.TaskStatus[None]) -> None:
+        producer = new_client(_RdProducer, self._config, "producer")
+        try:
+            metadata = producer.list_topics(timeout=self._request_timeout)
+        except KafkaException as exc:
+            raise broker_unavailable(self._bootstrap, self._request_timeout, exc) from exc
+        self._store_metadata(metadata)
+        trio.from_thread.run_sync(task_status.started, trio_token=self._token)
+        try:
+            self._loop(producer)
+        finally:
+            self._closed = True
+            self._final_flush(producer)
+
+    def _loop(self, producer: Any) -> None:
+        get_nowait = self._queue.get_nowait
+        while True:
+            in_flight = len(producer) > 0
+            try:
+                item = self._queue.get(timeout=_POLL_IDLE) if not in_flight else get_nowait()
+            except queue.Empty:
+                item = None
+            produced = 0
+            while item is not None:
+                if item is _STOP:
+                    return
+                if type(item) is tuple:
+                    self._produce(producer, item)
+                    produced += 1
+                elif isinstance(item, _WantMetadata):
+                    self._wanted_topics.add(item.topic)
+                if produced >= _PRODUCE_CHUNK:
+                    break
+                try:
+                    item = get_nowait()
+                except queue.Empty:
+                    item = None
+            producer.poll(0 if produced else _POLL_BUSY)
+            self._send_reports()
+            if self._wanted_topics:
+                self._refresh_metadata(producer)
+
+    def _produce(self, producer: Any, item: _Item) -> None:
+        topic, key, value, partition, timestamp, headers, on_delivery, epoch = item
+        sink: _EpochSink | None = None
+        callback: Any
+        if on_delivery is None:
+            sink = self._sinks.get(epoch)
+            if sink is None:
+                sink = self._sinks[epoch] = _EpochSink(self, epoch)
+            sink.produced += 1
+            callback = sink.report
+        else:
+            callback = partial(self._on_delivery, on_delivery, epoch)
+        while True:
+            try:
+                if partition is None:
+                    producer.produce(
+                        topic,
+                        value,
+                        key,
+                        on_delivery=callback,
+                        timestamp=timestamp,
+                        headers=headers,
+                    )
+                else:
+                    producer.produce(
+                        topic,
+                        value,
+                        key,
+                        partition,
+                        on_delivery=callback,
+                        timestamp=timestamp,
+                        headers=headers,
+                    )
+                return
+            except BufferError:
+                # librdkafka's queue is full: serve reports to make room.
+                producer.poll(0.05)
+                self._send_reports()
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else KafkaError(KafkaError._FAIL)
+                if sink is not None:
+                    sink.reported += 1
+                self._record_failure(on_delivery, epoch, producer_error(err, topic, partition))
+                return
+
+    def _on_delivery(
+        self, on_delivery: DeliveryCallback | None, epoch: int, err: KafkaError | None, msg: Any
+    ) -> None:
+        # On the poll thread, inside poll()/flush().
+        if err is not None:
+            self._record_failure(on_delivery, epoch, producer_error(err, msg.topic(), msg.partition()))
+            return
+        reports = self._reports
+        reports.done[epoch] += 1
+        reports.delivered += 1
+        if on_delivery is not None:
+            _, ts = msg.timestamp()
+            metadata = RecordMetadata(msg.topic(), msg.partition(), msg.offset(), ts / 1000.0)
+            reports.callbacks.append((on_delivery, metadata, None))
+
+    def _record_failure(self, on_delivery: DeliveryCallback | None, epoch: int, error: ProducerError) -> None:
+        reports = self._reports
+        reports.done[epoch] += 1
+        reports.failed += 1
+        if on_delivery is not None:
+            reports.callbacks.append((on_delivery, None, error))
+        else:
+            reports.unreported.append((epoch, error))
+
+    def _send_reports(self) -> None:
+        reports = self._reports
+        if self._sinks:
+            finished = []
+            latest = max(self._sinks)
+            for epoch, sink in self._sinks.items():
+                if sink.ok:
+                    reports.done[epoch] += sink.ok
+                    reports.delivered += sink.ok
+                    sink.reported += sink.ok
+                    sink.ok = 0
+                if sink.reported >= sink.produced and epoch != latest:
+                    finished.append(epoch)
+            for epoch in finished:
+                del self._sinks[epoch]
+        if not reports:
+            return
+        self._reports = _Reports()
+        assert self._token is not None
+        try:
+            self._token.run_sync_soon(self._on_reports, reports)
+        except trio.RunFinishedError:
+            pass
+
+    def _store_metadata(self, metadata: Any) -> None:
+        for name, topic in metadata.topics.items():
+            if topic.error is None and topic.partitions:
+                self._partitions[name] = len(topic.partitions)
+
+    def _refresh_metadata(self, producer: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_refresh < _METADATA_REFRESH:
+            return
+        self._last_refresh = now
+        self._wanted_topics.clear()
+        try:
+            self._store_metadata(producer.list_topics(timeout=self._request_timeout))
+        except KafkaException as exc:
+            log.warning("cannot refresh topic metadata: %s", exc)
+
+    def _final_flush(self, producer: Any) -> None:
+        # Produce what is still queued, give it a last chance, fail the rest.
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if type(item) is tuple:
+                self._produce(producer, item)
+        remaining = producer.flush(0.5 if self._close_timeout > 0.5 else self._close_timeout)
+        if remaining:
+            producer.purge()
+            producer.poll(0)
+        self._send_reports()
