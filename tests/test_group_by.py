@@ -61,8 +61,8 @@ async def test_group_by_field_rekeys_to_the_owning_partition(
         await wait_for(lambda: all_committed(broker, "testapp", repartition))
     assert broker.topics()[repartition] == 8
     for account, partitions in partition_of.items():
-        # the repartitioned key is JSON-encoded: the partition a producer computes for it
-        assert partitions == {partition_for_key(f'"{account}"'.encode(), 8)}
+        # the partition a producer (raw keys, the app default) computes for the new key
+        assert partitions == {partition_for_key(account.encode(), 8)}
 
 
 async def test_group_by_callable_needs_a_name_for_lambdas(app_factory: AppFactory) -> None:

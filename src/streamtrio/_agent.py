@@ -183,7 +183,13 @@ class Agent(Generic[T]):
         return await self.app._rpc.gather(self, items, deadline=self._timeout(timeout))
 
     def _group_by(
-        self, parent: Stream[Any], key: Any, *, name: str | None, partitions: int | None
+        self,
+        parent: Stream[Any],
+        key: Any,
+        *,
+        name: str | None,
+        partitions: int | None,
+        key_serializer: str | None,
     ) -> Stream[Any]:
         keyfn: Callable[[Any], Any]
         if isinstance(key, FieldDescriptor):
@@ -210,7 +216,7 @@ class Agent(Generic[T]):
             topic = source.derive_topic(
                 topics=[topic_name],
                 key_type=None,
-                key_serializer="json",
+                key_serializer=key_serializer or self.app.conf.key_serializer,
                 partitions=partitions or source.partitions,
                 internal=True,
             )

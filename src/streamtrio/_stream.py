@@ -455,6 +455,7 @@ class Stream(Generic[T]):
         *,
         name: str | None = None,
         partitions: int | None = None,
+        key_serializer: str | None = None,
     ) -> Stream[T]:
         """Re-key the stream through a repartition topic.
 
@@ -470,10 +471,15 @@ class Stream(Generic[T]):
                 required for a callable without a ``__name__``).
             partitions: partitions of the repartition topic (default: the
                 source topic's).
+            key_serializer: how the new key is encoded (default: the app's
+                ``key_serializer``, so the key lands on the partition a
+                producer, a table and the router would choose for it).
         """
         if self._agent is None:
             raise TypeError("group_by() works on an agent's stream (inside @app.agent)")
-        child: Stream[T] = self._agent._group_by(self, key, name=name, partitions=partitions)
+        child: Stream[T] = self._agent._group_by(
+            self, key, name=name, partitions=partitions, key_serializer=key_serializer
+        )
         self._children.append(child)
         return child
 

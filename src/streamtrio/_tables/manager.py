@@ -414,6 +414,10 @@ class TableManager(Mapping[str, Table]):
     # -- rebalances ---------------------------------------------------------------------
 
     def _is_source(self, topic: str) -> bool:
+        """Whether an agent consumes ``topic`` (declared, or subscribed at run time by group_by)."""
+        worker = self._worker
+        if worker is not None:
+            return bool(worker._route(topic))
         known = self._source_cache.get(topic)
         if known is None:
             known = self._source_cache[topic] = any(
