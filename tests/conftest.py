@@ -1,44 +1,32 @@
-"""Shared fixtures: isolated apps on a fresh memory:// broker per test."""
+"""Shared fixtures: isolated apps on a fresh memory:// broker per test.
+
+They are the public plugin's fixtures (``streamtrio.testing.pytest_plugin``),
+so every test that builds apps also checks that it leaves no thread, LMDB
+environment, store or group member behind.
+"""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 
 import streamtrio
 from streamtrio._transports.memory import MemoryBroker
+from streamtrio.testing import AppFactory
 
 
 @pytest.fixture
-def broker_name() -> Iterator[str]:
-    name = f"test-{uuid.uuid4().hex[:8]}"
-    yield name
-    MemoryBroker._registry.pop(name, None)
-
-
-@pytest.fixture
-def broker(broker_name: str) -> MemoryBroker:
-    return MemoryBroker.get(broker_name)
-
-
-@pytest.fixture
-def app_factory(broker_name: str, tmp_path: Path) -> Callable[..., streamtrio.App]:
+def app_factory(streamtrio_app_factory: AppFactory) -> AppFactory:
     """Build apps on this test's memory broker (same group unless ``id`` differs)."""
+    return streamtrio_app_factory
 
-    def make(id: str = "testapp", **options: Any) -> streamtrio.App:
-        options.setdefault("broker", f"memory://{broker_name}")
-        options.setdefault("store", "memory://")
-        options.setdefault("web_enabled", False)
-        options.setdefault("datadir", str(tmp_path / id))
-        return streamtrio.App(id, **options)
 
-    return make
+@pytest.fixture
+def broker(streamtrio_app_factory: AppFactory) -> MemoryBroker:
+    return streamtrio_app_factory.broker
 
 
 @asynccontextmanager

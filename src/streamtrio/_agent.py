@@ -33,8 +33,11 @@ from ._topic import Channel, Topic
 from ._types import TP, Headers, RecordMetadata
 
 if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
     from ._app import App
     from ._worker import Worker
+    from .testing import AgentTestContext
 
 __all__ = ["Agent", "AgentFun", "SinkT"]
 
@@ -248,6 +251,17 @@ class Agent(Generic[T]):
     def add_sink(self, sink: SinkT) -> None:
         if sink not in self.sinks:
             self.sinks.append(sink)
+
+    def test_context(self, **options: Any) -> AbstractAsyncContextManager[AgentTestContext[T]]:
+        """Run this agent alone, for real, in a test: ``async with agent.test_context() as ctx``.
+
+        See :func:`streamtrio.testing.open_agent_test_context` for ``options``
+        and :class:`streamtrio.testing.AgentTestContext` for ``put``,
+        ``results``, ``sent`` and ``drain``.
+        """
+        from .testing import open_agent_test_context
+
+        return open_agent_test_context(self, **options)
 
     def info(self) -> dict[str, Any]:
         return {

@@ -1,10 +1,12 @@
-"""Stream operators and RPC on the real broker: group_by into tables across two workers, RPC across processes."""
+"""Stream operators and RPC on the real broker.
+
+group_by into tables across two workers; RPC answered by a worker in another process.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import uuid
 from collections import Counter
@@ -88,7 +90,7 @@ async def test_group_by_counts_land_on_the_owning_worker(kafka_bootstrap: str, t
             worker.stop()
 
 
-async def test_rpc_map_across_processes(kafka_bootstrap: str) -> None:
+async def test_rpc_map_across_processes(kafka_bootstrap: str, tmp_path: Path) -> None:
     """1,000 asks via map, answered by a worker in another process, come back in order."""
     app_id = f"sq-{uuid.uuid4().hex[:8]}"
     env = {
@@ -97,13 +99,14 @@ async def test_rpc_map_across_processes(kafka_bootstrap: str) -> None:
         "SQUARES_APP_ID": app_id,
         "PYTHONPATH": str(ROOT),
     }
-    proc = subprocess.Popen(
+    log_path = tmp_path / "worker.log"
+    log_file = log_path.open("wb")
+    proc = await trio.lowlevel.open_process(
         [sys.executable, "-m", "streamtrio", "run", "tests/kafka/apps/squares.py", "--loglevel", "warning"],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        stdout=log_file,
+        stderr=log_file,
     )
     try:
         client = streamtrio.App(
@@ -123,9 +126,10 @@ async def test_rpc_map_across_processes(kafka_bootstrap: str) -> None:
         assert {r["pid"] for r in replies} == {proc.pid}
     finally:
         proc.send_signal(signal.SIGINT)
-        try:
-            _out, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
+        with trio.move_on_after(30):
+            await proc.wait()
+        if proc.returncode is None:
             proc.kill()
-            raise
-    assert proc.returncode == 0, err
+            await proc.wait()
+        log_file.close()
+    assert proc.returncode == 0, log_path.read_text()

