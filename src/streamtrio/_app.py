@@ -650,6 +650,15 @@ class App:
             lines.append(f"  topics    {', '.join(names)}")
         for timer in self._timers:
             lines.append(f"  timer     {timer.name} every {timer.interval:g}s")
+        if self._table_manager is not None:
+            for table in self._table_manager.values():
+                changelog = f"{table.changelog_topic_name}[{table.partitions}]"
+                lines.append(f"  table     {table.name} -> {changelog}")
+            lines.append(f"  store     {conf.store} in {conf.data_path}")
+        if conf.web_enabled:
+            lines.append(f"  web       {self._web.url or 'starting'}")
+        else:
+            lines.append("  web       disabled")
         return "\n".join(lines)
 
     def main(self, argv: list[str] | None = None) -> None:
