@@ -22,3 +22,13 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     session.run("mypy", "--strict", "src/")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmarks (not part of CI): ``nox -s bench -- --events 300000``.
+
+    Peers are installed by the runner into their own venvs under ``.bench-venvs/``.
+    """
+    session.install("-e", ".[dev]")
+    session.run("python", "-m", "benchmarks", *session.posargs)

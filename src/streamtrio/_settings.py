@@ -91,9 +91,12 @@ def _options() -> dict[str, _Option]:
         _Option("commit_interval", 2.8, "duration", "Seconds between offset commits", minimum=0.001),
         _Option(
             "stream_buffer_maxsize",
-            4096,
+            # Above consumer_max_batch: a smaller lane is paused by every batch
+            # fetched and resumed soon after, which cost a third of the
+            # throughput on the benchmark (docs/benchmarks.md).
+            16384,
             "int",
-            "Events buffered per partition before it is paused",
+            "Events buffered per partition before it is paused (keep it above consumer_max_batch)",
             minimum=1,
         ),
         _Option(

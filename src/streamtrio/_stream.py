@@ -159,6 +159,21 @@ class TopicSource(Generic[T]):
         self.dead_lettered = 0
 
     def _event(self, lane: Lane[Message], msg: Message) -> Event[T] | None:
+        # The hot path: the schema's loaders without the error bookkeeping
+        # (keyword arguments cost more than the decode of a small value). A
+        # failure is decoded again below, which raises the DecodeError that
+        # names the topic, partition and offset.
+        schema = self.schema
+        try:
+            raw = msg.key
+            key = None if raw is None else schema._load_key(raw)
+            raw = msg.value
+            value: Any = None if raw is None else schema._load_value(raw)
+        except Exception:
+            return self._decode_slowly(lane, msg)
+        return Event(self.app, key, value, msg.headers, msg, lane)
+
+    def _decode_slowly(self, lane: Lane[Message], msg: Message) -> Event[T] | None:
         schema = self.schema
         try:
             key = schema.loads_key(msg.key, topic=msg.topic, partition=msg.partition, offset=msg.offset)
@@ -412,10 +427,35 @@ class Stream(Generic[T]):
         _current_event.set(event)
         return event
 
+    def _take_ready(self) -> Event[T] | None:
+        """Like :meth:`_take_event` without awaiting: the next event if one is ready.
+
+        ``None`` when nothing is ready or a checkpoint is due; the caller then
+        awaits :meth:`_take_event`. This keeps the common case (the lane has
+        events) free of an extra coroutine per event.
+        """
+        count = self._since_checkpoint + 1
+        if count >= _CHECKPOINT_EVERY:
+            return None
+        try:
+            event = self._source.take_nowait()
+        except _HeldDecodeError as exc:
+            self._held.append(exc.event)
+            raise exc.error from exc.error.__cause__
+        if event is None:
+            return None
+        self._since_checkpoint = count
+        self._held.append(event)
+        _current_event.set(event)
+        return event
+
     async def next_event(self) -> Event[T]:
         """Ack what is held, then take the next event."""
         self._ack_held()
-        return await self._take_event()
+        event = self._take_ready()
+        if event is None:
+            event = await self._take_event()
+        return event
 
     def release_held(self, error: BaseException, *, retry: bool) -> list[Event[Any]]:
         """The actor died: leave held events unacked (or requeue them to retry)."""
@@ -498,7 +538,12 @@ class Stream(Generic[T]):
 
     async def __anext__(self) -> T:
         try:
-            return (await self.next_event()).value
+            # next_event(), inlined: this runs once per event.
+            self._ack_held()
+            event = self._take_ready()
+            if event is None:
+                event = await self._take_event()
+            return event.value
         except StopAsyncIteration:
             self._ack_held()
             raise
