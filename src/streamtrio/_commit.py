@@ -11,6 +11,11 @@ A commit happens in this order (rule 5 of ARCHITECTURE.md):
 
 So an offset is committed only after everything the events below it produced
 is on the broker, and never past an event still in flight.
+
+Under ``processing_guarantee="exactly_once"`` the worker uses
+:class:`~streamtrio._transactions.TransactionalCommitter` instead: the same
+steps inside a Kafka transaction, with the offsets committed by the
+transaction rather than by the consumer.
 """
 
 from __future__ import annotations
@@ -46,6 +51,10 @@ class CommitParticipant(Protocol):
         """Persist it (after the flush, before the offsets are committed)."""
         ...
 
+    async def abort_commit(self) -> None:
+        """The transaction was aborted (exactly_once): forget every change not committed."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class CommitStatistics:
@@ -57,12 +66,18 @@ class CommitStatistics:
         last_commit_at: trio time of the last successful commit.
         stalled: partitions whose frontier has not moved for ``STALL_AFTER``
             seconds while events were in flight, with the offset they are stuck at.
+        transactions: transactions committed (exactly_once).
+        aborted: transactions aborted (exactly_once).
+        postponed: commits postponed because events stayed in flight (exactly_once).
     """
 
     committed: dict[TP, int]
     commits: int
     last_commit_at: float | None
     stalled: dict[TP, int]
+    transactions: int = 0
+    aborted: int = 0
+    postponed: int = 0
 
 
 class Committer:
@@ -72,7 +87,8 @@ class Committer:
         frontiers: gives the committable offset per partition (optionally
             restricted to some partitions).
         in_flight: gives the partitions that have events in flight.
-        consumer: the group consumer.
+        consumer: the group consumer (``None`` only for a transactional
+            committer of a worker without a group).
         producer: the app's producer.
         interval: seconds between commits.
         generation: gives the rebalance generation; a commit that fails
@@ -84,7 +100,7 @@ class Committer:
         *,
         frontiers: Callable[[Collection[TP] | None], dict[TP, int]],
         in_flight: Callable[[], set[TP]],
-        consumer: Consumer,
+        consumer: Consumer | None,
         producer: Producer,
         interval: float,
         generation: Callable[[], int],
@@ -132,6 +148,7 @@ class Committer:
             todo = await self.prepare(tps)
             if not todo:
                 return {}
+            assert self._consumer is not None
             try:
                 await self._consumer.commit(todo)
             except CommitError as exc:

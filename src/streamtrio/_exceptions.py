@@ -15,9 +15,10 @@ raised ``from`` the original, so the cause is never lost::
     ├── TransportError
     │   ├── BrokerUnavailableError   the broker cannot be reached in time
     │   ├── ProducerError            a message could not be delivered
+    │   │   └── ProducerFencedError  another instance took over our transactional id
     │   ├── CommitError              an offset commit failed
     │   ├── TopicError               a topic cannot be declared or is misconfigured
-    │   └── ProducerFencedError      another instance took over our transactional id
+    │   └── TransactionError         a transaction could not be committed (it is aborted)
     ├── TableError
     │   ├── StoreError               the state store failed
     │   └── RecoveryTimeoutError     changelog replay of a partition stalled
@@ -46,6 +47,7 @@ __all__ = [
     "StreamtrioError",
     "TableError",
     "TopicError",
+    "TransactionError",
     "TransportError",
     "ValidationError",
     "WorkerError",
@@ -135,8 +137,29 @@ class TopicError(TransportError):
     """A topic could not be declared, or its layout does not fit the app."""
 
 
-class ProducerFencedError(TransportError):
-    """Another producer with the same transactional id has fenced this one."""
+class ProducerFencedError(ProducerError):
+    """Another producer with the same transactional id has fenced this one.
+
+    The fenced producer can neither send nor commit: nothing it has not
+    committed yet ever becomes visible. The worker holding it stops.
+    """
+
+
+class TransactionError(TransportError):
+    """A transaction could not be committed and was (or must be) aborted.
+
+    Nothing the transaction holds becomes visible to ``read_committed``
+    readers and its source offsets are not committed: the events are
+    processed again from the last committed offsets.
+
+    Attributes:
+        abortable: whether the transaction can be aborted and the producer
+            reused (``False``: the producer is unusable and must be closed).
+    """
+
+    def __init__(self, message: str, *, abortable: bool = True) -> None:
+        super().__init__(message)
+        self.abortable = abortable
 
 
 class TableError(StreamtrioError):

@@ -106,6 +106,12 @@ def _options() -> dict[str, _Option]:
             "at_least_once or exactly_once",
             choices=("at_least_once", "exactly_once"),
         ),
+        _Option(
+            "worker_id",
+            None,
+            "str",
+            "Stable id of this worker (exactly_once transactional id); default: kept in the data dir",
+        ),
         _Option("web_enabled", True, "bool", "Serve the web app in each worker"),
         _Option("web_host", "localhost", "str", "Host name other workers use to reach this one"),
         _Option("web_bind", "0.0.0.0", "str", "Address the web server binds"),
@@ -328,11 +334,6 @@ class Settings:
                 hint = f" (did you mean one of: {', '.join(close)}?)" if close else ""
                 raise ConfigurationError(f"unknown setting {name!r} in {source}{hint}")
             self._values[name] = _coerce(opt, value, source)
-        if self._values["processing_guarantee"] == "exactly_once":
-            raise ConfigurationError(
-                "setting 'processing_guarantee': 'exactly_once' is not available yet "
-                "(tracked as its own issue); use 'at_least_once'"
-            )
         if "commit_interval" in options and "broker_commit_interval" not in options:
             self._values["broker_commit_interval"] = self._values["commit_interval"]
         elif "broker_commit_interval" in options and "commit_interval" not in options:

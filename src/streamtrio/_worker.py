@@ -16,6 +16,10 @@ Shutdown (a stop request, a signal, or a crash): stop intake, let in-flight
 events finish, commit, all under ``shutdown_timeout`` with a shield; then
 cancel the work nursery, leave the group, flush and close the producer. A
 crash is re-raised after that, so ``streamtrio run`` exits non-zero.
+
+Under ``processing_guarantee="exactly_once"`` (:mod:`._transactions`) the
+producer is transactional, the commit loop commits transactions, and a crash
+aborts the open transaction instead of committing.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from ._lanes import Inbox, Lane
 from ._stream import ChannelSource, Source, TopicSource
 from ._timers import serve_service, serve_task, serve_timer
 from ._topic import Topic
+from ._transactions import GatedInbox, TransactionalCommitter, transactional_id
 from ._transports.base import Consumer, Producer
 from ._types import TP, Message
 
@@ -79,6 +84,7 @@ class Worker:
         self.producer: Producer | None = None
         self.consumer: Consumer | None = None
         self.committer: Committer | None = None
+        self.exactly_once = app.conf.processing_guarantee == "exactly_once"
         self.assigned: set[TP] = set()
         self.generation = 0
         self.error: BaseException | None = None
@@ -159,13 +165,12 @@ class Worker:
         return inboxes
 
     def _subscribe_agents(self) -> list[tuple[Any, Source[Any]]]:
-        high_water = self.app.conf.stream_buffer_maxsize
         plan: list[tuple[Any, Source[Any]]] = []
         for agent in self.app.agents.values():
             channel = agent.channel
             source: Source[Any]
             if isinstance(channel, Topic):
-                inbox: Inbox[Message] = Inbox(_offset_of, high_water=high_water, flow=self)
+                inbox = self._new_inbox()
                 self._topic_inboxes.append((channel, inbox))
                 source = TopicSource(self.app, inbox, channel.schema, agent=agent.name)
             else:
@@ -175,6 +180,16 @@ class Worker:
             plan.append((agent, source))
         return plan
 
+    def _new_inbox(self) -> Inbox[Message]:
+        high_water = self.app.conf.stream_buffer_maxsize
+        if self.exactly_once:
+            # A commit holds these until no event is in flight.
+            return GatedInbox(_offset_of, high_water=high_water, flow=self)
+        return Inbox(_offset_of, high_water=high_water, flow=self)
+
+    def _gated_inboxes(self) -> list[GatedInbox[Any]]:
+        return [inbox for _t, inbox in self._topic_inboxes if isinstance(inbox, GatedInbox)]
+
     async def add_subscription(self, topic: Topic[Any]) -> Inbox[Message]:
         """Subscribe one more topic at run time (group_by); the group rebalances.
 
@@ -183,7 +198,7 @@ class Worker:
         if self.consumer is None:
             raise WorkerError(f"cannot subscribe {topic.label!r}: this worker has no consumer")
         await self.transport.create_topics([topic.spec(name) for name in topic.topics])
-        inbox: Inbox[Message] = Inbox(_offset_of, high_water=self.app.conf.stream_buffer_maxsize, flow=self)
+        inbox = self._new_inbox()
         self._topic_inboxes.append((topic, inbox))
         self._dynamic_topics.append(topic)
         self._routes.clear()
@@ -247,13 +262,17 @@ class Worker:
         todo: dict[TP, int] = {}
         if self.committer is not None:
             with trio.move_on_after(self.app.conf.rebalance_drain_timeout, shield=True):
+                # exactly_once: commits the transaction, returns nothing to commit
                 todo = await self.committer.prepare(offsets=offsets)
                 self.committer.forget(revoked)
         for hook in self.on_revoke_hooks:
             await hook(revoked)
         self.assigned -= revoked
         self._paused -= revoked
-        log.info("revoked %s (committing %s)", _tps(revoked), {str(k): v for k, v in todo.items()})
+        if self.exactly_once:
+            log.info("revoked %s (offsets committed in the transaction)", _tps(revoked))
+        else:
+            log.info("revoked %s (committing %s)", _tps(revoked), {str(k): v for k, v in todo.items()})
         return todo
 
     async def _wait_idle(self, lanes: Collection[Lane[Any]], grace: float, why: str) -> None:
@@ -351,8 +370,14 @@ class Worker:
         conf = app.conf
         await self._declare_topics()
         async with AsyncExitStack() as stack:
-            self.producer = await stack.enter_async_context(self.transport.open_producer())
+            txn_id = transactional_id(conf) if self.exactly_once else None
+            self.producer = await stack.enter_async_context(
+                self.transport.open_producer(transactional_id=txn_id)
+            )
             app._producer = self.producer
+            if txn_id is not None:
+                stack.push_async_callback(self._finish_transactions)
+                log.info("exactly_once: transactional id %r", txn_id)
             components = await stack.enter_async_context(trio.open_nursery())
             # Unwinds before the nursery exits: the consumer has left by then.
             stack.callback(components.cancel_scope.cancel)
@@ -365,6 +390,20 @@ class Worker:
                 self.consumer = await stack.enter_async_context(
                     self.transport.open_consumer(group_id=conf.appid, topics=subscription, listener=self)
                 )
+            if self.exactly_once:
+                # Without a group too: table writes still go out in transactions.
+                self.committer = TransactionalCommitter(
+                    inboxes=self._gated_inboxes,
+                    quiesce_timeout=conf.rebalance_drain_timeout,
+                    on_failure=self.crash,
+                    frontiers=self.frontiers,
+                    in_flight=self.in_flight,
+                    consumer=self.consumer,
+                    producer=self.producer,
+                    interval=conf.commit_interval,
+                    generation=lambda: self.generation,
+                )
+            elif self.consumer is not None:
                 self.committer = Committer(
                     frontiers=self.frontiers,
                     in_flight=self.in_flight,
@@ -373,12 +412,14 @@ class Worker:
                     interval=conf.commit_interval,
                     generation=lambda: self.generation,
                 )
+            if self.committer is not None:
                 self.committer.participants.extend(self.commit_participants)
             async with trio.open_nursery() as work:
                 for agent, source in plan:
                     await work.start(agent._serve, self, source)
-                if self.consumer is not None and self.committer is not None:
+                if self.consumer is not None:
                     work.start_soon(self._guard, "fetcher", self._fetch)
+                if self.committer is not None:
                     work.start_soon(self._guard, "commit loop", self.committer.serve)
                 for service in app._services:
                     await work.start(serve_service, self, service)
@@ -409,7 +450,11 @@ class Worker:
                 inbox.close()
             lanes = [lane for inbox in inboxes for lane in inbox.lanes.values()]
             await self._wait_idle(lanes, conf.shutdown_timeout, "shutdown")
-            if self.committer is not None:
+            if isinstance(self.committer, TransactionalCommitter) and self.error is not None:
+                # Nothing of a failed run is committed: the restart resumes
+                # from the last committed offsets and table state.
+                await self.committer.abort(self.error)
+            elif self.committer is not None:
                 try:
                     committed = await self.committer.commit()
                 except StreamtrioError as exc:
@@ -423,6 +468,18 @@ class Worker:
                     )
         if scope.cancelled_caught:
             log.warning("shutdown grace period (%.1fs) ran out", conf.shutdown_timeout)
+
+    async def _finish_transactions(self) -> None:
+        """Before the transactional producer closes: commit or abort its last transaction."""
+        committer = self.committer
+        if isinstance(committer, TransactionalCommitter):
+            await committer.finish(graceful=self.stopping and self.error is None)
+        elif self.producer is not None:
+            with trio.move_on_after(self.app.conf.shutdown_timeout, shield=True):
+                try:
+                    await self.producer.abort_transaction()
+                except StreamtrioError as exc:
+                    log.warning("closing the transaction: %s", exc)
 
 
 def _single_error(group: BaseExceptionGroup[BaseException]) -> StreamtrioError | None:

@@ -9,6 +9,8 @@ Lifecycle (see ``docs/tables.md``)::
     on assign (hook)            replay the newly owned partitions, then the worker resumes them
     commit (participant)        prepare: seal dirty writes, produce the latest value per key
                                 complete: after the flush, data + changelog offsets in ONE write_batch
+                                (exactly_once: after the transaction committed; abort drops
+                                every write not committed)
     on revoke (hook)            after the last commit: forget the partitions in memory, follow them
 """
 
@@ -532,6 +534,27 @@ class TableManager(Mapping[str, Table]):
                 layer.outstanding += len(layer.data)
                 for kbytes, entry in layer.data.items():
                     send(topic, kbytes, entry[2], partition=number, on_delivery=delivered)
+
+    async def abort_commit(self) -> None:
+        """The transaction was aborted (exactly_once): drop every write not committed.
+
+        What is left is the store, which holds only committed state: the
+        sealed layers (their changelog records were aborted) and the dirty
+        ones go, in every partition.
+        """
+        async with self._persist_lock:
+            dropped = 0
+            for table in self._tables.values():
+                for n, part in list(table._parts.items()):
+                    dropped += part.unpersisted()
+                    part.dirty = type(part.dirty)()
+                    part.pending.clear()
+                    if part.view is None:
+                        del table._parts[n]
+                if table._windowing is not None:
+                    table._windowing.reset()  # its indexes are rebuilt from the store
+        if dropped:
+            log.info("tables: rolled back %d uncommitted writes", dropped)
 
     async def complete_commit(self, offsets: Mapping[TP, int]) -> None:
         """After the flush: write the delivered writes and their changelog offsets, atomically."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from .._exceptions import ProducerError
+from .._exceptions import ProducerError, TransportError
 from .._types import TP, Headers, Message, RecordMetadata, TopicSpec
 
 if TYPE_CHECKING:
@@ -143,6 +143,63 @@ class Producer(ABC):
     def statistics(self) -> ProducerStatistics:
         """A snapshot of the producer's queues."""
 
+    # -- transactions (producers opened with a transactional id) -------------
+    #
+    # A transactional producer is always in a transaction from its caller's
+    # point of view: ``open_producer(transactional_id=...)`` initialises it
+    # (fencing any older producer with the same id and aborting its open
+    # transaction), and the first send or ``send_offsets_to_transaction``
+    # after the open, a commit or an abort begins the next one. So a message
+    # sent while a commit is in progress is never "outside a transaction": it
+    # lands in the next one. The default implementations refuse.
+
+    @property
+    def transactional_id(self) -> str | None:
+        """The transactional id, or ``None`` for a plain producer."""
+        return None
+
+    async def begin_transaction(self) -> None:
+        """Begin a transaction now (optional: sends begin one when none is open).
+
+        Raises:
+            ProducerFencedError: a newer producer with the same transactional id exists.
+            TransportError: this is not a transactional producer.
+        """
+        raise TransportError(f"{type(self).__name__} is not transactional")
+
+    async def send_offsets_to_transaction(self, offsets: Mapping[TP, int], group_metadata: object) -> None:
+        """Add group offsets to the transaction: they are committed if and only if it commits.
+
+        Args:
+            offsets: next offset to read, per source partition.
+            group_metadata: :meth:`Consumer.group_metadata` of the consumer that read them.
+
+        Raises:
+            ProducerFencedError: a newer producer with the same transactional id exists.
+            TransactionError: the group refused the offsets (the transaction must be aborted).
+        """
+        raise TransportError(f"{type(self).__name__} is not transactional")
+
+    async def commit_transaction(self) -> None:
+        """Deliver every message of the open transaction, then commit it (no-op if none is open).
+
+        Raises:
+            ProducerFencedError: a newer producer with the same transactional id
+                exists; nothing was committed.
+            TransactionError: the transaction could not be committed; abort it.
+        """
+        raise TransportError(f"{type(self).__name__} is not transactional")
+
+    async def abort_transaction(self) -> None:
+        """Abort the open transaction (no-op if none is open): its messages are
+        never visible to ``read_committed`` readers and its offsets are dropped.
+
+        Raises:
+            ProducerFencedError: a newer producer with the same transactional id exists.
+            TransactionError: the producer is unusable (a fatal error).
+        """
+        raise TransportError(f"{type(self).__name__} is not transactional")
+
 
 class RebalanceListener(Protocol):
     """What the worker does when the group moves partitions.
@@ -215,6 +272,15 @@ class Consumer(ABC):
     def assignment(self) -> frozenset[TP]:
         """The partitions currently assigned to this member."""
 
+    async def group_metadata(self) -> object:
+        """The consumer's group metadata (group, member, generation), an opaque value
+        for :meth:`Producer.send_offsets_to_transaction`.
+
+        Raises:
+            TransportError: the transport has no transactions.
+        """
+        raise TransportError(f"{type(self).__name__} has no group metadata for transactions")
+
 
 @dataclass(frozen=True, slots=True)
 class ReaderBatch:
@@ -264,7 +330,12 @@ class Transport(ABC):
 
     @abstractmethod
     def open_producer(self, *, transactional_id: str | None = None) -> AbstractAsyncContextManager[Producer]:
-        """Open a producer; on exit it is flushed (bounded) and closed."""
+        """Open a producer; on exit it is flushed (bounded) and closed.
+
+        With a ``transactional_id`` the producer is transactional and already
+        initialised (an older producer with the same id is fenced and its open
+        transaction aborted); on exit a transaction still open is aborted.
+        """
 
     @abstractmethod
     def open_consumer(

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .._exceptions import ConfigurationError
 from .._types import TopicSpec
 from .base import Consumer, Producer, Reader, RebalanceListener, Transport
 from .kafka_admin import (
@@ -64,17 +63,17 @@ class KafkaTransport(Transport):
     async def open_producer(self, *, transactional_id: str | None = None) -> AsyncIterator[Producer]:
         """Open a producer; on exit it is flushed (within ``shutdown_timeout``) and closed.
 
+        With ``transactional_id``, ``init_transactions`` has run when it is
+        returned (fencing older producers with that id); on exit a transaction
+        still open is aborted.
+
         Raises:
+            TransactionError: ``init_transactions`` failed.
             BrokerUnavailableError: no answer within ``broker_request_timeout``.
             ConfigurationError: an unknown or invalid librdkafka option.
         """
-        if transactional_id is not None:
-            raise ConfigurationError(
-                "transactional producers are not available yet: the exactly_once "
-                "processing guarantee is tracked as its own issue"
-            )
         producer = KafkaProducer(
-            producer_config(self.settings, self.bootstrap_servers),
+            producer_config(self.settings, self.bootstrap_servers, transactional_id=transactional_id),
             bootstrap=self.bootstrap_servers,
             request_timeout=self.settings.broker_request_timeout,
             close_timeout=self.settings.shutdown_timeout,

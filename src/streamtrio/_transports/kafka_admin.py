@@ -125,10 +125,21 @@ def consumer_config(settings: Settings, bootstrap: str, group_id: str) -> dict[s
             # overfills the prefetch queue; the default 1 s back-off then halves
             # throughput.
             "fetch.queue.backoff.ms": 10,
+            # A subscribed topic the broker did not list yet is looked up again
+            # only at this interval (librdkafka's default is 5 minutes).
+            "topic.metadata.refresh.interval.ms": 10_000,
         }
     )
     config.update(_user_options(settings, "broker_config", "consumer_config"))
+    _read_committed(settings, config)
     return config
+
+
+def _read_committed(settings: Settings, config: dict[str, Any]) -> None:
+    # librdkafka's default, made explicit: under exactly_once a reader must
+    # never see messages of open or aborted transactions.
+    if settings.processing_guarantee == "exactly_once":
+        config["isolation.level"] = "read_committed"
 
 
 def reader_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
@@ -147,11 +158,18 @@ def reader_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
         }
     )
     config.update(_user_options(settings, "broker_config", "consumer_config"))
+    _read_committed(settings, config)
     return config
 
 
-def producer_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
-    """librdkafka options of a producer."""
+def producer_config(
+    settings: Settings, bootstrap: str, *, transactional_id: str | None = None
+) -> dict[str, Any]:
+    """librdkafka options of a producer (transactional when ``transactional_id`` is given).
+
+    Raises:
+        ConfigurationError: a transactional producer with ``producer_acks`` other than ``all``.
+    """
     config = _base_config(settings, bootstrap)
     config.update(
         {
@@ -164,6 +182,13 @@ def producer_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
         }
     )
     config.update(_user_options(settings, "broker_config", "producer_config"))
+    if transactional_id is not None:
+        if str(config.get("acks")) not in ("all", "-1"):
+            raise ConfigurationError(
+                f"a transactional producer needs producer_acks='all', got {config.get('acks')!r}"
+            )
+        config["transactional.id"] = transactional_id
+        config["enable.idempotence"] = True
     return config
 
 
@@ -172,6 +197,11 @@ def admin_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
     config: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
         "client.id": settings.broker_client_id,
+        # Nothing polls the admin client, so its log cannot go through Python
+        # logging (lines would pile up unpolled); at librdkafka's default level
+        # it writes every failed connection attempt to stderr. Its failures
+        # reach the caller as exceptions (BrokerUnavailableError, TopicError).
+        "log_level": 2,
     }
     config.update(_user_options(settings, "broker_config"))
     return config
@@ -322,8 +352,28 @@ class KafkaAdmin:
 
         created = await trio.to_thread.run_sync(wait, thread_name="streamtrio-kafka-admin")
         if created:
+            await self._wait_visible({name: missing[name].partitions for name in created})
             log.info("created topics %s", ", ".join(created))
         return created
+
+    async def _wait_visible(self, expected: dict[str, int]) -> None:
+        """Wait until the broker's metadata lists every created topic with all its partitions.
+
+        A broker may confirm a creation before its metadata shows the topic; a
+        consumer subscribing in between would not be assigned it until its next
+        metadata refresh.
+        """
+        timeout = self._settings.broker_request_timeout
+        with trio.move_on_after(timeout):
+            while True:
+                listed = await self._list_topics()
+                if all(listed.get(name) == count for name, count in expected.items()):
+                    return
+                await trio.sleep(0.05)
+        raise BrokerUnavailableError(
+            f"the Kafka broker at {self._bootstrap} created {sorted(expected)} but did not list "
+            f"them within {timeout:g}s"
+        )
 
     async def _list_topics(self) -> dict[str, int]:
         admin = self._admin()

@@ -462,6 +462,10 @@ class KafkaConsumer(_ThreadOwnedClient[list[Message]], Consumer):
     def assignment(self) -> frozenset[TP]:
         return self._assignment
 
+    async def group_metadata(self) -> object:
+        """The confluent ``ConsumerGroupMetadata``, read on the consumer thread."""
+        return await self._call("group_metadata")
+
     # -- lifecycle (called by KafkaTransport.open_consumer) ----------------
 
     async def _leave(self) -> None:
@@ -520,6 +524,13 @@ class KafkaConsumer(_ThreadOwnedClient[list[Message]], Consumer):
         if command.kind == "subscribe":
             self._subscribe(client, command.arg)
             return None
+        if command.kind == "group_metadata":
+            try:
+                return client.consumer_group_metadata()
+            except KafkaException as exc:
+                raise TransportError(
+                    f"cannot read the group metadata of group {self._group_id!r}: {exc.args[0]}"
+                ) from exc
         raise NotImplementedError(command.kind)
 
     def _commit(self, client: Any, offsets: Mapping[TP, int]) -> None:

@@ -14,6 +14,18 @@ message of it or an older epoch is outstanding.
 Per message, the trio side does one tuple and one queue put; the thread does
 one ``produce()`` and one small Python callback (a counter per epoch for
 messages without ``on_delivery``, so no allocation per delivery).
+
+Transactions (a producer opened with a transactional id): the thread calls
+``init_transactions`` before the producer is handed out. Transaction
+operations are commands on the same queue as the messages, so they run on
+the poll thread in the order they were asked, after every message queued
+before them. The thread begins a transaction by itself before the first
+message or offsets after an init, commit or abort: a message sent while a
+commit is in progress lands in the next transaction, never outside one.
+librdkafka's errors become :class:`~streamtrio.ProducerFencedError` (fenced:
+``_FENCED``, ``PRODUCER_FENCED``, ``INVALID_PRODUCER_EPOCH``) or
+:class:`~streamtrio.TransactionError` (abortable or fatal); a retriable
+commit is retried until ``broker_request_timeout``.
 """
 
 from __future__ import annotations
@@ -22,16 +34,23 @@ import logging
 import queue
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import trio
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka import Producer as _RdProducer
 
-from .._exceptions import ClosedError, ProducerError, ProducerFencedError
-from .._types import Headers, RecordMetadata
+from .._exceptions import (
+    ClosedError,
+    ProducerError,
+    ProducerFencedError,
+    TransactionError,
+    TransportError,
+)
+from .._types import TP, Headers, RecordMetadata
 from .base import DeliveryCallback, Producer, ProducerStatistics
 from .kafka_admin import broker_unavailable, new_client
 
@@ -58,6 +77,34 @@ class _WantMetadata:
     topic: str
 
 
+@dataclass(slots=True, eq=False)
+class _TxnCommand:
+    """A transaction operation for the poll thread; trio waits on ``done``."""
+
+    kind: str  # begin | offsets | commit | abort
+    arg: Any = None
+    done: trio.Event = field(default_factory=trio.Event)
+    error: BaseException | None = None
+
+
+def transaction_error(err: KafkaError, transactional_id: str, what: str) -> TransportError:
+    """The streamtrio error for a librdkafka error of a transaction operation."""
+    text = f"transactional id {transactional_id!r}: {what} failed: {err.str()} ({err.name()})"
+    exc: TransportError
+    if err.code() in _FENCED:
+        exc = ProducerFencedError(
+            f"{text}; a newer producer with the same transactional id took over: this one is fenced"
+        )
+    elif err.txn_requires_abort():
+        exc = TransactionError(f"{text}; the transaction must be aborted", abortable=True)
+    elif err.fatal():
+        exc = TransactionError(f"{text}; the producer is unusable (fatal error)", abortable=False)
+    else:
+        exc = TransactionError(text, abortable=True)
+    exc.__cause__ = KafkaException(err)
+    return exc
+
+
 # One queued message: topic, key, value, partition, timestamp_ms, headers,
 # on_delivery, epoch.
 _Item = tuple[
@@ -78,7 +125,7 @@ def producer_error(err: KafkaError, topic: str, partition: int | None = None) ->
     cls = ProducerFencedError if err.code() in _FENCED else ProducerError
     exc = cls(f"cannot deliver a message to {where}: {err.str()} ({err.name()})")
     exc.__cause__ = KafkaException(err)
-    return exc  # type: ignore[return-value]
+    return exc
 
 
 class _EpochSink:
@@ -129,6 +176,10 @@ class KafkaProducer(Producer):
         request_timeout: float,
         close_timeout: float,
     ) -> None:
+        self._txn_id: str | None = config.get("transactional.id")
+        # Owned by the thread: a transaction is begun; the fatal error (fenced) if any.
+        self._in_txn = False
+        self._fatal: TransportError | None = None
         self._config = config
         self._bootstrap = bootstrap
         self._request_timeout = request_timeout
@@ -226,6 +277,36 @@ class KafkaProducer(Producer):
             failed=self._failed,
         )
 
+    # -- transactions --------------------------------------------------------
+
+    @property
+    def transactional_id(self) -> str | None:
+        return self._txn_id
+
+    async def _txn_call(self, kind: str, arg: Any = None) -> None:
+        if self._txn_id is None:
+            raise TransportError(f"{kind}: this Kafka producer is not transactional")
+        if self._closed:
+            raise ClosedError(f"{kind}: the Kafka producer is closed")
+        command = _TxnCommand(kind, arg)
+        self._queue.put(command)
+        await command.done.wait()
+        if command.error is not None:
+            raise command.error
+
+    async def begin_transaction(self) -> None:
+        await self._txn_call("begin")
+
+    async def send_offsets_to_transaction(self, offsets: Mapping[TP, int], group_metadata: object) -> None:
+        if offsets:
+            await self._txn_call("offsets", (dict(offsets), group_metadata))
+
+    async def commit_transaction(self) -> None:
+        await self._txn_call("commit")
+
+    async def abort_transaction(self) -> None:
+        await self._txn_call("abort")
+
     # -- lifecycle (called by KafkaTransport.open_producer) ----------------
 
     async def _serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -236,7 +317,17 @@ class KafkaProducer(Producer):
         """Flush (bounded by the close timeout), then stop the thread."""
         try:
             with trio.move_on_after(self._close_timeout, shield=True) as scope:
-                await self.flush()
+                try:
+                    if self._fatal is not None:
+                        # Fenced or fatal: nothing will be delivered; the
+                        # thread purges what is left.
+                        raise self._fatal
+                    await self.flush()
+                except (ProducerError, TransactionError) as exc:
+                    if self._txn_id is None:
+                        raise
+                    # It belongs to a transaction that is aborted on the thread.
+                    log.warning("transactional producer %r closed: %s", self._txn_id, exc)
             if scope.cancelled_caught:
                 log.warning(
                     "producer closed with %d message(s) undelivered after %gs",
@@ -276,6 +367,11 @@ class KafkaProducer(Producer):
         except KafkaException as exc:
             raise broker_unavailable(self._bootstrap, self._request_timeout, exc) from exc
         self._store_metadata(metadata)
+        if self._txn_id is not None:
+            try:
+                producer.init_transactions(self._request_timeout)
+            except KafkaException as exc:
+                raise transaction_error(exc.args[0], self._txn_id, "init_transactions") from exc
         trio.from_thread.run_sync(task_status.started, trio_token=self._token)
         try:
             self._loop(producer)
@@ -298,6 +394,8 @@ class KafkaProducer(Producer):
                 if type(item) is tuple:
                     self._produce(producer, item)
                     produced += 1
+                elif isinstance(item, _TxnCommand):
+                    self._run_txn(producer, item)
                 elif isinstance(item, _WantMetadata):
                     self._wanted_topics.add(item.topic)
                 if produced >= _PRODUCE_CHUNK:
@@ -306,13 +404,95 @@ class KafkaProducer(Producer):
                     item = get_nowait()
                 except queue.Empty:
                     item = None
-            producer.poll(0 if produced else _POLL_BUSY)
+            self._poll(producer, 0 if produced else _POLL_BUSY)
             self._send_reports()
             if self._wanted_topics:
                 self._refresh_metadata(producer)
 
+    def _poll(self, producer: Any, timeout: float) -> None:
+        try:
+            producer.poll(timeout)
+        except KafkaException as exc:
+            # A transactional producer in a fatal state (fenced) raises from
+            # poll(); the transaction calls report it, deliveries fail.
+            err = exc.args[0]
+            if self._txn_id is None or not err.fatal():
+                raise
+            if self._fatal is None:
+                self._fatal = transaction_error(err, self._txn_id, "the producer")
+                log.error("%s", self._fatal)
+            time.sleep(timeout)
+
+    def _begin(self, producer: Any) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+        if not self._in_txn:
+            assert self._txn_id is not None
+            try:
+                producer.begin_transaction()
+            except KafkaException as exc:
+                raise transaction_error(exc.args[0], self._txn_id, "begin_transaction") from exc
+            self._in_txn = True
+
+    def _run_txn(self, producer: Any, command: _TxnCommand) -> None:
+        assert self._txn_id is not None
+        try:
+            if command.kind == "begin":
+                self._begin(producer)
+            elif command.kind == "offsets":
+                self._begin(producer)
+                offsets, metadata = command.arg
+                positions = [TopicPartition(tp.topic, tp.partition, off) for tp, off in offsets.items()]
+                try:
+                    producer.send_offsets_to_transaction(positions, metadata, self._request_timeout)
+                except KafkaException as exc:
+                    raise transaction_error(exc.args[0], self._txn_id, "send_offsets_to_transaction") from exc
+            elif self._fatal is not None:
+                raise self._fatal
+            elif command.kind == "commit":
+                self._commit(producer)
+            elif command.kind == "abort" and self._in_txn:
+                try:
+                    producer.abort_transaction(self._request_timeout)
+                except KafkaException as exc:
+                    raise transaction_error(exc.args[0], self._txn_id, "abort_transaction") from exc
+                self._in_txn = False
+        except TransportError as exc:
+            command.error = exc
+        self._send_reports()
+        assert self._token is not None
+        try:
+            self._token.run_sync_soon(command.done.set)
+        except trio.RunFinishedError:
+            pass
+
+    def _commit(self, producer: Any) -> None:
+        assert self._txn_id is not None
+        if not self._in_txn:
+            return
+        deadline = time.monotonic() + self._request_timeout
+        while True:
+            try:
+                producer.commit_transaction(max(0.1, deadline - time.monotonic()))
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.retriable() and not err.txn_requires_abort() and time.monotonic() < deadline:
+                    log.warning("commit_transaction: %s (retrying)", err.str())
+                    continue
+                raise transaction_error(err, self._txn_id, "commit_transaction") from exc
+            self._in_txn = False
+            return
+
     def _produce(self, producer: Any, item: _Item) -> None:
         topic, key, value, partition, timestamp, headers, on_delivery, epoch = item
+        if self._txn_id is not None and not self._in_txn:
+            try:
+                self._begin(producer)
+            except TransportError as exc:
+                failure = exc if isinstance(exc, ProducerError) else ProducerError(str(exc))
+                failure.__cause__ = exc.__cause__
+                self._record_failure(on_delivery, epoch, failure)
+                return
         sink: _EpochSink | None = None
         callback: Any
         if on_delivery is None:
@@ -347,7 +527,7 @@ class KafkaProducer(Producer):
                 return
             except BufferError:
                 # librdkafka's queue is full: serve reports to make room.
-                producer.poll(0.05)
+                self._poll(producer, 0.05)
                 self._send_reports()
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else KafkaError(KafkaError._FAIL)
@@ -429,8 +609,29 @@ class KafkaProducer(Producer):
                 break
             if type(item) is tuple:
                 self._produce(producer, item)
-        remaining = producer.flush(0.5 if self._close_timeout > 0.5 else self._close_timeout)
+            elif isinstance(item, _TxnCommand):
+                item.error = ClosedError(f"{item.kind}: the Kafka producer is closed")
+                if self._token is not None:
+                    try:
+                        self._token.run_sync_soon(item.done.set)
+                    except trio.RunFinishedError:
+                        pass
+        try:
+            remaining = producer.flush(0.5 if self._close_timeout > 0.5 else self._close_timeout)
+        except KafkaException as exc:
+            if self._txn_id is None:
+                raise
+            log.warning("closing the transactional producer: %s", exc.args[0].str())
+            remaining = len(producer)
         if remaining:
             producer.purge()
-            producer.poll(0)
+            self._poll(producer, 0)
+        if self._in_txn and self._fatal is None:
+            # What the worker did not commit is aborted (a newer producer with
+            # the same id would abort it anyway, after the transaction timeout).
+            try:
+                producer.abort_transaction(min(self._close_timeout, self._request_timeout) or 0.1)
+            except KafkaException as exc:
+                log.warning("aborting the open transaction on close: %s", exc.args[0].str())
+            self._in_txn = False
         self._send_reports()

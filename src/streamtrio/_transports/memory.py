@@ -40,6 +40,14 @@ listener and commits under a bounded shielded deadline, then removes the
 member and rebalances the others.
 
 Timestamps are kept at millisecond precision, as Kafka stores them.
+
+Transactions (:mod:`.memory_txn`): ``open_producer(transactional_id=...)``
+gives a transactional producer. Its messages are appended at once but stay
+invisible to every consumer and reader (all ``read_committed``) until the
+transaction commits, together with the group offsets it carries; aborted
+ones are never visible. A newer producer with the same id fences the older.
+:meth:`MemoryProducer.kill` and :meth:`MemoryConsumer.kill` simulate a
+``kill -9`` of the process holding them.
 """
 
 from __future__ import annotations
@@ -56,7 +64,15 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .._exceptions import ClosedError, CommitError, ProducerError, TopicError, TransportError
+from .._exceptions import (
+    ClosedError,
+    CommitError,
+    ProducerError,
+    ProducerFencedError,
+    TopicError,
+    TransactionError,
+    TransportError,
+)
 from .._partitioner import partition_for_key
 from .._types import TP, Headers, Message, RecordMetadata, TopicSpec
 from .base import (
@@ -71,6 +87,7 @@ from .base import (
     RebalanceListener,
     Transport,
 )
+from .memory_txn import MemoryGroupMetadata, MemoryTransaction, TransactionCoordinator
 
 if TYPE_CHECKING:
     from .._settings import Settings
@@ -107,11 +124,24 @@ class _Waiter:
 
 
 class _Partition:
-    __slots__ = ("log", "waiters")
+    __slots__ = ("aborted", "log", "open_txns", "waiters")
 
     def __init__(self) -> None:
         self.log: list[Message] = []
         self.waiters: set[_Waiter] = set()
+        #: open transactions with messages here -> their first offset
+        self.open_txns: dict[MemoryTransaction, int] = {}
+        #: offsets of messages of aborted transactions
+        self.aborted: set[int] = set()
+
+    def stable_end(self) -> int:
+        """The last stable offset: ``read_committed`` readers stop before it."""
+        open_txns = self.open_txns
+        return min(open_txns.values()) if open_txns else len(self.log)
+
+    def wake(self) -> None:
+        for waiter in self.waiters:
+            waiter._wake()
 
 
 @dataclass(slots=True)
@@ -184,6 +214,7 @@ class MemoryBroker:
         self._topics: dict[str, _Topic] = {}
         self._groups: dict[str, _Group] = {}
         self._member_seq = 0
+        self._coordinator = TransactionCoordinator()
 
     @classmethod
     def get(cls, name: str = "") -> MemoryBroker:
@@ -260,6 +291,17 @@ class MemoryBroker:
         """
         return list(self._partition(TP(topic, partition)).log)
 
+    def committed_messages(self, topic: str, partition: int) -> list[Message]:
+        """What a ``read_committed`` reader sees of one partition: the messages below
+        the last stable offset, without those of aborted transactions."""
+        part = self._partition(TP(topic, partition))
+        aborted = part.aborted
+        return [m for m in part.log[: part.stable_end()] if m.offset not in aborted]
+
+    def open_transactions(self) -> list[str]:
+        """The transactional ids that have a transaction open now."""
+        return self._coordinator.open_transactions()
+
     def end_offset(self, tp: TP) -> int:
         """The offset the next message appended to ``tp`` will get."""
         return len(self._partition(tp).log)
@@ -310,16 +352,24 @@ class MemoryTransport(Transport):
 
     @asynccontextmanager
     async def open_producer(self, *, transactional_id: str | None = None) -> AsyncIterator[MemoryProducer]:
-        if transactional_id is not None:
-            raise TransportError("the memory:// transport has no transactions yet")
         producer = MemoryProducer(self.broker, self.settings, trio.lowlevel.current_trio_token())
+        if transactional_id is not None:
+            producer._init_transactions(transactional_id)
         try:
             yield producer
             # Not on error exits: the messages are stored already, and a
             # delivery error must not mask the exception that ended the block.
             with trio.move_on_after(self.settings.shutdown_timeout, shield=True):
-                await producer.flush()
+                try:
+                    if not producer._killed:
+                        await producer.flush()
+                except ProducerError as exc:
+                    if transactional_id is None:
+                        raise
+                    # What is left belongs to a transaction that is aborted below.
+                    logger.warning("transactional producer %r closed: %s", transactional_id, exc)
         finally:
+            producer._close_transaction()
             producer._closed = True
 
     @asynccontextmanager
@@ -372,6 +422,13 @@ class MemoryProducer(Producer):
         self._failed = 0
         self._flush_waiters: list[tuple[int, trio.Event]] = []
         self._unreported: BaseException | None = None
+        # Transactions, and kill(): ``_special`` keeps both off the hot path.
+        self._special = False
+        self._killed = False
+        self._txn_id: str | None = None
+        self._epoch = -1
+        self._txn: MemoryTransaction | None = None
+        self._failed_at_begin = 0
 
     def send_nowait(
         self,
@@ -386,6 +443,8 @@ class MemoryProducer(Producer):
     ) -> None:
         if self._closed:
             raise ClosedError("send_nowait() on a closed memory producer")
+        if self._special and self._refuse(on_delivery):
+            return
         broker = self._broker
         t = broker._topics.get(topic)
         if t is None:
@@ -401,8 +460,9 @@ class MemoryProducer(Producer):
             self._report_outcomes.append(err)
             self._schedule_reports()
             return
-        # A transactional producer would buffer here and append on commit.
         message = broker._append(t, partition, key, value, timestamp, headers)
+        if self._txn is not None:
+            self._txn.add(partitions[partition], message.offset)
         self._queued_total += 1
         if on_delivery is not None:
             # Successes without a callback are only counted: no per-message
@@ -480,24 +540,174 @@ class MemoryProducer(Producer):
             failed=self._failed,
         )
 
+    # -- kill -9 ------------------------------------------------------------
+
+    def kill(self) -> None:
+        """Simulate the death of the process holding this producer (``kill -9``).
+
+        From now on nothing it sends reaches the broker and its transaction
+        calls do nothing: an open transaction stays open (its partitions'
+        last stable offset stuck) until a producer with the same
+        transactional id is opened, which aborts it, as with Kafka.
+        """
+        self._killed = True
+        self._special = True
+
+    # -- transactions (see memory_txn) -------------------------------------
+
+    @property
+    def transactional_id(self) -> str | None:
+        return self._txn_id
+
+    def _init_transactions(self, transactional_id: str) -> None:
+        self._txn_id = transactional_id
+        self._epoch = self._broker._coordinator.init(transactional_id)
+        self._special = True
+
+    def _refuse(self, on_delivery: DeliveryCallback | None) -> bool:
+        """Whether ``send_nowait`` must not append (killed or fenced); begins a transaction."""
+        if self._killed:
+            # Reported as failed so that nobody waits forever on a dead process.
+            if on_delivery is not None:
+                self._queued_total += 1
+                self._report_callbacks.append(on_delivery)
+                self._report_outcomes.append(ProducerError("the producer was killed"))
+                self._schedule_reports()
+            return True
+        if self._txn_id is None:
+            return False
+        if self._fenced():
+            self._queued_total += 1
+            self._report_callbacks.append(on_delivery)
+            self._report_outcomes.append(self._fenced_error())
+            self._schedule_reports()
+            return True
+        if self._txn is None:
+            self._begin()
+        return False
+
+    def _fenced(self) -> bool:
+        assert self._txn_id is not None
+        return self._broker._coordinator.epoch(self._txn_id) != self._epoch
+
+    def _fenced_error(self) -> ProducerFencedError:
+        return ProducerFencedError(
+            f"transactional id {self._txn_id!r} was taken over by a newer producer: this one is "
+            "fenced and can no longer send or commit"
+        )
+
+    def _check(self, what: str) -> bool:
+        """Raise if ``what`` cannot run now; ``False`` when the producer was killed."""
+        if self._txn_id is None:
+            raise TransportError(f"{what}: this memory producer is not transactional")
+        if self._closed:
+            raise ClosedError(f"{what} on a closed memory producer")
+        if self._killed:
+            return False
+        if self._fenced():
+            raise self._fenced_error()
+        return True
+
+    def _begin(self) -> None:
+        assert self._txn_id is not None
+        self._txn = self._broker._coordinator.begin(self._txn_id)
+        self._failed_at_begin = self._failed
+
+    def _abort_now(self) -> None:
+        txn, self._txn = self._txn, None
+        if txn is not None:
+            self._broker._coordinator.end(txn)
+            txn.abort()
+
+    def _close_transaction(self) -> None:
+        if self._txn is not None and not self._killed and not self._fenced():
+            self._abort_now()
+
+    async def begin_transaction(self) -> None:
+        await trio.lowlevel.checkpoint()
+        if self._check("begin_transaction()") and self._txn is None:
+            self._begin()
+
+    async def send_offsets_to_transaction(self, offsets: Mapping[TP, int], group_metadata: object) -> None:
+        await trio.lowlevel.checkpoint()
+        if not self._check("send_offsets_to_transaction()") or not offsets:
+            return
+        if not isinstance(group_metadata, MemoryGroupMetadata):
+            raise TransportError(f"not the group metadata of a memory consumer: {group_metadata!r}")
+        group = self._broker._groups.get(group_metadata.group_id)
+        member = None if group is None else group.members.get(group_metadata.member_id)
+        for tp, offset in offsets.items():
+            if member is None or tp not in member._assignment:
+                raise TransactionError(
+                    f"cannot commit {tp} in a transaction: not assigned to member "
+                    f"{group_metadata.member_id} of group {group_metadata.group_id!r} any more"
+                )
+            if offset < 0:
+                raise TransactionError(f"cannot commit negative offset {offset} for {tp}")
+        assert group is not None
+        if self._txn is None:
+            self._begin()
+        assert self._txn is not None
+        self._txn.offsets.setdefault(group, {}).update(offsets)
+
+    async def commit_transaction(self) -> None:
+        if not self._check("commit_transaction()"):
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            await self.flush()
+        except ProducerFencedError:
+            raise
+        except ProducerError as exc:
+            if not self._fenced():
+                self._abort_now()
+            raise TransactionError(f"transaction aborted: a message was not delivered: {exc}") from exc
+        if self._fenced():
+            raise self._fenced_error()
+        txn = self._txn
+        if txn is None:
+            return
+        if self._failed > self._failed_at_begin:
+            self._abort_now()
+            raise TransactionError(
+                f"transaction aborted: {self._failed - self._failed_at_begin} message(s) of it "
+                "were not delivered"
+            )
+        self._txn = None
+        self._broker._coordinator.end(txn)
+        txn.commit()
+
+    async def abort_transaction(self) -> None:
+        await trio.lowlevel.checkpoint()
+        if self._check("abort_transaction()"):
+            self._abort_now()
+
 
 def _fair_take(
-    sources: Sequence[tuple[TP, list[Message], int]], limit: int, start: int
+    sources: Sequence[tuple[TP, _Partition, int, int]], limit: int, start: int
 ) -> tuple[list[Message], dict[TP, int]]:
-    """Up to ``limit`` messages from partitions with data, an equal share each,
-    starting at ``sources[start]``; returns them and the new positions."""
+    """Up to ``limit`` messages from partitions with data (below their last
+    stable offset, skipping aborted ones), an equal share each, starting at
+    ``sources[start]``; returns them and the new positions."""
     share = max(1, -(-limit // len(sources)))
     taken: list[Message] = []
     positions: dict[TP, int] = {}
     n = len(sources)
     for i in range(n):
-        tp, log, position = sources[(start + i) % n]
-        room = limit - len(taken)
-        if room <= 0:
+        tp, part, position, end = sources[(start + i) % n]
+        want = min(share, limit - len(taken))
+        if want <= 0:
             break
-        chunk = log[position : position + min(share, room)]
-        taken.extend(chunk)
-        positions[tp] = position + len(chunk)
+        log = part.log
+        aborted = part.aborted
+        while want > 0 and position < end:
+            chunk = log[position : min(position + want, end)]
+            position += len(chunk)
+            if aborted:
+                chunk = [m for m in chunk if m.offset not in aborted]
+            taken.extend(chunk)
+            want -= len(chunk)
+        positions[tp] = position
     return taken, positions
 
 
@@ -532,6 +742,7 @@ class MemoryConsumer(_Waiter, Consumer):
         self._rotation = 0
         self._closed = False
         self._in_getmany = False
+        self._killed = False
 
     # -- membership (see the module docstring) ---------------------------------
 
@@ -554,7 +765,30 @@ class MemoryConsumer(_Waiter, Consumer):
         self._group.members[self.member_id] = self
         self._group.start_rebalance()
 
+    def kill(self) -> None:
+        """Simulate the death of the process holding this consumer (``kill -9``).
+
+        The member drops out of its group as when its session times out: no
+        revoke callback, no commit; the others rebalance. ``getmany()`` never
+        returns again and leaving the group does nothing.
+        """
+        self._killed = True
+        self._closed = True
+        self._set_assignment(frozenset())
+        group = self._group
+        if group.members.get(self.member_id) is self:
+            del group.members[self.member_id]
+            group.start_rebalance()
+
+    async def group_metadata(self) -> MemoryGroupMetadata:
+        await trio.lowlevel.checkpoint()
+        if self._closed:
+            raise ClosedError("group_metadata() on a consumer that left its group")
+        return MemoryGroupMetadata(self._group.group_id, self.member_id, self._group.generation)
+
     async def _leave(self) -> None:
+        if self._killed:
+            return
         group = self._group
         try:
             with trio.move_on_after(self._settings.rebalance_drain_timeout, shield=True):
@@ -621,6 +855,8 @@ class MemoryConsumer(_Waiter, Consumer):
         self._in_getmany = True
         try:
             await trio.lowlevel.checkpoint()
+            if self._killed:
+                await trio.sleep_forever()
             while True:
                 if self._closed:
                     raise ClosedError("getmany() on a consumer that left its group")
@@ -644,14 +880,17 @@ class MemoryConsumer(_Waiter, Consumer):
         for tp, position in positions.items():
             if tp in self._paused:
                 continue
-            log = self._broker._topics[tp.topic].partitions[tp.partition].log
-            if position < len(log):
-                sources.append((tp, log, position))
+            part = self._broker._topics[tp.topic].partitions[tp.partition]
+            end = min(part.open_txns.values()) if part.open_txns else len(part.log)
+            if position < end:
+                sources.append((tp, part, position, end))
         if not sources:
             return []
         self._rotation += 1
         taken, moved = _fair_take(sources, self._settings.consumer_max_batch, self._rotation % len(sources))
         positions.update(moved)
+        if not taken:
+            return self._take()  # only aborted messages: look past them
         return taken
 
     def pause_nowait(self, tps: Collection[TP]) -> None:
@@ -729,14 +968,14 @@ class MemoryReader(_Waiter, Reader):
             raise ClosedError("assign_nowait() on a closed reader")
         for tp, offset in offsets.items():
             part = self._broker._partition(tp)
-            end = len(part.log)
+            end = part.stable_end()
             if offset == OFFSET_BEGINNING:
                 offset = 0
             elif offset == OFFSET_END:
                 offset = end
             elif offset < 0:
                 raise ValueError(f"bad start offset {offset} for {tp}")
-            elif offset > end:
+            elif offset > len(part.log):
                 offset = end if self._settings.consumer_auto_offset_reset == "latest" else 0
             self._positions[tp] = offset
             self._eof_reported.discard(tp)
@@ -763,9 +1002,10 @@ class MemoryReader(_Waiter, Reader):
         topics = self._broker._topics
         sources = []
         for tp, position in self._positions.items():
-            log = topics[tp.topic].partitions[tp.partition].log
-            if position < len(log):
-                sources.append((tp, log, position))
+            part = topics[tp.topic].partitions[tp.partition]
+            end = part.stable_end()
+            if position < end:
+                sources.append((tp, part, position, end))
         messages: list[Message] = []
         if sources:
             self._rotation += 1
@@ -776,9 +1016,8 @@ class MemoryReader(_Waiter, Reader):
             self._eof_reported.difference_update(moved)
         eof = set()
         for tp, position in self._positions.items():
-            if tp not in self._eof_reported and position == len(
-                topics[tp.topic].partitions[tp.partition].log
-            ):
+            part = topics[tp.topic].partitions[tp.partition]
+            if tp not in self._eof_reported and position == part.stable_end():
                 eof.add(tp)
         self._eof_reported |= eof
         if not messages and not eof:
