@@ -15,9 +15,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -31,6 +28,8 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import streamtrio
+
+from ._util import WorkerProcess
 
 log = logging.getLogger(__name__)
 
@@ -252,36 +251,6 @@ async def test_a_second_instance_with_the_same_transactional_id_fences_the_first
 # -- kill -9 of a worker process ---------------------------------------------------------
 
 
-class WorkerProcess:
-    def __init__(self, name: str, bootstrap: str, tmp_path: Path, env: dict[str, str]) -> None:
-        self.name = name
-        self.log_path = tmp_path / f"{name}.log"
-        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in wait()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamtrio", "run", str(EOS_COUNTER), "--broker", f"kafka://{bootstrap}"],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def kill_9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-        self._log.close()
-
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=45)
-        finally:
-            self._log.close()
-
-
 async def kill_9_and_restart(bootstrap: str, tmp_path: Path) -> dict[str, Any]:
     """A worker process dies by SIGKILL mid-stream; the same worker (same data dir) restarts."""
     app_id, source, sink = unique("eos-kill"), unique("words"), unique("out")
@@ -295,7 +264,7 @@ async def kill_9_and_restart(bootstrap: str, tmp_path: Path) -> dict[str, Any]:
         "EOS_PARTITIONS": str(PARTITIONS),
         "EOS_DATADIR": str(tmp_path / "data"),
     }
-    first = WorkerProcess("first", bootstrap, tmp_path, {**env, "EOS_DELAY": "0.0005"})
+    first = WorkerProcess("first", EOS_COUNTER, bootstrap, tmp_path, {**env, "EOS_DELAY": "0.0005"})
     try:
         await wait_for(
             lambda: "assigned" in first.log() or first.proc.poll() is not None, timeout=60, what="assignment"
@@ -304,15 +273,15 @@ async def kill_9_and_restart(bootstrap: str, tmp_path: Path) -> dict[str, Any]:
             while sum((await trio.to_thread.run_sync(committed, bootstrap, app_id, source)).values()) < 1500:
                 await trio.sleep(0.2)
     finally:
-        first.kill_9()
+        first.kill()
     at_kill = await trio.to_thread.run_sync(committed, bootstrap, app_id, source)
     assert 0 < sum(at_kill.values()) < len(words), (at_kill, first.log()[-3000:])
 
-    second = WorkerProcess("second", bootstrap, tmp_path, env)
+    second = WorkerProcess("second", EOS_COUNTER, bootstrap, tmp_path, env)
     try:
         await wait_committed(bootstrap, app_id, source, ends, timeout=120)
     finally:
-        code = await trio.to_thread.run_sync(second.terminate)
+        code = await trio.to_thread.run_sync(second.terminate, 45.0)
     assert code == 0, second.log()[-4000:]
     assert "transactional id" in second.log()
     return {
