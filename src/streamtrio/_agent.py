@@ -25,10 +25,19 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union
 
 import trio
 
-from ._exceptions import AgentError, ConfigurationError
+from ._exceptions import AgentError, ConfigurationError, DeadLetterError
 from ._records import FieldDescriptor
 from ._rpc import chunked_replies, collect, send_reply
-from ._stream import ChannelSource, KeyedSource, Source, Stream, TopicSource, _ActorSource, current_event
+from ._stream import (
+    ChannelSource,
+    Event,
+    KeyedSource,
+    Source,
+    Stream,
+    TopicSource,
+    _ActorSource,
+    current_event,
+)
 from ._topic import Channel, Topic
 from ._types import TP, Headers, RecordMetadata
 
@@ -307,12 +316,58 @@ class Agent(Generic[T]):
         else:
             raise TypeError(f"agent {self.name!r} must be an async def function or async generator")
 
+    def _output_failed(self, event: Event[Any], error: BaseException) -> None:
+        """An output of ``event`` (a send, a sink message, a copy, a reply, a value
+        handed to a channel agent) failed: the ``on_error`` policy applies."""
+        worker = self._worker
+        where = event._describe()
+        if self.on_error == "restart" and worker is not None and not isinstance(error, DeadLetterError):
+            delay = self.app.conf.agent_restart_backoff
+            log.error(
+                "agent %s: an output of the event at %s failed (%s); processing it again in %.1fs",
+                self.name,
+                where,
+                error,
+                delay,
+            )
+            event._retired = True
+            if event._lane is not None:
+                # Not waited for by a drain; the frontier stays below it.
+                event._lane.abandon(event.message.offset)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._requeue_later, event, delay)
+            return
+        if self.on_error == "dead_letter" and not isinstance(error, DeadLetterError):
+            self.app._dead_letter(event.message, error, reason=f"agent {self.name} output", event=event)
+            return
+        event._failed = True
+        if event._lane is not None:
+            event._lane.abandon(event.message.offset)  # never done: a drain does not wait for it
+        failure = AgentError(f"agent {self.name}: an output of the event at {where} failed: {error}")
+        failure.__cause__ = error
+        if worker is not None:
+            worker.crash(failure)
+        else:
+            log.error("%s", failure)
+
+    async def _requeue_later(self, event: Event[Any], delay: float) -> None:
+        await trio.sleep(delay)
+        lane = event._lane
+        if lane is None or lane.revoked:
+            return  # revoked meanwhile: the new owner processes it from the committed offset
+        # A topic lane holds raw messages (decoded again); a channel lane holds events.
+        item: Any = event.message if lane.tp is not None else event._fresh()
+        lane.requeue(item, event.message.offset)
+
     async def _serve(
         self, worker: Worker, source: Source[T], *, task_status: Any = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Run the actors until cancelled (or, with on_error='stop', until one crashes)."""
         self._worker = worker
         self._repartitions.clear()
+        inbox = getattr(source, "inbox", None)
+        if inbox is not None:
+            inbox.on_failure = self._output_failed
         if self.isolated_partitions and isinstance(source, TopicSource):
             await self._serve_isolated(worker, source, task_status=task_status)
             return
@@ -386,6 +441,9 @@ class Agent(Generic[T]):
             stream: Stream[T] = Stream(source, app=self.app, label=label, agent=self, actor=index)
             try:
                 await self._execute(stream)
+            except trio.Cancelled:
+                stream._end_step()
+                raise
             except Exception as exc:
                 if self.on_error == "restart":
                     held = stream.release_held(exc, retry=True)
@@ -401,7 +459,7 @@ class Agent(Generic[T]):
                     continue
                 if self.on_error == "dead_letter":
                     for event in stream.release_held(exc, retry=False):
-                        self.app._dead_letter(event.message, exc, reason=f"agent {self.name}")
+                        self.app._dead_letter(event.message, exc, reason=f"agent {self.name}", event=event)
                         event.ack()
                     log.error("agent %s raised; event sent to the dead-letter topic", label, exc_info=exc)
                     continue
@@ -443,6 +501,7 @@ class _Repartition:
                     plain = TopicSource(agent.app, inbox, self.topic.schema, agent=agent.name)
                 else:
                     plain = ChannelSource(self.topic._subscribe())
+                plain.inbox.on_failure = agent._output_failed
                 self.source = KeyedSource(plain, agent.concurrency) if agent.concurrency > 1 else plain
         if actor not in self.forwarding:
             self.forwarding.add(actor)
@@ -453,24 +512,23 @@ class _Repartition:
         return source.for_actor(actor) if isinstance(source, KeyedSource) else source
 
     async def _forward(self, worker: Worker, stream: Stream[Any]) -> None:
-        """Send each event of the actor's source on with its new key; ack it once delivered."""
+        """Send each event of the actor's source on with its new key.
+
+        The copy is an output of its source event: the source is done once
+        the copy is delivered (a topic) or processed (a channel), and a failed
+        copy fails it (the agent's ``on_error`` policy applies).
+        """
         topic = self.topic
         keyfn = self.keyfn
-        stream.noack()
         try:
             async for event in stream.events():
                 key = keyfn(event.value) if keyfn is not None else event.key
                 if isinstance(topic, Topic):
                     topic.send_soon(
-                        key=key,
-                        value=event.value,
-                        headers=event.headers,
-                        timestamp=event.message.timestamp,
-                        callback=_ack_when_delivered(event),
+                        key=key, value=event.value, headers=event.headers, timestamp=event.message.timestamp
                     )
                 else:
                     await topic.send(key=key, value=event.value, headers=event.headers)
-                    event.ack()
         except Exception as exc:
             held = stream.release_held(exc, retry=False)
             error = AgentError(
@@ -479,14 +537,6 @@ class _Repartition:
             )
             error.__cause__ = exc
             worker.crash(error)
-
-
-def _ack_when_delivered(event: Any) -> Callable[[Any], None]:
-    def delivered(fut: Any) -> None:
-        if fut._error is None:
-            event.ack()
-
-    return delivered
 
 
 class _LazySource(Generic[T]):

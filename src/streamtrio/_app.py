@@ -17,10 +17,10 @@ import trio
 
 from ._agent import Agent, AgentFun, SinkT
 from ._codecs import Codec
-from ._exceptions import ClosedError, ConfigurationError
+from ._exceptions import ClosedError, ConfigurationError, DeadLetterError, ProducerError
 from ._rpc import ReplyConsumer
 from ._settings import Settings, parse_duration
-from ._stream import ChannelSource, IterableSource, Stream
+from ._stream import ChannelSource, Event, IterableSource, Stream, output_started
 from ._timers import Service, Task, Timer
 from ._topic import Channel, FutureMessage, Topic
 from ._transports.base import Producer, Transport
@@ -93,6 +93,8 @@ class App:
         self._worker: Worker | None = None
         self._producer: Producer | None = None
         self._transport_obj: Transport | None = None
+        #: streams whose agent is executing a step (exactly_once commits wait for 0)
+        self._steps = 0
         self._init_web()
 
     # -- configuration -----------------------------------------------------------
@@ -604,8 +606,15 @@ class App:
                 return topic
         return Topic(self, topics=[name], key_serializer="raw", value_serializer="raw", internal=True)
 
-    def _dead_letter(self, message: Message, error: BaseException, *, reason: str) -> None:
-        """Send the raw message and the error to the dead-letter topic (delivered before commit)."""
+    def _dead_letter(
+        self, message: Message, error: BaseException, *, reason: str, event: Event[Any] | None = None
+    ) -> None:
+        """Send the raw message and the error to the dead-letter topic.
+
+        The dead letter is an output of ``event`` (default: the event being
+        processed): the event is done only once it is delivered. A failed
+        dead letter stops the worker (:class:`DeadLetterError`).
+        """
         topic = self.conf.dead_letter_topic or f"{message.topic}-dlq"
         headers = list(message.headers or [])
         headers += [
@@ -615,6 +624,18 @@ class App:
             ("streamtrio-partition", str(message.partition).encode()),
             ("streamtrio-offset", str(message.offset).encode()),
         ]
+        done = output_started(event)
+        where = f"{message.topic}[{message.partition}]@{message.offset}"
+
+        def delivered(metadata: RecordMetadata | None, failure: ProducerError | None) -> None:
+            if failure is not None:
+                failure = DeadLetterError(f"cannot dead-letter {where} to {topic!r}: {failure}")
+                worker = self._worker
+                if worker is not None:
+                    worker.crash(failure)
+            if done is not None:
+                done(failure)
+
         self._require_producer().send_nowait(
             topic,
             message.key,
@@ -622,16 +643,9 @@ class App:
             partition=None,
             timestamp=message.timestamp,
             headers=headers,
+            on_delivery=delivered,
         )
-        log.warning(
-            "dead-lettered %s[%d]@%d to %s (%s): %s",
-            message.topic,
-            message.partition,
-            message.offset,
-            topic,
-            reason,
-            error,
-        )
+        log.warning("dead-lettered %s to %s (%s): %s", where, topic, reason, error)
 
     def _banner(self) -> str:
         conf = self.conf

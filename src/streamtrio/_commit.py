@@ -68,7 +68,10 @@ class CommitStatistics:
             seconds while events were in flight, with the offset they are stuck at.
         transactions: transactions committed (exactly_once).
         aborted: transactions aborted (exactly_once).
-        postponed: commits postponed because events stayed in flight (exactly_once).
+        postponed: commits postponed because agents stayed in a step (exactly_once).
+        pauses: times intake was held for a transaction commit (exactly_once).
+        pause_total: seconds intake was held for transaction commits in all.
+        pause_max: the longest such hold, in seconds.
     """
 
     committed: dict[TP, int]
@@ -78,6 +81,9 @@ class CommitStatistics:
     transactions: int = 0
     aborted: int = 0
     postponed: int = 0
+    pauses: int = 0
+    pause_total: float = 0.0
+    pause_max: float = 0.0
 
 
 class Committer:

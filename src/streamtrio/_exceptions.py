@@ -15,7 +15,8 @@ raised ``from`` the original, so the cause is never lost::
     ├── TransportError
     │   ├── BrokerUnavailableError   the broker cannot be reached in time
     │   ├── ProducerError            a message could not be delivered
-    │   │   └── ProducerFencedError  another instance took over our transactional id
+    │   │   ├── ProducerFencedError  another instance took over our transactional id
+    │   │   └── DeadLetterError      a message could not be sent to its dead-letter topic
     │   ├── CommitError              an offset commit failed
     │   ├── TopicError               a topic cannot be declared or is misconfigured
     │   └── TransactionError         a transaction could not be committed (it is aborted)
@@ -38,6 +39,7 @@ __all__ = [
     "CodecError",
     "CommitError",
     "ConfigurationError",
+    "DeadLetterError",
     "DecodeError",
     "EncodeError",
     "ProducerError",
@@ -127,6 +129,10 @@ class BrokerUnavailableError(TransportError):
 
 class ProducerError(TransportError):
     """A message could not be delivered."""
+
+
+class DeadLetterError(ProducerError):
+    """A message could not be delivered to its dead-letter topic (the worker stops)."""
 
 
 class CommitError(TransportError):

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
@@ -79,9 +79,10 @@ class Lane(Generic[T]):
 
     __slots__ = (
         "_abandoned",
+        "_cap",
         "_done",
+        "_high",
         "_inflight",
-        "_last_taken",
         "_position",
         "buffer",
         "burst",
@@ -107,7 +108,8 @@ class Lane(Generic[T]):
         self._done: set[int] = set()
         self._abandoned: set[int] = set()
         self._position = -1  # next offset expected; older ones are duplicates
-        self._last_taken: int | None = None
+        self._high: int | None = None  # one past the highest offset ever taken
+        self._cap: int | None = None  # the first buffered offset dropped by a revoke
         #: the offset of the first item fed (the monitor counts progress from it)
         self.first_offset: int | None = None
 
@@ -135,11 +137,24 @@ class Lane(Generic[T]):
     # -- acks ---------------------------------------------------------------
 
     def taken(self, offset: int) -> None:
-        self._inflight.append(offset)
-        self._last_taken = offset
+        inflight = self._inflight
+        if inflight and offset < inflight[-1]:
+            # A requeued item taken again: keep the in-flight list in offset order.
+            index = len(inflight)
+            while index and inflight[index - 1] > offset:
+                index -= 1
+            inflight.insert(index, offset)
+        else:
+            inflight.append(offset)
+        high = self._high
+        if high is None or offset >= high:
+            self._high = offset + 1
 
     def ack(self, offset: int) -> None:
-        """Mark the item at ``offset`` done; advances the frontier when it can."""
+        """Mark the item at ``offset`` (in flight) done; advances the frontier when it can."""
+        observer = self.inbox.observer
+        if observer is not None:
+            observer(self, offset)
         if self._abandoned:
             self._abandoned.discard(offset)
         inflight = self._inflight
@@ -155,26 +170,60 @@ class Lane(Generic[T]):
     def abandon(self, offset: int) -> None:
         """The actor holding this item died: it stays unacked, but is not waited for."""
         self._abandoned.add(offset)
+        observer = self.inbox.observer
+        if observer is not None:
+            observer(self, None)
 
     def requeue(self, item: T, offset: int) -> None:
-        """Put an unacked item back at the front, to be taken again (agent restart)."""
+        """Put an unacked item back, in offset order, to be taken again (agent restart,
+        a failed delivery). The frontier stays at or below it until it is acked."""
         try:
             self._inflight.remove(offset)
         except ValueError:
             return
         self._done.discard(offset)
-        self.buffer.appendleft(item)
+        self._abandoned.discard(offset)
+        if self.revoked:
+            cap = self._cap
+            self._cap = offset if cap is None or offset < cap else cap
+            return
+        buffer = self.buffer
+        offset_of = self.inbox.offset_of
+        # Requeued items sit before the fetched ones (all of which are newer).
+        index = 0
+        while index < len(buffer) and offset_of(buffer[index]) < offset:
+            index += 1
+        buffer.insert(index, item)
         self.inbox._mark_ready(self)
+
+    def drop_buffer(self) -> None:
+        """Forget the buffered items (revoke); the frontier never passes the first of them."""
+        buffer = self.buffer
+        if buffer:
+            first = self.inbox.offset_of(buffer[0])
+            cap = self._cap
+            self._cap = first if cap is None or first < cap else cap
+            buffer.clear()
 
     def frontier(self) -> int | None:
         """The offset below which every item is acked, or ``None`` if nothing was seen."""
-        if self._inflight:
-            return self._inflight[0]
-        if self.buffer:
-            return self.inbox.offset_of(self.buffer[0])
-        if self._last_taken is not None:
-            return self._last_taken + 1
-        return None
+        inflight = self._inflight
+        buffer = self.buffer
+        frontier: int | None
+        if inflight:
+            frontier = inflight[0]
+            if buffer:
+                first = self.inbox.offset_of(buffer[0])
+                if first < frontier:  # a requeued item
+                    frontier = first
+        elif buffer:
+            frontier = self.inbox.offset_of(buffer[0])
+        else:
+            frontier = self._high
+        cap = self._cap
+        if cap is not None and (frontier is None or cap < frontier):
+            return cap
+        return frontier
 
     def unacked(self) -> int:
         """Items in flight that a live actor is still working on."""
@@ -213,6 +262,14 @@ class Inbox(Generic[T]):
         self._ready: deque[Lane[T]] = deque()
         self._lot = trio.lowlevel.ParkingLot()
         self.closed = False
+        #: while positive nothing is handed out (feeding goes on): exactly_once
+        #: commits and a full producer queue hold the inbox
+        self.holds = 0
+        #: told of every ack (``offset``) and abandon (``None``): the test harness
+        self.observer: Callable[[Lane[T], int | None], None] | None = None
+        #: called with an event and the error when an output of the event failed
+        #: (the subscribing agent's ``on_error`` policy)
+        self.on_failure: Callable[[Any, BaseException], None] | None = None
         #: wake every waiting actor on a feed (isolated partitions: each waits for its own lane)
         self.wake_all_on_feed = False
 
@@ -232,7 +289,7 @@ class Inbox(Generic[T]):
         lane = self.lanes.pop(tp, None)
         if lane is not None:
             lane.revoked = True
-            lane.buffer.clear()
+            lane.drop_buffer()
             if lane.queued:
                 self._ready.remove(lane)
                 lane.queued = False
@@ -263,11 +320,22 @@ class Inbox(Generic[T]):
         """Stop handing out items (shutdown): waiting actors stay parked."""
         self.closed = True
 
+    def hold(self) -> None:
+        """Stop handing out items until a matching :meth:`release` (feeding goes on)."""
+        self.holds += 1
+
+    def release(self) -> None:
+        self.holds -= 1
+        if not self.holds:
+            self.wake_all()
+
     # -- taking -------------------------------------------------------------
 
     def take_nowait(self) -> tuple[Lane[T], T] | None:
         """The next item and its lane, or ``None`` when nothing is ready."""
         ready = self._ready
+        if self.holds:
+            return None
         while ready and not self.closed:
             lane = ready[0]
             buffer = lane.buffer
@@ -295,7 +363,7 @@ class Inbox(Generic[T]):
     def take_from_nowait(self, tp: TP | None) -> tuple[Lane[T], T] | None:
         """The next item of one partition's lane (isolated partitions), if ready."""
         lane = self.lanes.get(tp)
-        if lane is None or self.closed or not lane.buffer:
+        if lane is None or self.closed or self.holds or not lane.buffer:
             return None
         item = lane.buffer.popleft()
         lane.taken(self.offset_of(item))

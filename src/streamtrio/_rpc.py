@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ._codecs import Schema
-from ._exceptions import AskTimeoutError, ClosedError
+from ._exceptions import AskTimeoutError, ClosedError, ProducerError
+from ._stream import Event, output_started
 from ._transports.base import OFFSET_BEGINNING
 from ._types import TP, Headers, Message, TopicSpec
 
 if TYPE_CHECKING:
     from ._agent import Agent
     from ._app import App
-    from ._stream import Event
     from ._worker import Worker
 
 __all__ = ["CORRELATION_ID", "REPLY_TO", "ReplyConsumer"]
@@ -41,6 +41,9 @@ CORRELATION_ID = "streamtrio-correlation-id"
 MAX_IN_FLIGHT = 1000
 
 _REPLY_SCHEMA = Schema(key_serializer="raw", value_serializer="json")
+#: Hex digits of the random part of a reply topic's name.
+_REPLY_ID_LENGTH = 12
+_HEX = frozenset("0123456789abcdef")
 
 
 def request_headers(event: Event[Any]) -> tuple[str, bytes] | None:
@@ -60,18 +63,41 @@ def request_headers(event: Event[Any]) -> tuple[str, bytes] | None:
 
 
 def send_reply(app: App, event: Event[Any], value: Any) -> None:
-    """Queue ``value`` as the reply to ``event`` if it is an RPC request."""
+    """Queue ``value`` as the reply to ``event`` if it is an RPC request.
+
+    The reply is an output of the event (delivered before its offset is
+    committed). Only reply topics of this app's RPC (``<app id>-reply-...``)
+    are answered: a request naming any other topic is a bad event.
+
+    Raises:
+        ProducerError: the request names a topic that is not a reply topic of this app.
+    """
     request = request_headers(event)
     if request is None:
         return
     reply_to, correlation = request
+    if not is_reply_topic(app, reply_to):
+        m = event.message
+        raise ProducerError(
+            f"the event at topic={m.topic!r} partition={m.partition} offset={m.offset} asks for a "
+            f"reply on {reply_to!r} ({REPLY_TO} header), which is not a reply topic of app "
+            f"{app.id!r} ({app.id}-reply-...): not answered"
+        )
+    done = output_started()
     app._require_producer().send_nowait(
         reply_to,
         None,
         _REPLY_SCHEMA.dumps_value(value),
         partition=0,
         headers=[(CORRELATION_ID, correlation)],
+        on_delivery=None if done is None else (lambda _md, err: done(err)),
     )
+
+
+def is_reply_topic(app: App, topic: str) -> bool:
+    """Whether ``topic`` is an RPC reply topic of ``app`` (made by :class:`ReplyConsumer`)."""
+    suffix = topic.removeprefix(f"{app.id}-reply-")
+    return suffix != topic and len(suffix) == _REPLY_ID_LENGTH and all(c in _HEX for c in suffix)
 
 
 class _Pending:
@@ -89,7 +115,7 @@ class ReplyConsumer:
 
     def __init__(self, app: App) -> None:
         self.app = app
-        self.topic_name = f"{app.id}-reply-{uuid.uuid4().hex[:12]}"
+        self.topic_name = f"{app.id}-reply-{uuid.uuid4().hex[:_REPLY_ID_LENGTH]}"
         self._waiting: dict[bytes, _Pending] = {}
         self._nursery: trio.Nursery | None = None
         self._ready: trio.Event | None = None

@@ -50,8 +50,20 @@ def current_event() -> Event[Any] | None:
     return _current_event.get()
 
 
+#: Called with the event whose delivery failed and the error (the agent's policy).
+FailureHandler = Callable[["Event[Any]", BaseException], None]
+
+
 class Event(Generic[T]):
     """One message as an agent sees it: decoded key and value plus the raw message.
+
+    An event is *done* when its agent is done with it (:meth:`ack`) and every
+    output produced on its behalf is delivered: messages queued with
+    ``send_soon`` (sinks, ``echo``, ``group_by`` copies, RPC replies, dead
+    letters) and values handed to channel agents, whose own processing is part
+    of it. Only then is its offset acked in its lane, so the commit frontier
+    never passes it. A failed output fails the event: the agent's ``on_error``
+    policy applies, as to an exception raised in the agent.
 
     Attributes:
         app: the app.
@@ -61,7 +73,21 @@ class Event(Generic[T]):
         message: the raw message (topic, partition, offset, timestamp, bytes).
     """
 
-    __slots__ = ("_acked", "_lane", "app", "headers", "key", "message", "value")
+    __slots__ = (
+        "_acked",
+        "_done",
+        "_failed",
+        "_lane",
+        "_outputs",
+        "_parent",
+        "_retired",
+        "_stream",
+        "app",
+        "headers",
+        "key",
+        "message",
+        "value",
+    )
 
     def __init__(
         self,
@@ -79,20 +105,79 @@ class Event(Generic[T]):
         self.message = message
         self._lane = lane
         self._acked = False
+        self._done = False
+        self._failed = False
+        self._retired = False
+        self._outputs = 0
+        self._stream: Stream[Any] | None = None
+        #: told when this event is done (a channel copy: its source event's output)
+        self._parent: Callable[[BaseException | None], None] | None = None
 
     @property
     def acked(self) -> bool:
+        """The agent is done with this event (its outputs may still be in flight)."""
         return self._acked
 
+    @property
+    def done(self) -> bool:
+        """Acked and every output delivered: its offset may be committed."""
+        return self._done
+
     def ack(self) -> bool:
-        """Mark this event done. Returns ``False`` if it was acked already."""
+        """Mark this event done. Returns ``False`` if it was acked already.
+
+        Its offset becomes committable once every output produced on its
+        behalf is delivered too.
+        """
         if self._acked:
             return False
         self._acked = True
+        if not self._outputs:
+            self._complete()
+        return True
+
+    def _complete(self) -> None:
+        if self._retired or self._failed:
+            return
+        self._done = True
         lane = self._lane
         if lane is not None:
             lane.ack(self.message.offset)
-        return True
+        parent = self._parent
+        if parent is not None:
+            self._parent = None
+            parent(None)
+
+    def _output_started(self) -> Callable[[BaseException | None], None]:
+        """Count one more output of this event; call the result when it is delivered or failed."""
+        self._outputs += 1
+        return self._output_done
+
+    def _output_done(self, error: BaseException | None) -> None:
+        if self._retired:
+            return  # a failed attempt, requeued: its leftovers do not count
+        self._outputs -= 1
+        if error is not None and not self._failed:
+            handler = self._lane.inbox.on_failure if self._lane is not None else None
+            if handler is None:
+                self._failed = True
+                log.error("an output of %s failed: %s", self._describe(), error)
+            else:
+                handler(self, error)
+        if not self._outputs and self._acked:
+            self._complete()
+
+    def _describe(self) -> str:
+        m = self.message
+        return f"topic={m.topic!r} partition={m.partition} offset={m.offset}"
+
+    def _fresh(self) -> Event[T]:
+        """A copy to hand out again (a retry): this one is retired for good."""
+        self._retired = True
+        copy: Event[T] = Event(self.app, self.key, self.value, self.headers, self.message, self._lane)
+        copy._parent = self._parent
+        self._parent = None
+        return copy
 
     async def send(
         self,
@@ -107,17 +192,52 @@ class Event(Generic[T]):
         return await self.app.send(channel, key=key, value=value, partition=partition, headers=headers)
 
     async def forward(self, channel: str | Channel[Any], *, headers: Headers | None = None) -> RecordMetadata:
-        """Send this event's key and value on to ``channel``."""
-        return await self.send(
-            channel,
-            key=self.key,
-            value=self.value,
-            headers=headers if headers is not None else self.headers,
+        """Send this event's message on to ``channel`` unchanged and wait for its delivery.
+
+        A topic gets the original key and value bytes, headers and timestamp
+        (nothing is decoded and encoded again); an in-process channel gets
+        the decoded key and value.
+        """
+        from ._topic import Topic
+
+        target = self.app._topic_named(channel) if isinstance(channel, str) else channel
+        m = self.message
+        headers = headers if headers is not None else m.headers
+        if not isinstance(target, Topic):
+            return await target.send(key=self.key, value=self.value, headers=headers)
+        return await self.app._require_producer().send(
+            target.get_topic_name(), m.key, m.value, timestamp=m.timestamp, headers=headers
         )
 
     def __repr__(self) -> str:
         m = self.message
         return f"<Event {m.topic}[{m.partition}]@{m.offset} key={self.key!r} value={self.value!r}>"
+
+
+def output_started(event: Event[Any] | None = None) -> Callable[[BaseException | None], None] | None:
+    """Account for one output produced on behalf of ``event`` (default: the events the
+    calling actor holds). Returns what to call with the delivery outcome, or ``None``
+    when the caller is not processing an event (a timer, a web view, a task)."""
+    if event is not None:
+        return event._output_started() if not event._done else None
+    current = _current_event.get()
+    if current is None or current._done or current._retired:
+        return None
+    stream = current._stream
+    if stream is None:
+        return current._output_started()
+    held = [e for e in stream._held if not e._done and not e._retired]
+    if not held:
+        return None
+    if len(held) == 1:
+        return held[0]._output_started()
+    dones = [e._output_started() for e in held]
+
+    def done(error: BaseException | None) -> None:
+        for each in dones:
+            each(error)
+
+    return done
 
 
 class Source(Protocol[T]):
@@ -157,6 +277,8 @@ class TopicSource(Generic[T]):
         self.policy: str = app.conf.value_decode_error
         self.skipped = 0
         self.dead_lettered = 0
+        #: told of every event made (the test harness records them)
+        self.on_event: Callable[[Event[T]], None] | None = None
 
     def _event(self, lane: Lane[Message], msg: Message) -> Event[T] | None:
         # The hot path: the schema's loaders without the error bookkeeping
@@ -171,7 +293,10 @@ class TopicSource(Generic[T]):
             value: Any = None if raw is None else schema._load_value(raw)
         except Exception:
             return self._decode_slowly(lane, msg)
-        return Event(self.app, key, value, msg.headers, msg, lane)
+        event: Event[T] = Event(self.app, key, value, msg.headers, msg, lane)
+        if self.on_event is not None:
+            self.on_event(event)
+        return event
 
     def _decode_slowly(self, lane: Lane[Message], msg: Message) -> Event[T] | None:
         schema = self.schema
@@ -179,9 +304,14 @@ class TopicSource(Generic[T]):
             key = schema.loads_key(msg.key, topic=msg.topic, partition=msg.partition, offset=msg.offset)
             value = schema.loads_value(msg.value, topic=msg.topic, partition=msg.partition, offset=msg.offset)
         except DecodeError as exc:
-            event: Event[T] = Event(self.app, None, None, msg.headers, msg, lane)  # type: ignore[arg-type]
-            return self._bad_message(event, exc)
-        return Event(self.app, key, value, msg.headers, msg, lane)
+            bad: Event[T] = Event(self.app, None, None, msg.headers, msg, lane)  # type: ignore[arg-type]
+            if self.on_event is not None:
+                self.on_event(bad)
+            return self._bad_message(bad, exc)
+        event: Event[T] = Event(self.app, key, value, msg.headers, msg, lane)
+        if self.on_event is not None:
+            self.on_event(event)
+        return event
 
     def _bad_message(self, event: Event[T], exc: DecodeError) -> Event[T] | None:
         if self.policy == "raise":
@@ -192,7 +322,7 @@ class TopicSource(Generic[T]):
             log.warning("agent %s skipped a message: %s (skipped so far: %d)", self.agent, exc, self.skipped)
         else:
             self.dead_lettered += 1
-            self.app._dead_letter(event.message, exc, reason="decode")
+            self.app._dead_letter(event.message, exc, reason="decode", event=event)
         event.ack()
         return None
 
@@ -221,9 +351,10 @@ class TopicSource(Generic[T]):
 
     def release(self, event: Event[T], error: BaseException, *, retry: bool) -> None:
         lane = event._lane
-        if lane is None or event.acked:
+        if lane is None or event._done:
             return
         if retry:
+            event._retired = True
             lane.requeue(event.message, event.message.offset)
         else:
             lane.abandon(event.message.offset)
@@ -243,6 +374,8 @@ class ChannelSource(Generic[T]):
 
     def __init__(self, inbox: Inbox[Event[T]]) -> None:
         self.inbox = inbox
+        #: told of every event handed out (the test harness records them)
+        self.on_event: Callable[[Event[T]], None] | None = None
 
     def take_nowait(self) -> Event[T] | None:
         got = self.inbox.take_nowait()
@@ -250,19 +383,23 @@ class ChannelSource(Generic[T]):
             return None
         lane, event = got
         event._lane = lane
+        if self.on_event is not None:
+            self.on_event(event)
         return event
 
     async def take(self) -> Event[T]:
         lane, event = await self.inbox.take()
         event._lane = lane
+        if self.on_event is not None:
+            self.on_event(event)
         return event
 
     def release(self, event: Event[T], error: BaseException, *, retry: bool) -> None:
         lane = event._lane
-        if lane is None or event.acked:
+        if lane is None or event._done:
             return
         if retry:
-            lane.requeue(event, event.message.offset)
+            lane.requeue(event._fresh(), event.message.offset)
         else:
             lane.abandon(event.message.offset)
 
@@ -357,9 +494,9 @@ class _ActorSource(Generic[T]):
             await self.keyed.inner.inbox.wait()
 
     def release(self, event: Event[T], error: BaseException, *, retry: bool) -> None:
-        if retry and not event.acked:
+        if retry and not event._done:
             # Back to the front of this actor's queue: the key's order holds.
-            self.queue.appendleft(event)
+            self.queue.appendleft(event._fresh())
         else:
             self.keyed.inner.release(event, error, retry=False)
 
@@ -396,10 +533,26 @@ class Stream(Generic[T]):
         self._actor = actor
         #: streams derived from this one that the same actor iterates (group_by)
         self._children: list[Stream[Any]] = []
+        #: the agent is executing a step: it has an event (or a batch) and has
+        #: not asked for the next yet (``app._steps`` counts these streams)
+        self._stepping = False
 
     # -- the root protocol --------------------------------------------------
 
+    def _begin_step(self) -> None:
+        if not self._stepping:
+            self._stepping = True
+            self.app._steps += 1
+
+    def _end_step(self) -> None:
+        if self._stepping:
+            self._stepping = False
+            self.app._steps -= 1
+
     def _ack_held(self) -> None:
+        if self._stepping:
+            self._stepping = False
+            self.app._steps -= 1
         held = self._held
         if held:
             if not self._auto_ack:
@@ -422,9 +575,13 @@ class Stream(Generic[T]):
                 event = await self._source.take()
         except _HeldDecodeError as exc:
             self._held.append(exc.event)
+            exc.event._stream = self
+            self._begin_step()
             raise exc.error from exc.error.__cause__
         self._held.append(event)
+        event._stream = self
         _current_event.set(event)
+        self._begin_step()
         return event
 
     def _take_ready(self) -> Event[T] | None:
@@ -441,12 +598,16 @@ class Stream(Generic[T]):
             event = self._source.take_nowait()
         except _HeldDecodeError as exc:
             self._held.append(exc.event)
+            exc.event._stream = self
+            self._begin_step()
             raise exc.error from exc.error.__cause__
         if event is None:
             return None
         self._since_checkpoint = count
         self._held.append(event)
+        event._stream = self
         _current_event.set(event)
+        self._begin_step()
         return event
 
     async def next_event(self) -> Event[T]:
@@ -462,6 +623,7 @@ class Stream(Generic[T]):
         released: list[Event[Any]] = []
         for child in self._children:
             released += child.release_held(error, retry=retry)
+        self._end_step()
         held = [event for event in self._held if not event.acked]
         # Requeue in reverse so the oldest ends up first in its lane again.
         for event in reversed(held):
@@ -610,19 +772,25 @@ class Stream(Generic[T]):
         while True:
             self._ack_held()
             batch: list[Event[T]] = []
+            # Collecting a batch is not a step: events held while waiting for
+            # more hold back their offsets, never a commit (exactly_once).
             try:
                 batch.append(await self._take_event())
+                self._end_step()
                 deadline = trio.current_time() + within if within is not None else float("inf")
                 while len(batch) < max_:
                     with trio.move_on_at(deadline):
                         batch.append(await self._take_event())
+                        self._end_step()
                         continue
                     break
             except StopAsyncIteration:
                 if batch:
+                    self._begin_step()
                     yield batch
                 self._ack_held()
                 return
+            self._begin_step()
             yield batch
 
     def __repr__(self) -> str:

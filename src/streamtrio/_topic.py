@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import re
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -15,13 +16,15 @@ from ._codecs import Codec, Schema
 from ._exceptions import ClosedError, ProducerError
 from ._lanes import Inbox
 from ._settings import parse_duration
-from ._stream import Event
+from ._stream import Event, output_started
 from ._types import Headers, Message, RecordMetadata, TopicSpec
 
 if TYPE_CHECKING:
     from ._app import App
 
 __all__ = ["Channel", "FutureMessage", "Topic"]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -35,7 +38,7 @@ class FutureMessage:
     or raises :class:`ProducerError`.
     """
 
-    __slots__ = ("_callback", "_done", "_error", "_metadata", "topic")
+    __slots__ = ("_callback", "_done", "_error", "_metadata", "_owner", "topic")
 
     def __init__(self, topic: str, callback: Callable[[FutureMessage], Any] | None = None) -> None:
         self.topic = topic
@@ -43,6 +46,8 @@ class FutureMessage:
         self._error: ProducerError | None = None
         self._done: trio.Event | None = None
         self._callback = callback
+        #: the event this message was produced for (told when it is delivered or failed)
+        self._owner: Callable[[BaseException | None], None] | None = None
 
     def _set(self, metadata: RecordMetadata | None, error: ProducerError | None) -> None:
         self._metadata = metadata
@@ -50,8 +55,20 @@ class FutureMessage:
         if self._done is None:
             self._done = trio.Event()
         self._done.set()
+        failure: BaseException | None = error
         if self._callback is not None:
-            self._callback(self)
+            # A user callback runs outside any task: it must never take the run down.
+            try:
+                self._callback(self)
+            except Exception as exc:
+                log.error("the delivery callback of a message to %r raised", self.topic, exc_info=exc)
+                failure = failure or exc
+        owner = self._owner
+        if owner is not None:
+            self._owner = None
+            owner(failure)
+        elif error is not None:
+            log.warning("a message to %r produced outside any event failed: %s", self.topic, error)
 
     def done(self) -> bool:
         return self._done is not None and self._done.is_set()
@@ -129,8 +146,10 @@ class Channel(Generic[T]):
                 lane = inbox.lanes.get(None)
             if lane is None or inbox.closed:
                 continue
-            # Each subscriber acks its own copy.
+            # Each subscriber acks its own copy; the event being processed (if
+            # any) is done only once every copy is.
             copy = Event(event.app, event.key, event.value, event.headers, event.message)
+            copy._parent = output_started()
             offset = copy.message.offset
             inbox.feed(None, [copy], offset, offset)
 
@@ -343,13 +362,32 @@ class Topic(Channel[T]):
     ) -> FutureMessage:
         """Queue a message on the producer and return at once.
 
-        Messages queued while processing an event are delivered before that
-        event's offset is committed.
+        Sent while an agent processes an event, the message is an output of
+        that event: the event's offset is committed only once it is
+        delivered, and a failed delivery fails the event (the agent's
+        ``on_error`` policy applies). A ``callback`` that raises is logged
+        and fails the event too.
 
         Raises:
             EncodeError: the key or value cannot be serialized (nothing is queued).
             ClosedError: no producer is running (see :meth:`App.open_client`).
         """
+        return self._send_soon(
+            key, value, partition, timestamp, headers, key_serializer, value_serializer, callback, True
+        )
+
+    def _send_soon(
+        self,
+        key: Any,
+        value: Any,
+        partition: int | None,
+        timestamp: float | None,
+        headers: Headers | Mapping[str, bytes] | None,
+        key_serializer: str | Codec | None,
+        value_serializer: str | Codec | None,
+        callback: Callable[[FutureMessage], Any] | None,
+        is_output: bool,
+    ) -> FutureMessage:
         schema = self._schema_for(key_serializer, value_serializer)
         raw_key = schema.dumps_key(key)
         raw_value = schema.dumps_value(value)
@@ -365,6 +403,7 @@ class Topic(Channel[T]):
             headers=_headers(headers),
             on_delivery=fut._set,
         )
+        fut._owner = output_started() if is_output else _raised_to_caller
         return fut
 
     async def send(
@@ -389,15 +428,11 @@ class Topic(Channel[T]):
             EncodeError: the key or value cannot be serialized.
             ProducerError: the broker did not take the message.
         """
-        fut = self.send_soon(
-            key=key,
-            value=value,
-            partition=partition,
-            timestamp=timestamp,
-            headers=headers,
-            key_serializer=key_serializer,
-            value_serializer=value_serializer,
-            callback=callback,
+        # Awaited: a failure raises here, in the caller, so it is not an
+        # output the event waits for.
+        await self.app._require_producer().bound.wait_for_room()
+        fut = self._send_soon(
+            key, value, partition, timestamp, headers, key_serializer, value_serializer, callback, False
         )
         return await fut.wait()
 
@@ -410,6 +445,10 @@ class Topic(Channel[T]):
 
     def __repr__(self) -> str:
         return f"<Topic {self.label}>"
+
+
+def _raised_to_caller(error: BaseException | None) -> None:
+    """The owner of an awaited send: its failure is raised where it is awaited."""
 
 
 def _headers(headers: Headers | Mapping[str, bytes] | None) -> Headers | None:

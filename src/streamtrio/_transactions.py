@@ -42,14 +42,14 @@ import trio
 
 from ._commit import CommitStatistics, Committer
 from ._exceptions import ProducerFencedError, StreamtrioError, TransactionError, TransportError
-from ._lanes import Inbox, Lane
+from ._lanes import Inbox
 from ._types import TP
 
 if TYPE_CHECKING:
     from ._settings import Settings
     from ._transports.base import Producer
 
-__all__ = ["GatedInbox", "TransactionalCommitter", "transactional_id"]
+__all__ = ["TransactionalCommitter", "transactional_id"]
 
 log = logging.getLogger(__name__)
 
@@ -81,29 +81,6 @@ def transactional_id(settings: Settings) -> str:
     return f"{settings.appid}-{worker_id}"
 
 
-class GatedInbox(Inbox[T]):
-    """An inbox whose actors can be held: while ``held`` nothing is handed out
-    (feeding goes on), so the events in flight drain to a quiescent point."""
-
-    def __init__(self, offset_of: Callable[[T], int], *, high_water: int, flow: Any = None) -> None:
-        super().__init__(offset_of, high_water=high_water, flow=flow)
-        self.held = False
-
-    def take_nowait(self) -> tuple[Lane[T], T] | None:
-        if self.held:
-            return None
-        return super().take_nowait()
-
-    def take_from_nowait(self, tp: TP | None) -> tuple[Lane[T], T] | None:
-        if self.held:
-            return None
-        return super().take_from_nowait(tp)
-
-    def release(self) -> None:
-        self.held = False
-        self.wake_all()
-
-
 class TransactionalCommitter(Committer):
     """The commit loop of an exactly_once worker (see the module docstring).
 
@@ -119,13 +96,15 @@ class TransactionalCommitter(Committer):
     def __init__(
         self,
         *,
-        inboxes: Callable[[], Iterable[GatedInbox[Any]]],
+        inboxes: Callable[[], Iterable[Inbox[Any]]],
+        stepping: Callable[[], bool],
         quiesce_timeout: float,
         on_failure: Callable[[BaseException], None],
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._inboxes = inboxes
+        self._stepping = stepping
         self._quiesce_timeout = quiesce_timeout
         self._on_failure = on_failure
         #: the error that ended transactional processing (nothing is committed after it)
@@ -133,6 +112,10 @@ class TransactionalCommitter(Committer):
         self._transactions = 0
         self._aborted = 0
         self._postponed = 0
+        self._held_at: float | None = None
+        self._pauses = 0
+        self._pause_total = 0.0
+        self._pause_max = 0.0
 
     @property
     def producer(self) -> Producer:
@@ -141,21 +124,36 @@ class TransactionalCommitter(Committer):
     # -- the gate ---------------------------------------------------------------
 
     async def _hold(self) -> bool:
-        """Hold the inboxes and wait until no event is in flight; ``False`` after
-        the quiesce timeout."""
+        """Hold the inboxes and wait until no agent is executing a step; ``False``
+        after the quiesce timeout.
+
+        Events an agent holds *across* steps (a ``take()`` batch still being
+        collected, ``noack()`` events not acked yet) are not waited for: their
+        offsets are simply not committed by this transaction.
+        """
+        started = trio.current_time()
         for inbox in self._inboxes():
-            inbox.held = True
-        with trio.move_on_after(self._quiesce_timeout):
-            # Acks notify nobody (they are on the hot path); polling, only
-            # while a commit waits, keeps them cheap.
-            while self._in_flight():  # noqa: ASYNC110
-                await trio.sleep(_QUIESCE_POLL)
-            return True
-        return False
+            inbox.hold()
+        try:
+            with trio.move_on_after(self._quiesce_timeout):
+                # Steps notify nobody (they are on the hot path); polling, only
+                # while a commit waits, keeps them cheap.
+                while self._stepping():  # noqa: ASYNC110
+                    await trio.sleep(_QUIESCE_POLL)
+                return True
+            return False
+        finally:
+            self._held_at = started
 
     def _release(self) -> None:
         for inbox in self._inboxes():
             inbox.release()
+        if self._held_at is not None:
+            pause = trio.current_time() - self._held_at
+            self._held_at = None
+            self._pauses += 1
+            self._pause_total += pause
+            self._pause_max = max(self._pause_max, pause)
 
     # -- commits --------------------------------------------------------------------
 
@@ -176,11 +174,11 @@ class TransactionalCommitter(Committer):
                 if not await self._hold():
                     busy = ", ".join(str(tp) for tp in sorted(self._in_flight()))
                     raise TransactionError(
-                        f"rebalance: events still in flight on {busy} after "
+                        f"rebalance: agents still executing a step (events in flight on {busy}) after "
                         f"{self._quiesce_timeout:.1f}s; the transaction is aborted, their "
                         "partitions restart from the last committed offsets"
                     )
-                await self._commit_transaction({**self._frontiers(None), **(offsets or {})})
+                await self._commit_transaction(offsets or {})
             except StreamtrioError as exc:
                 await self._fail(exc)
                 self._on_failure(exc)
@@ -207,22 +205,30 @@ class TransactionalCommitter(Committer):
                     self._postponed += 1
                     busy = ", ".join(str(tp) for tp in sorted(self._in_flight()))
                     log.warning(
-                        "commit postponed: events on %s still in flight after %.1fs "
-                        "(a transaction never holds half an event)",
+                        "commit postponed: agents still executing a step (events in flight on %s) "
+                        "after %.1fs (a transaction never holds half a step)",
                         busy,
                         self._quiesce_timeout,
                     )
                     return {}
-                return await self._commit_transaction(self._frontiers(None))
+                return await self._commit_transaction({})
             except StreamtrioError as exc:
                 await self._fail(exc)
                 raise
             finally:
                 self._release()
 
-    async def _commit_transaction(self, offsets: Mapping[TP, int]) -> dict[TP, int]:
-        todo = {tp: off for tp, off in offsets.items() if off > self.committed.get(tp, -1)}
+    async def _commit_transaction(self, revoked: Mapping[TP, int]) -> dict[TP, int]:
+        """Commit every partition's frontier (``revoked``: the frontiers of partitions
+        already detached from the inboxes) with what was produced.
+
+        The frontiers are read after the flush: an event whose outputs were
+        still in flight becomes done (or not) only with their delivery.
+        """
         producer = self._producer
+        await producer.flush()
+        offsets = {**self._frontiers(None), **revoked}
+        todo = {tp: off for tp, off in offsets.items() if off > self.committed.get(tp, -1)}
         for participant in self.participants:
             await participant.prepare_commit(todo)
         await producer.flush()
@@ -279,4 +285,7 @@ class TransactionalCommitter(Committer):
             transactions=self._transactions,
             aborted=self._aborted,
             postponed=self._postponed,
+            pauses=self._pauses,
+            pause_total=self._pause_total,
+            pause_max=self._pause_max,
         )

@@ -37,7 +37,7 @@ from ._lanes import Inbox, Lane
 from ._stream import ChannelSource, Source, TopicSource
 from ._timers import serve_service, serve_task, serve_timer
 from ._topic import Topic
-from ._transactions import GatedInbox, TransactionalCommitter, transactional_id
+from ._transactions import TransactionalCommitter, transactional_id
 from ._transports.base import Consumer, Producer
 from ._types import TP, Message
 
@@ -98,6 +98,7 @@ class Worker:
         self._paused: set[TP] = set()
         self._recovering: set[TP] = set()
         self._fetch_scope: trio.CancelScope | None = None
+        self._held_for_producer: list[Inbox[Message]] = []
         #: awaited with newly assigned partitions before they are resumed (tables recover here)
         self.on_assign_hooks: list[AssignHook] = []
         #: awaited with revoked partitions after their last commit (tables release them)
@@ -181,14 +182,10 @@ class Worker:
         return plan
 
     def _new_inbox(self) -> Inbox[Message]:
-        high_water = self.app.conf.stream_buffer_maxsize
-        if self.exactly_once:
-            # A commit holds these until no event is in flight.
-            return GatedInbox(_offset_of, high_water=high_water, flow=self)
-        return Inbox(_offset_of, high_water=high_water, flow=self)
+        return Inbox(_offset_of, high_water=self.app.conf.stream_buffer_maxsize, flow=self)
 
-    def _gated_inboxes(self) -> list[GatedInbox[Any]]:
-        return [inbox for _t, inbox in self._topic_inboxes if isinstance(inbox, GatedInbox)]
+    def _source_inboxes(self) -> list[Inbox[Message]]:
+        return [inbox for _t, inbox in self._topic_inboxes]
 
     async def add_subscription(self, topic: Topic[Any]) -> Inbox[Message]:
         """Subscribe one more topic at run time (group_by); the group rebalances.
@@ -303,6 +300,13 @@ class Worker:
                     result[tp] = offset
         return result
 
+    def _stepping(self) -> bool:
+        """An agent is executing a step, or a channel agent has work (exactly_once)."""
+        if self.app._steps > 0:
+            return True
+        lanes = [lane for inbox in self._channel_inboxes for lane in inbox.lanes.values()]
+        return any(lane.buffer or lane.unacked() > 0 for lane in lanes)
+
     def in_flight(self) -> set[TP]:
         busy: set[TP] = set()
         for _topic, inbox in self._topic_inboxes:
@@ -375,6 +379,8 @@ class Worker:
                 self.transport.open_producer(transactional_id=txn_id)
             )
             app._producer = self.producer
+            self.producer.bound.on_full = self._producer_full
+            self.producer.bound.on_room = self._producer_room
             if txn_id is not None:
                 stack.push_async_callback(self._finish_transactions)
                 log.info("exactly_once: transactional id %r", txn_id)
@@ -393,7 +399,8 @@ class Worker:
             if self.exactly_once:
                 # Without a group too: table writes still go out in transactions.
                 self.committer = TransactionalCommitter(
-                    inboxes=self._gated_inboxes,
+                    inboxes=self._source_inboxes,
+                    stepping=self._stepping,
                     quiesce_timeout=conf.rebalance_drain_timeout,
                     on_failure=self.crash,
                     frontiers=self.frontiers,
@@ -434,6 +441,31 @@ class Worker:
                 await self._stop.wait()
                 await self._shutdown()
                 work.cancel_scope.cancel()
+
+    def _producer_full(self) -> None:
+        """Backpressure from the producer: while it holds more undelivered bytes or
+        messages than its bound, no event is handed out (lanes fill, partitions
+        pause), so agents stop producing instead of growing the queue."""
+        assert self.producer is not None
+        bound = self.producer.bound
+        log.warning(
+            "producer queue full (%d messages, %d bytes undelivered; limits %d / %d: "
+            "producer_max_queued_messages / producer_max_queued_bytes): holding intake until it drains",
+            bound.messages,
+            bound.bytes,
+            bound.max_messages,
+            bound.max_bytes,
+        )
+        self._held_for_producer = [inbox for _t, inbox in self._topic_inboxes]
+        for inbox in self._held_for_producer:
+            inbox.hold()
+
+    def _producer_room(self) -> None:
+        held, self._held_for_producer = self._held_for_producer, []
+        for inbox in held:
+            inbox.release()
+        if held:
+            log.info("producer queue drained: intake resumed")
 
     async def _shutdown(self) -> None:
         conf = self.app.conf

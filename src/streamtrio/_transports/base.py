@@ -32,6 +32,7 @@ __all__ = [
     "DeliveryCallback",
     "Producer",
     "ProducerStatistics",
+    "QueueBound",
     "Reader",
     "ReaderBatch",
     "RebalanceListener",
@@ -62,8 +63,64 @@ class ProducerStatistics:
     failed: int
 
 
+class QueueBound:
+    """Bounds the bytes and messages a producer holds undelivered (backpressure).
+
+    The producer adds each message when it is queued and removes it when its
+    delivery is reported. Past ``max_bytes`` or ``max_messages`` the bound is
+    *full*: ``on_full`` is called at once (the worker stops handing out
+    events, so agents stop producing) and an awaited send waits; once the
+    queue has drained to half the bound, ``on_room`` is called. A single
+    message larger than the bound is still accepted.
+    """
+
+    __slots__ = ("_lot", "bytes", "is_full", "max_bytes", "max_messages", "messages", "on_full", "on_room")
+
+    def __init__(self, max_bytes: int, max_messages: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_messages = max_messages
+        self.bytes = 0
+        self.messages = 0
+        self.is_full = False
+        self.on_full: Callable[[], None] | None = None
+        self.on_room: Callable[[], None] | None = None
+        self._lot = trio.lowlevel.ParkingLot()
+
+    @property
+    def full(self) -> bool:
+        return self.is_full
+
+    def add(self, size: int) -> None:
+        self.bytes += size
+        self.messages += 1
+        if not self.is_full and (self.bytes > self.max_bytes or self.messages > self.max_messages):
+            self.is_full = True
+            if self.on_full is not None:
+                self.on_full()
+
+    def remove(self, size: int, count: int) -> None:
+        self.bytes -= size
+        self.messages -= count
+        if self.is_full and self.bytes <= self.max_bytes // 2 and self.messages <= self.max_messages // 2:
+            self.is_full = False
+            self._lot.unpark_all()
+            if self.on_room is not None:
+                self.on_room()
+
+    async def wait_for_room(self) -> None:
+        """Return at once unless the bound is full; then wait until it drained to half."""
+        while self.is_full:
+            await self._lot.park()
+
+
 class Producer(ABC):
-    """Sends messages. Obtained from :meth:`Transport.open_producer`."""
+    """Sends messages. Obtained from :meth:`Transport.open_producer`.
+
+    Attributes:
+        bound: the bytes and messages held undelivered, and their limits.
+    """
+
+    bound: QueueBound
 
     @abstractmethod
     def send_nowait(

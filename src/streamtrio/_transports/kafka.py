@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from .._types import TopicSpec
-from .base import Consumer, Producer, Reader, RebalanceListener, Transport
+from .base import Consumer, Producer, QueueBound, Reader, RebalanceListener, Transport
 from .kafka_admin import (
     KafkaAdmin,
     consumer_config,
@@ -77,6 +77,9 @@ class KafkaTransport(Transport):
             bootstrap=self.bootstrap_servers,
             request_timeout=self.settings.broker_request_timeout,
             close_timeout=self.settings.shutdown_timeout,
+            bound=QueueBound(
+                self.settings.producer_max_queued_bytes, self.settings.producer_max_queued_messages
+            ),
         )
         try:
             async with trio.open_nursery() as nursery:

@@ -51,7 +51,7 @@ from .._exceptions import (
     TransportError,
 )
 from .._types import TP, Headers, RecordMetadata
-from .base import DeliveryCallback, Producer, ProducerStatistics
+from .base import DeliveryCallback, Producer, ProducerStatistics, QueueBound
 from .kafka_admin import broker_unavailable, new_client
 
 __all__ = ["KafkaProducer"]
@@ -106,7 +106,7 @@ def transaction_error(err: KafkaError, transactional_id: str, what: str) -> Tran
 
 
 # One queued message: topic, key, value, partition, timestamp_ms, headers,
-# on_delivery, epoch.
+# on_delivery, epoch, size (key and value bytes).
 _Item = tuple[
     str,
     bytes | None,
@@ -115,6 +115,7 @@ _Item = tuple[
     int,
     Headers | None,
     DeliveryCallback | None,
+    int,
     int,
 ]
 
@@ -141,11 +142,16 @@ class _EpochSink:
         self.reported = 0
 
     def report(self, err: KafkaError | None, msg: Any) -> None:
+        key = msg.key()
+        size = len(msg) + (len(key) if key else 0)
         if err is None:
             self.ok += 1
+            self.owner._reports.bytes += size
         else:
             self.reported += 1
-            self.owner._record_failure(None, self.epoch, producer_error(err, msg.topic(), msg.partition()))
+            self.owner._record_failure(
+                None, self.epoch, size, producer_error(err, msg.topic(), msg.partition())
+            )
 
 
 @dataclass(slots=True)
@@ -153,6 +159,7 @@ class _Reports:
     """The delivery reports of one poll round, built on the thread."""
 
     done: Counter[int] = field(default_factory=Counter)  # epoch -> messages finished
+    bytes: int = 0  # of the messages finished (keys and values)
     delivered: int = 0
     failed: int = 0
     callbacks: list[tuple[DeliveryCallback, RecordMetadata | None, ProducerError | None]] = field(
@@ -175,7 +182,9 @@ class KafkaProducer(Producer):
         bootstrap: str,
         request_timeout: float,
         close_timeout: float,
+        bound: QueueBound,
     ) -> None:
+        self.bound = bound
         self._txn_id: str | None = config.get("transactional.id")
         # Owned by the thread: a transaction is begun; the fatal error (fenced) if any.
         self._in_txn = False
@@ -223,6 +232,8 @@ class KafkaProducer(Producer):
         if self._closed:
             raise ClosedError("the Kafka producer is closed")
         self._open_sent += 1
+        size = (len(key) if key else 0) + (len(value) if value else 0)
+        self.bound.add(size)
         self._queue.put(
             (
                 topic,
@@ -233,6 +244,7 @@ class KafkaProducer(Producer):
                 headers,
                 on_delivery,
                 self._epoch,
+                size,
             )
         )
 
@@ -349,6 +361,7 @@ class KafkaProducer(Producer):
                 del outstanding[epoch]
         self._delivered += reports.delivered
         self._failed += reports.failed
+        self.bound.remove(reports.bytes, reports.delivered + reports.failed)
         if reports.unreported:
             for _, err in reports.unreported:
                 log.error("%s", err)
@@ -356,7 +369,12 @@ class KafkaProducer(Producer):
         self._progress.set()
         self._progress = trio.Event()
         for callback, metadata, error in reports.callbacks:
-            callback(metadata, error)
+            # This runs outside any task (run_sync_soon): an exception here
+            # would end the whole trio run.
+            try:
+                callback(metadata, error)
+            except Exception as exc:
+                log.error("a delivery callback raised", exc_info=exc)
 
     # -- thread side -------------------------------------------------------
 
@@ -484,14 +502,14 @@ class KafkaProducer(Producer):
             return
 
     def _produce(self, producer: Any, item: _Item) -> None:
-        topic, key, value, partition, timestamp, headers, on_delivery, epoch = item
+        topic, key, value, partition, timestamp, headers, on_delivery, epoch, size = item
         if self._txn_id is not None and not self._in_txn:
             try:
                 self._begin(producer)
             except TransportError as exc:
                 failure = exc if isinstance(exc, ProducerError) else ProducerError(str(exc))
                 failure.__cause__ = exc.__cause__
-                self._record_failure(on_delivery, epoch, failure)
+                self._record_failure(on_delivery, epoch, size, failure)
                 return
         sink: _EpochSink | None = None
         callback: Any
@@ -502,7 +520,7 @@ class KafkaProducer(Producer):
             sink.produced += 1
             callback = sink.report
         else:
-            callback = partial(self._on_delivery, on_delivery, epoch)
+            callback = partial(self._on_delivery, on_delivery, epoch, size)
         while True:
             try:
                 if partition is None:
@@ -533,17 +551,18 @@ class KafkaProducer(Producer):
                 err = exc.args[0] if exc.args else KafkaError(KafkaError._FAIL)
                 if sink is not None:
                     sink.reported += 1
-                self._record_failure(on_delivery, epoch, producer_error(err, topic, partition))
+                self._record_failure(on_delivery, epoch, size, producer_error(err, topic, partition))
                 return
 
     def _on_delivery(
-        self, on_delivery: DeliveryCallback | None, epoch: int, err: KafkaError | None, msg: Any
+        self, on_delivery: DeliveryCallback | None, epoch: int, size: int, err: KafkaError | None, msg: Any
     ) -> None:
         # On the poll thread, inside poll()/flush().
         if err is not None:
-            self._record_failure(on_delivery, epoch, producer_error(err, msg.topic(), msg.partition()))
+            self._record_failure(on_delivery, epoch, size, producer_error(err, msg.topic(), msg.partition()))
             return
         reports = self._reports
+        reports.bytes += size
         reports.done[epoch] += 1
         reports.delivered += 1
         if on_delivery is not None:
@@ -551,8 +570,11 @@ class KafkaProducer(Producer):
             metadata = RecordMetadata(msg.topic(), msg.partition(), msg.offset(), ts / 1000.0)
             reports.callbacks.append((on_delivery, metadata, None))
 
-    def _record_failure(self, on_delivery: DeliveryCallback | None, epoch: int, error: ProducerError) -> None:
+    def _record_failure(
+        self, on_delivery: DeliveryCallback | None, epoch: int, size: int, error: ProducerError
+    ) -> None:
         reports = self._reports
+        reports.bytes += size
         reports.done[epoch] += 1
         reports.failed += 1
         if on_delivery is not None:

@@ -60,7 +60,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -82,6 +82,7 @@ from .base import (
     DeliveryCallback,
     Producer,
     ProducerStatistics,
+    QueueBound,
     Reader,
     ReaderBatch,
     RebalanceListener,
@@ -149,6 +150,8 @@ class _Topic:
     name: str
     partitions: list[_Partition]
     config: dict[str, str]
+    #: while not None, messages sent to the topic wait here (a fault: see ``block_topic``)
+    blocked: list[tuple[MemoryProducer, tuple[Any, ...]]] | None = None
 
 
 class _Group:
@@ -215,6 +218,8 @@ class MemoryBroker:
         self._groups: dict[str, _Group] = {}
         self._member_seq = 0
         self._coordinator = TransactionCoordinator()
+        #: Kafka's ``message.max.bytes`` (its default): a larger key + value fails delivery
+        self.max_message_bytes = 1_048_588
 
     @classmethod
     def get(cls, name: str = "") -> MemoryBroker:
@@ -274,6 +279,21 @@ class MemoryBroker:
             for waiter in part.waiters:
                 waiter._wake()
         return message
+
+    # -- faults -----------------------------------------------------------------
+
+    def block_topic(self, name: str) -> None:
+        """Make ``name`` unwritable, as a stalled or unreachable leader would be:
+        messages sent to it stay undelivered (producers hold them) until
+        :meth:`unblock_topic`."""
+        self._topics[name].blocked = self._topics[name].blocked or []
+
+    def unblock_topic(self, name: str) -> None:
+        """Deliver what waited for ``name`` and accept writes again."""
+        topic = self._topics[name]
+        waiting, topic.blocked = topic.blocked or [], None
+        for producer, args in waiting:
+            producer._unblocked(*args)
 
     def partition_count(self, topic: str) -> int | None:
         """The number of partitions of ``topic``, or ``None`` if it does not exist."""
@@ -416,6 +436,9 @@ class MemoryProducer(Producer):
         self._report_callbacks: deque[DeliveryCallback | None] = deque()
         self._report_outcomes: deque[Message | ProducerError] = deque()
         self._report_scheduled = False
+        self.bound = QueueBound(settings.producer_max_queued_bytes, settings.producer_max_queued_messages)
+        self._reportable_bytes = 0  # of messages appended or failed, not yet reported
+        self._held = 0  # messages waiting for a blocked topic
         self._queued_total = 0
         self._reported_total = 0
         self._delivered = 0
@@ -443,6 +466,9 @@ class MemoryProducer(Producer):
     ) -> None:
         if self._closed:
             raise ClosedError("send_nowait() on a closed memory producer")
+        size = (len(key) if key else 0) + (len(value) if value else 0)
+        self.bound.add(size)
+        self._reportable_bytes += size
         if self._special and self._refuse(on_delivery):
             return
         broker = self._broker
@@ -451,16 +477,42 @@ class MemoryProducer(Producer):
             broker.create_topic(topic, self._settings.topic_partitions)  # auto.create.topics
             t = broker._topics[topic]
         partitions = t.partitions
-        if partition is None:
-            partition = partition_for_key(key, len(partitions))
-        elif not 0 <= partition < len(partitions):
-            err = ProducerError(f"unknown partition {topic}[{partition}] ({len(partitions)} exist)")
+        error: ProducerError | None = None
+        if partition is not None and not 0 <= partition < len(partitions):
+            error = ProducerError(f"unknown partition {topic}[{partition}] ({len(partitions)} exist)")
+        elif size > broker.max_message_bytes:
+            error = ProducerError(
+                f"cannot deliver a message to topic {topic!r}: {size} bytes is larger than the broker's "
+                f"message.max.bytes ({broker.max_message_bytes}) (MSG_SIZE_TOO_LARGE)"
+            )
+        elif t.blocked is not None:
+            t.blocked.append((self, (t, partition, key, value, timestamp, headers, on_delivery, size)))
+            self._queued_total += 1
+            self._held += 1
+            self._reportable_bytes -= size
+            return
+        if error is not None:
             self._queued_total += 1
             self._report_callbacks.append(on_delivery)
-            self._report_outcomes.append(err)
+            self._report_outcomes.append(error)
             self._schedule_reports()
             return
-        message = broker._append(t, partition, key, value, timestamp, headers)
+        self._append(t, partition, key, value, timestamp, headers, on_delivery)
+
+    def _append(
+        self,
+        t: _Topic,
+        partition: int | None,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp: float | None,
+        headers: Headers | None,
+        on_delivery: DeliveryCallback | None,
+    ) -> None:
+        partitions = t.partitions
+        if partition is None:
+            partition = partition_for_key(key, len(partitions))
+        message = self._broker._append(t, partition, key, value, timestamp, headers)
         if self._txn is not None:
             self._txn.add(partitions[partition], message.offset)
         self._queued_total += 1
@@ -471,6 +523,28 @@ class MemoryProducer(Producer):
             self._report_outcomes.append(message)
         if not self._report_scheduled:
             self._schedule_reports()
+
+    def _unblocked(
+        self,
+        t: _Topic,
+        partition: int | None,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp: float | None,
+        headers: Headers | None,
+        on_delivery: DeliveryCallback | None,
+        size: int,
+    ) -> None:
+        self._held -= 1
+        self._queued_total -= 1  # counted again by _append
+        self._reportable_bytes += size
+        if self._closed or self._killed:
+            self._queued_total += 1
+            self._report_callbacks.append(on_delivery)
+            self._report_outcomes.append(ProducerError(f"the producer closed before {t.name!r} was writable"))
+            self._schedule_reports()
+            return
+        self._append(t, partition, key, value, timestamp, headers, on_delivery)
 
     def _schedule_reports(self) -> None:
         if not self._report_scheduled:
@@ -484,7 +558,9 @@ class MemoryProducer(Producer):
         self._report_scheduled = False
         callbacks, outcomes = self._report_callbacks, self._report_outcomes
         count = len(callbacks)
-        uncounted = self._queued_total - self._reported_total - count
+        uncounted = self._queued_total - self._reported_total - count - self._held
+        self.bound.remove(self._reportable_bytes, count + uncounted)
+        self._reportable_bytes = 0
         self._delivered += uncounted
         self._reported_total += uncounted + count
         for _ in range(count):

@@ -58,65 +58,6 @@ def event_key(event: Event[Any]) -> EventKey:
 # -- acks ------------------------------------------------------------------------------
 
 
-class _TracingLane(Lane[T]):
-    """A lane that tells its inbox's tracker about every ack (same slots as Lane)."""
-
-    __slots__ = ()
-
-    def ack(self, offset: int) -> None:
-        super().ack(offset)
-        tracker: AckTracker = self.inbox._streamtrio_tracker  # type: ignore[attr-defined]
-        tracker.changed()
-
-    def abandon(self, offset: int) -> None:
-        super().abandon(offset)
-        tracker: AckTracker = self.inbox._streamtrio_tracker  # type: ignore[attr-defined]
-        tracker.changed()
-
-
-class _TracingInbox(Inbox[T]):
-    """An inbox whose lanes are :class:`_TracingLane` (lanes are added on assignment)."""
-
-    def add_lane(self, tp: TP | None) -> Lane[T]:
-        return _trace_lane(super().add_lane(tp))
-
-
-def _trace_lane(lane: Lane[Any]) -> Lane[Any]:
-    # The subclass adds no state, so switching the class keeps every field
-    # the real lane already holds; only ack/abandon gain a notification.
-    if type(lane) is Lane:
-        lane.__class__ = _TracingLane
-    elif not isinstance(lane, _TracingLane):
-        # Waiting on an untraced lane would hang a test: refuse loudly instead.
-        raise TypeError(f"streamtrio.testing cannot trace acks of a {type(lane).__qualname__}")
-    return lane
-
-
-class _RecordingTopicSource(TopicSource[T]):
-    """The real topic source (decode, policies, requeue); records the events it makes."""
-
-    def _event(self, lane: Lane[Message], msg: Message) -> Event[T] | None:
-        event = super()._event(lane, msg)
-        if event is not None:
-            self._streamtrio_tracker.record(event)  # type: ignore[attr-defined]
-        return event
-
-
-class _RecordingChannelSource(ChannelSource[T]):
-    """The real channel source; records the events it hands out."""
-
-    def take_nowait(self) -> Event[T] | None:
-        event = super().take_nowait()
-        if event is not None:
-            self._streamtrio_tracker.record(event)  # type: ignore[attr-defined]
-        return event
-
-    async def take(self) -> Event[T]:
-        event = await super().take()
-        self._streamtrio_tracker.record(event)  # type: ignore[attr-defined]
-        return event
-
-
 class AckTracker:
     """The subscriptions of the agents under test, and a way to wait for their acks.
 
@@ -130,32 +71,23 @@ class AckTracker:
         self._lot = trio.lowlevel.ParkingLot()
 
     def adopt(self, channel: Channel[Any], source: Source[T]) -> Source[T]:
-        """Trace the inbox behind ``source`` and record the events it makes.
+        """Record the events ``source`` hands out and trace the acks of its inbox.
 
-        The source stays the same object of a subclass (the agent tells
-        sources apart by type), with only a recording step added.
+        Both through the core's observer hooks (``on_event`` on sources,
+        ``observer`` on inboxes): the real objects, unchanged.
         """
-        kind: type = type(source)
-        if kind is TopicSource:
-            source.__class__ = _RecordingTopicSource
-        elif kind is ChannelSource:
-            source.__class__ = _RecordingChannelSource
-        source._streamtrio_tracker = self  # type: ignore[attr-defined]
-        inbox: Inbox[Any] | None = getattr(source, "inbox", None)
-        if inbox is not None:
-            self.adopt_inbox(channel, inbox)
+        if isinstance(source, TopicSource | ChannelSource):
+            source.on_event = self.record
+            self.adopt_inbox(channel, source.inbox)
         return source
 
     def adopt_inbox(self, channel: Channel[Any], inbox: Inbox[Any]) -> None:
         """Trace an inbox's lanes: every ack and abandon wakes the waiting test."""
-        if type(inbox) is Inbox:
-            inbox.__class__ = _TracingInbox
-        elif not isinstance(inbox, _TracingInbox):
-            raise TypeError(f"streamtrio.testing cannot trace the lanes of a {type(inbox).__qualname__}")
-        inbox._streamtrio_tracker = self  # type: ignore[attr-defined]
-        for lane in inbox.lanes.values():
-            _trace_lane(lane)
+        inbox.observer = self._observe
         self.subscriptions.append((channel, inbox))
+
+    def _observe(self, lane: Lane[Any], offset: int | None) -> None:
+        self.changed()
 
     def record(self, event: Event[Any]) -> None:
         self.events[event_key(event)] = event
@@ -195,7 +127,7 @@ class AckTracker:
         covers messages a decode-error policy skipped or dead-lettered.
         """
         event = self.events.get(key)
-        if event is not None and event.acked:
+        if event is not None and event.done:
             return True
         topic, partition, offset = key
         lanes = self._lanes_for(topic, partition)
@@ -417,6 +349,7 @@ class CaptureInbox(Inbox[Event[Any]]):
     def feed(self, tp: TP | None, items: list[Event[Any]], first_offset: int, last_offset: int) -> None:
         for event in items:
             self.recorder.note_channel(self.channel, event)
+            event.ack()  # captured is delivered: the sending event need not wait for it
 
 
 class _RecordingProducer(Producer):
