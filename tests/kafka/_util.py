@@ -249,24 +249,6 @@ class WorkerProcess:
         await wait_for(seen, timeout=timeout, what=f"{text!r} x{count} in {self.name}'s log", poll=0.1)
 
 
-# -- the test broker's process ----------------------------------------------------------
-
-
-def tansu_pid(bootstrap: str) -> int | None:
-    """The pid of the Tansu process listening on ``bootstrap``, found through /proc."""
-    wanted = f"tcp://{bootstrap}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"--listener-url" in argv and wanted in argv and b"broker" in argv:
-            return int(entry.name)
-    return None
-
-
 def partition_count(bootstrap: str, topic: str) -> int | None:
     """How many partitions ``topic`` has, or ``None`` if it does not exist (blocking)."""
     metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=15)

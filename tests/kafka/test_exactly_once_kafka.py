@@ -5,7 +5,8 @@ instance with the same transactional id fences the first, which stops with
 ProducerFencedError; a kill -9 and restart loses nothing. Tansu's
 read_committed does not hide aborted transactions (docs/testing.md), so the
 "nothing twice" assertions after a kill -9 are marked ``real_kafka`` and run
-only when STREAMTRIO_TEST_BROKER names a real Apache Kafka.
+only when the test broker is Apache Kafka (the default with Java and Maven,
+and always in CI).
 
 Every check uses plain confluent-kafka clients, as a user of the topics would.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 import uuid
 from collections import Counter
@@ -37,13 +37,6 @@ ROOT = Path(__file__).resolve().parents[2]
 EOS_COUNTER = Path(__file__).resolve().parent / "apps" / "eos_counter.py"
 PARTITIONS = 4
 FAST: dict[str, Any] = {"broker_session_timeout": 2.0, "broker_heartbeat_interval": 0.2}
-
-#: Tansu's read_committed shows aborted transactions: exactness needs a real Kafka.
-needs_real_kafka = pytest.mark.skipif(
-    not os.environ.get("STREAMTRIO_TEST_BROKER"),
-    reason="needs STREAMTRIO_TEST_BROKER naming a real Apache Kafka (Tansu does not hide aborted "
-    "transactions from read_committed readers)",
-)
 
 
 def unique(name: str) -> str:
@@ -307,8 +300,7 @@ async def test_kill_9_and_restart_loses_nothing(kafka_bootstrap: str, tmp_path: 
 
 
 @pytest.mark.slow
-@pytest.mark.real_kafka
-@needs_real_kafka
+@pytest.mark.real_kafka  # Tansu's read_committed shows aborted transactions
 async def test_kill_9_and_restart_is_exact_for_read_committed_readers(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:

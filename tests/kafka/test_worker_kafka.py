@@ -24,6 +24,7 @@ import trio
 
 import streamtrio
 from streamtrio import TP
+from streamtrio.testing import KafkaTestBroker
 from streamtrio.testing._broker import TEST_BROKER_ENV
 
 from ._util import (
@@ -41,7 +42,6 @@ from ._util import (
     read_records,
     read_topic,
     spread_keys,
-    tansu_pid,
     unique,
     wait_for,
 )
@@ -455,13 +455,11 @@ async def test_undecodable_value_policies_move_on(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    bool(os.environ.get(TEST_BROKER_ENV, "").strip()),
-    reason=f"{TEST_BROKER_ENV} names an external broker; this test freezes the session's own Tansu process",
-)
-async def test_broker_frozen_for_seconds_then_back_nothing_lost(kafka_bootstrap: str) -> None:
-    pid = tansu_pid(kafka_bootstrap)
-    assert pid is not None, f"no Tansu process listens on {kafka_bootstrap}"
+async def test_broker_frozen_for_seconds_then_back_nothing_lost(kafka_broker: KafkaTestBroker) -> None:
+    pid = kafka_broker.pid
+    if pid is None:
+        pytest.skip(f"{TEST_BROKER_ENV} names an external broker; this test freezes the session's own")
+    kafka_bootstrap = kafka_broker.bootstrap
     partitions = 4
     app_id = unique("frozen")
     topic = await new_topic(kafka_bootstrap, "events", partitions)
