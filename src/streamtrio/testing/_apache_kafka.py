@@ -28,7 +28,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -125,12 +125,14 @@ class ApacheKafka:
         pid: the broker's process id.
         log_path: the broker's log file.
         version: the Kafka version.
+        process: the broker's process (``process.poll()`` tells whether it still runs).
     """
 
     bootstrap: str
     pid: int
     log_path: Path
     version: str
+    process: subprocess.Popen[bytes] = field(repr=False, compare=False)
 
 
 def kafka_version() -> str:
@@ -275,7 +277,9 @@ def run_apache_kafka(
                     f"--- end of {log_path} ---\n{_tail(log_path)}\n"
                     f"--- end of {work_dir / 'stdout.log'} ---\n{_tail(work_dir / 'stdout.log')}"
                 )
-            yield ApacheKafka(bootstrap=address, pid=proc.pid, log_path=log_path, version=version)
+            yield ApacheKafka(
+                bootstrap=address, pid=proc.pid, log_path=log_path, version=version, process=proc
+            )
         finally:
             stop_process(proc)
 
