@@ -27,7 +27,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 ROOT = Path(__file__).resolve().parents[2]
 APPS = Path(__file__).resolve().parent / "apps"
 
-#: Group timings that join in about a second on Tansu.
+#: Group timings that join in about a second on Tansu (Apache Kafka needs no such settings;
+#: see test_default_group_timings_share_and_hand_back_partitions_within_seconds).
 FAST_GROUP: dict[str, Any] = {"broker_session_timeout": 2.0, "broker_heartbeat_interval": 0.2}
 
 

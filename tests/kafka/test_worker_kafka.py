@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import trio
+from confluent_kafka import Consumer, TopicPartition
 
 import streamtrio
 from streamtrio import TP
@@ -323,6 +324,64 @@ async def test_workers_join_and_leave_while_producing_nothing_lost_nothing_twice
         for p, offsets in by_partition(read_records([out])).items():
             assert offsets == sorted(offsets), f"{out.name} partition {p}"
     assert await committed_async(kafka_bootstrap, app_id, topic, partitions) == produced.ends()
+
+
+@pytest.mark.slow
+@pytest.mark.real_kafka  # Tansu needs the short session timeouts of FAST_GROUP to rebalance promptly
+async def test_default_group_timings_share_and_hand_back_partitions_within_seconds(
+    kafka_bootstrap: str,
+) -> None:
+    """No Tansu workarounds: the library's default session and heartbeat, watermarks read back."""
+    partitions = 4
+    defaults = {"broker_session_timeout": 45.0, "broker_heartbeat_interval": 3.0}
+    app_id = unique("defaults")
+    topic = await new_topic(kafka_bootstrap, "events", partitions)
+    produced = await produce_async(kafka_bootstrap, topic, spread_keys(2000))
+    first, seen_first = recording_app(app_id, topic, partitions, kafka_bootstrap, **defaults)
+    second, seen_second = recording_app(app_id, topic, partitions, kafka_bootstrap, **defaults)
+    everything = all_tps(topic, partitions)
+
+    def mine(worker: streamtrio.Worker) -> set[TP]:
+        return {tp for tp in worker.assigned if tp.topic == topic}
+
+    async with running(first) as one:
+        await wait_for(lambda: mine(one) == everything, timeout=15, what="the first assignment")
+        async with running(second) as two:
+            await wait_for(
+                lambda: bool(mine(one) and mine(two)) and mine(one) | mine(two) == everything,
+                timeout=15,
+                what="the partitions split between two workers",
+            )
+            assert not mine(one) & mine(two)
+            await produce_async(kafka_bootstrap, topic, spread_keys(1000, start=2000), produced=produced)
+        # The second left the group on its way out: no wait for its 45 s session to expire.
+        await wait_for(lambda: mine(one) == everything, timeout=15, what="the partitions handed back")
+        await produce_async(kafka_bootstrap, topic, spread_keys(1000, start=3000), produced=produced)
+        pairs = produced.pairs()
+
+        def processed() -> list[tuple[int, int]]:
+            return [
+                (p, off)
+                for recorded in (seen_first, seen_second)
+                for p, items in recorded.by_partition.items()
+                for off, _ in items
+            ]
+
+        await wait_for(lambda: set(processed()) >= pairs, timeout=30, what="every event")
+    assert set(processed()) == pairs and duplicates(processed()) == {}
+    assert await committed_async(kafka_bootstrap, app_id, topic, partitions) == produced.ends()
+    # Apache Kafka's high watermarks are the ends the delivery reports gave.
+    marks = await trio.to_thread.run_sync(high_watermarks, kafka_bootstrap, topic, partitions)
+    assert marks == produced.ends()
+
+
+def high_watermarks(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("marks")})
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        return {tp.partition: consumer.get_watermark_offsets(tp, timeout=15)[1] for tp in tps}
+    finally:
+        consumer.close()
 
 
 # -- 4. a slow agent keeps its membership --------------------------------------------------------
