@@ -442,9 +442,11 @@ class KafkaConsumer(_ThreadOwnedClient[list[Message]], Consumer):
         self._group_id = str(config["group.id"])
         self._max_batch = max_batch
         self._assignment: frozenset[TP] = frozenset()
-        # consumer_config may choose cooperative-sticky; range (eager) is the default.
+        # Incremental (cooperative) rebalances: cooperative-sticky, or the
+        # KIP-848 consumer protocol, which is always incremental; range
+        # (eager) is the default.
         strategy = str(config.get("partition.assignment.strategy", "range"))
-        self._cooperative = "cooperative" in strategy
+        self._cooperative = "cooperative" in strategy or config.get("group.protocol") == "consumer"
 
     # -- Consumer interface ------------------------------------------------
 
