@@ -25,7 +25,7 @@ trio_mode = true
 addopts = -p no:cacheprovider --strict-markers
 """
 
-APP_MODULE = '''
+APP_MODULE = """
 from typing import Any
 
 import streamtrio
@@ -40,7 +40,7 @@ async def double(stream: streamtrio.Stream[int]) -> Any:
     async for event in stream.events():
         totals[event.key] += event.value
         yield event.value * 2
-'''
+"""
 
 
 @pytest.fixture
@@ -48,6 +48,7 @@ def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.
     """A pytester directory with trio mode on, outside CI, with no external test broker."""
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.delenv("STREAMTRIO_TEST_BROKER", raising=False)
+    monkeypatch.delenv("STREAMTRIO_TEST_BROKER_KIND", raising=False)
     pytester.makeini(INI)
     return pytester
 
@@ -256,7 +257,10 @@ def test_plain():
 """
 
 
-def test_kafka_marker_skips_with_the_reason_when_no_broker_can_start(inner: pytest.Pytester) -> None:
+def test_kafka_marker_skips_with_the_reason_when_no_broker_can_start(
+    inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAMTRIO_TEST_BROKER_KIND", "tansu")
     inner.makeconftest(NO_CALFKIT)
     inner.makepyfile(test_marked=MARKED)
     result = inner.runpytest_subprocess("-rs")
@@ -268,6 +272,7 @@ def test_kafka_marker_fails_instead_of_skipping_on_ci(
     inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CI", "true")
+    monkeypatch.setenv("STREAMTRIO_TEST_BROKER_KIND", "tansu")
     inner.makeconftest(NO_CALFKIT)
     inner.makepyfile(test_marked=MARKED)
     result = inner.runpytest_subprocess()
@@ -301,22 +306,89 @@ def test_kafka_broker_fixture_skips_when_the_broker_does_not_answer(
 
 
 @pytest.mark.kafka
-def test_kafka_broker_fixture_starts_a_broker_for_the_session(inner: pytest.Pytester) -> None:
+@pytest.mark.parametrize("kind", ["kafka", "tansu"])
+def test_kafka_broker_fixture_starts_a_broker_for_the_session(
+    inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    monkeypatch.setenv("STREAMTRIO_TEST_BROKER_KIND", kind)
+    if OUTER_CI is not None:
+        monkeypatch.setenv("CI", OUTER_CI)  # on CI both kinds must run, not skip
     inner.makepyfile(
-        test_broker="""
+        test_broker=f"""
+        import pytest
         from confluent_kafka.admin import AdminClient
 
         def test_it_answers(kafka_broker):
-            assert kafka_broker.url == f"kafka://{kafka_broker.bootstrap}"
-            metadata = AdminClient({"bootstrap.servers": kafka_broker.bootstrap}).list_topics(timeout=10)
+            assert kafka_broker.url == f"kafka://{{kafka_broker.bootstrap}}"
+            assert kafka_broker.kind == {kind!r} and kafka_broker.pid is not None
+            metadata = AdminClient({{"bootstrap.servers": kafka_broker.bootstrap}}).list_topics(timeout=10)
             assert metadata.brokers
 
         def test_same_broker(kafka_broker, request):
             assert request.getfixturevalue("kafka_broker") is kafka_broker
+
+        @pytest.mark.real_kafka
+        def test_real(kafka_broker):
+            assert kafka_broker.is_apache_kafka
         """
     )
-    result = inner.runpytest_subprocess()
-    result.assert_outcomes(passed=2)
+    result = inner.runpytest_subprocess("-rs")
+    result.assert_outcomes(passed=3 if kind == "kafka" else 2, skipped=0 if kind == "kafka" else 1)
+
+
+def no_java(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """As if neither Java nor Maven were installed, and no Kafka jars cached."""
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.setenv("STREAMTRIO_KAFKA_CACHE", str(tmp_path / "no-cache"))
+
+
+def test_kafka_kind_without_java_skips_naming_java(
+    inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    no_java(monkeypatch, tmp_path)
+    monkeypatch.setenv("STREAMTRIO_TEST_BROKER_KIND", "kafka")
+    inner.makepyfile(test_marked=MARKED)
+    result = inner.runpytest_subprocess("-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*SKIPPED*STREAMTRIO_TEST_BROKER_KIND=kafka but no 'java' on PATH*"])
+
+
+def test_without_java_the_broker_is_tansu_with_a_notice(
+    inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    no_java(monkeypatch, tmp_path)
+    inner.makepyfile(
+        test_broker="""
+        import pytest
+
+        def test_kind(kafka_broker):
+            assert kafka_broker.kind == "tansu" and not kafka_broker.is_apache_kafka
+
+        @pytest.mark.real_kafka
+        def test_real(kafka_broker):
+            pass
+        """
+    )
+    result = inner.runpytest_subprocess("-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*test broker is Tansu, not Apache Kafka: no 'java' on PATH*",
+            "*SKIPPED*needs Apache Kafka; the test broker is tansu*",
+        ]
+    )
+
+
+def test_an_unknown_broker_kind_is_named(inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMTRIO_TEST_BROKER_KIND", "redpanda")
+    inner.makepyfile(test_marked=MARKED)
+    result = inner.runpytest_subprocess("-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(
+        ["*SKIPPED*STREAMTRIO_TEST_BROKER_KIND='redpanda': expected one of kafka, tansu*"]
+    )
 
 
 def test_the_kafka_marker_is_registered_for_users(inner: pytest.Pytester) -> None:

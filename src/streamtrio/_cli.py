@@ -23,6 +23,7 @@ import trio
 import typer
 
 from ._app import App
+from ._devbroker import dev_cli
 from ._exceptions import AppLoadError, ConfigurationError, StreamtrioError
 from ._run import EXIT_ERROR, run
 
@@ -273,6 +274,7 @@ def build_cli(bound: App | None = None) -> typer.Typer:
     )
     for name, fun in _COMMANDS:
         cli.command(name=name)(_bind(fun, bound))
+    cli.add_typer(dev_cli)
     if bound is not None:
         for fun, options in bound._commands:
             cli.command(name=options["name"], help=options["help"])(_user_command(bound, fun))

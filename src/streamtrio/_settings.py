@@ -195,6 +195,27 @@ def _options() -> dict[str, _Option]:
             choices=("earliest", "latest"),
         ),
         _Option("consumer_max_batch", 10000, "int", "Messages fetched per batch at most", minimum=1),
+        _Option(
+            "consumer_group_protocol",
+            "classic",
+            "choice",
+            "group.protocol: classic, or consumer (KIP-848: the broker assigns, always incremental)",
+            choices=("classic", "consumer"),
+        ),
+        _Option(
+            "consumer_partition_assignment_strategy",
+            "range",
+            "choice",
+            "partition.assignment.strategy of the classic protocol",
+            choices=("range", "roundrobin", "cooperative-sticky"),
+        ),
+        _Option(
+            "consumer_group_instance_id",
+            None,
+            "str",
+            "group.instance.id: static membership (unique per worker process; a restart within "
+            "broker_session_timeout keeps the partitions without a rebalance)",
+        ),
         _Option("producer_linger_ms", 5.0, "float", "linger.ms of the producer", minimum=0.0),
         _Option(
             "producer_compression_type",

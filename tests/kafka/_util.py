@@ -27,7 +27,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 ROOT = Path(__file__).resolve().parents[2]
 APPS = Path(__file__).resolve().parent / "apps"
 
-#: Group timings that join in about a second on Tansu.
+#: Group timings that join in about a second on Tansu (Apache Kafka needs no such settings;
+#: see test_default_group_timings_share_and_hand_back_partitions_within_seconds).
 FAST_GROUP: dict[str, Any] = {"broker_session_timeout": 2.0, "broker_heartbeat_interval": 0.2}
 
 
@@ -247,24 +248,6 @@ class WorkerProcess:
             return self.log().count(text) >= count
 
         await wait_for(seen, timeout=timeout, what=f"{text!r} x{count} in {self.name}'s log", poll=0.1)
-
-
-# -- the test broker's process ----------------------------------------------------------
-
-
-def tansu_pid(bootstrap: str) -> int | None:
-    """The pid of the Tansu process listening on ``bootstrap``, found through /proc."""
-    wanted = f"tcp://{bootstrap}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"--listener-url" in argv and wanted in argv and b"broker" in argv:
-            return int(entry.name)
-    return None
 
 
 def partition_count(bootstrap: str, topic: str) -> int | None:

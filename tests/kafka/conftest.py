@@ -1,7 +1,9 @@
-"""Tests against a real Kafka-protocol broker (Tansu, or STREAMTRIO_TEST_BROKER).
+"""Tests against a real Kafka-protocol broker: Apache Kafka, Tansu, or STREAMTRIO_TEST_BROKER.
 
 Every test in this directory is marked ``kafka``. They are never skipped: if
-the broker cannot start, the fixture fails with the broker's log.
+the broker cannot start, the fixture fails with the broker's log. Tests marked
+``real_kafka`` run only when the broker is Apache Kafka
+(``STREAMTRIO_TEST_BROKER_KIND`` chooses; see docs/testing.md).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from streamtrio.testing._broker import start_test_broker
+from streamtrio.testing import KafkaTestBroker
+from streamtrio.testing._broker import open_test_broker
 
 _HERE = Path(__file__).parent
 
@@ -23,7 +26,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
+def kafka_broker() -> Iterator[KafkaTestBroker]:
+    """The plugin's fixture, except that here a broker that cannot start fails the tests."""
+    with open_test_broker() as broker:
+        yield KafkaTestBroker(broker.bootstrap, kind=broker.kind, pid=broker.pid)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker: KafkaTestBroker) -> str:
     """The bootstrap address ``host:port`` of the session's test broker."""
-    with start_test_broker() as address:
-        yield address
+    return kafka_broker.bootstrap

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
 import time
@@ -15,6 +17,7 @@ import trio
 from streamtrio._exceptions import (
     BrokerUnavailableError,
     ClosedError,
+    CommitError,
     ConfigurationError,
     ProducerError,
 )
@@ -23,6 +26,7 @@ from streamtrio._settings import Settings
 from streamtrio._transports.base import OFFSET_BEGINNING, Consumer, Reader
 from streamtrio._transports.kafka import KafkaTransport
 from streamtrio._types import TP, Message, TopicSpec
+from streamtrio.testing import KafkaTestBroker
 
 TopicFactory = Callable[..., Awaitable[str]]
 
@@ -559,3 +563,66 @@ async def test_error_in_body_propagates_unwrapped(transport: KafkaTransport, new
         async with transport.open_consumer(group_id=group_name(), topics=[topic], listener=Listener()):
             raise Boom
     assert our_threads() == []
+
+
+async def test_a_commit_refused_for_a_lost_session_hands_the_partitions_back_first(
+    kafka_broker: KafkaTestBroker, transport: KafkaTransport, new_topic: TopicFactory
+) -> None:
+    """The committer tells "partitions moved" from a failed commit by the revoke it saw first.
+
+    A commit that blocks while the broker is frozen outlives the 2 s session;
+    the broker then refuses it (unknown member). By the time the error
+    reaches the caller, the listener has been told the partitions are gone.
+    """
+    if kafka_broker.pid is None:
+        pytest.skip("freezes the session's own broker; STREAMTRIO_TEST_BROKER names an external one")
+    topic = await new_topic(2)
+    tps = frozenset(TP(topic, p) for p in range(2))
+    async with transport.open_producer() as producer:
+        for p in range(2):
+            producer.send_nowait(topic, None, b"x", partition=p)
+        await producer.flush()
+    listener = Listener()
+    async with transport.open_consumer(group_id=group_name(), topics=[topic], listener=listener) as consumer:
+        listener.attach(consumer)
+        await consume_n(consumer, 2)
+        # Whether the broker refuses the commit is a race (a request already
+        # in flight when it froze may be accepted): a few tries.
+        for _ in range(3):
+            outcome = await commit_while_frozen(kafka_broker.pid, consumer, listener, tps)
+            if "error" in outcome:
+                break
+            await wait_for(lambda: consumer.assignment() == tps, "the partitions back", limit=30)
+        else:
+            pytest.skip("the broker accepted every commit after a freeze: nothing to check this time")
+        assert ("revoked", tps) in outcome["events"], outcome
+        # The member rejoins, gets its partitions back and commits again.
+        await wait_for(lambda: consumer.assignment() == tps, "the partitions back", limit=30)
+        await consumer.commit(dict.fromkeys(tps, 1))
+        assert await consumer.committed(tps) == dict.fromkeys(tps, 1)
+
+
+async def commit_while_frozen(
+    pid: int, consumer: Consumer, listener: Listener, tps: frozenset[TP]
+) -> dict[str, Any]:
+    """Commit while the broker is frozen for twice the session timeout; what came of it."""
+    outcome: dict[str, Any] = {}
+
+    async def commit() -> None:
+        try:
+            await consumer.commit(dict.fromkeys(tps, 1))
+        except CommitError as exc:
+            outcome["error"] = exc
+            outcome["events"] = list(listener.events)
+        else:
+            outcome["ok"] = True
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(commit)
+            await trio.sleep(4.0)
+            os.kill(pid, signal.SIGCONT)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    return outcome

@@ -21,9 +21,11 @@ from typing import Any
 
 import pytest
 import trio
+from confluent_kafka import Consumer, TopicPartition
 
 import streamtrio
 from streamtrio import TP
+from streamtrio.testing import KafkaTestBroker
 from streamtrio.testing._broker import TEST_BROKER_ENV
 
 from ._util import (
@@ -41,7 +43,6 @@ from ._util import (
     read_records,
     read_topic,
     spread_keys,
-    tansu_pid,
     unique,
     wait_for,
 )
@@ -325,6 +326,64 @@ async def test_workers_join_and_leave_while_producing_nothing_lost_nothing_twice
     assert await committed_async(kafka_bootstrap, app_id, topic, partitions) == produced.ends()
 
 
+@pytest.mark.slow
+@pytest.mark.real_kafka  # Tansu needs the short session timeouts of FAST_GROUP to rebalance promptly
+async def test_default_group_timings_share_and_hand_back_partitions_within_seconds(
+    kafka_bootstrap: str,
+) -> None:
+    """No Tansu workarounds: the library's default session and heartbeat, watermarks read back."""
+    partitions = 4
+    defaults = {"broker_session_timeout": 45.0, "broker_heartbeat_interval": 3.0}
+    app_id = unique("defaults")
+    topic = await new_topic(kafka_bootstrap, "events", partitions)
+    produced = await produce_async(kafka_bootstrap, topic, spread_keys(2000))
+    first, seen_first = recording_app(app_id, topic, partitions, kafka_bootstrap, **defaults)
+    second, seen_second = recording_app(app_id, topic, partitions, kafka_bootstrap, **defaults)
+    everything = all_tps(topic, partitions)
+
+    def mine(worker: streamtrio.Worker) -> set[TP]:
+        return {tp for tp in worker.assigned if tp.topic == topic}
+
+    async with running(first) as one:
+        await wait_for(lambda: mine(one) == everything, timeout=15, what="the first assignment")
+        async with running(second) as two:
+            await wait_for(
+                lambda: bool(mine(one) and mine(two)) and mine(one) | mine(two) == everything,
+                timeout=15,
+                what="the partitions split between two workers",
+            )
+            assert not mine(one) & mine(two)
+            await produce_async(kafka_bootstrap, topic, spread_keys(1000, start=2000), produced=produced)
+        # The second left the group on its way out: no wait for its 45 s session to expire.
+        await wait_for(lambda: mine(one) == everything, timeout=15, what="the partitions handed back")
+        await produce_async(kafka_bootstrap, topic, spread_keys(1000, start=3000), produced=produced)
+        pairs = produced.pairs()
+
+        def processed() -> list[tuple[int, int]]:
+            return [
+                (p, off)
+                for recorded in (seen_first, seen_second)
+                for p, items in recorded.by_partition.items()
+                for off, _ in items
+            ]
+
+        await wait_for(lambda: set(processed()) >= pairs, timeout=30, what="every event")
+    assert set(processed()) == pairs and duplicates(processed()) == {}
+    assert await committed_async(kafka_bootstrap, app_id, topic, partitions) == produced.ends()
+    # Apache Kafka's high watermarks are the ends the delivery reports gave.
+    marks = await trio.to_thread.run_sync(high_watermarks, kafka_bootstrap, topic, partitions)
+    assert marks == produced.ends()
+
+
+def high_watermarks(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("marks")})
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        return {tp.partition: consumer.get_watermark_offsets(tp, timeout=15)[1] for tp in tps}
+    finally:
+        consumer.close()
+
+
 # -- 4. a slow agent keeps its membership --------------------------------------------------------
 
 
@@ -455,13 +514,11 @@ async def test_undecodable_value_policies_move_on(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    bool(os.environ.get(TEST_BROKER_ENV, "").strip()),
-    reason=f"{TEST_BROKER_ENV} names an external broker; this test freezes the session's own Tansu process",
-)
-async def test_broker_frozen_for_seconds_then_back_nothing_lost(kafka_bootstrap: str) -> None:
-    pid = tansu_pid(kafka_bootstrap)
-    assert pid is not None, f"no Tansu process listens on {kafka_bootstrap}"
+async def test_broker_frozen_for_seconds_then_back_nothing_lost(kafka_broker: KafkaTestBroker) -> None:
+    pid = kafka_broker.pid
+    if pid is None:
+        pytest.skip(f"{TEST_BROKER_ENV} names an external broker; this test freezes the session's own")
+    kafka_bootstrap = kafka_broker.bootstrap
     partitions = 4
     app_id = unique("frozen")
     topic = await new_topic(kafka_bootstrap, "events", partitions)

