@@ -20,6 +20,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -212,8 +213,16 @@ class TableManager(Mapping[str, Table]):
         try:
             async with AsyncExitStack() as stack:
                 for url in sorted({t.store_url or conf.store for t in self._tables.values()}):
-                    self._stores[url] = open_store(
-                        url, path=conf.data_path, map_size=conf.lmdb_map_size, sync=conf.lmdb_sync
+                    # Opening checks (and may scan) the data: off the trio thread, not abandoned.
+                    self._stores[url] = await trio.to_thread.run_sync(
+                        partial(
+                            open_store,
+                            url,
+                            path=conf.data_path,
+                            map_size=conf.lmdb_map_size,
+                            max_map_size=conf.lmdb_max_map_size,
+                            sync=conf.lmdb_sync,
+                        )
                     )
                 self._recovery_reader = await stack.enter_async_context(worker.transport.open_reader())
                 follower = await stack.enter_async_context(worker.transport.open_reader())
@@ -224,7 +233,8 @@ class TableManager(Mapping[str, Table]):
                     if table.is_global:
                         store = self._store_for(table)
                         for n in range(table.partitions):
-                            table._parts[n] = TablePartition(n, store.partition(table.name, n))
+                            view = await store.run(store.partition, table.name, n)
+                            table._parts[n] = TablePartition(n, view)
                             initial[table.changelog_tp(n)] = (table, n)
                     elif conf.table_standby_replicas >= 1:
                         for n in range(table.partitions):
@@ -260,7 +270,7 @@ class TableManager(Mapping[str, Table]):
                 await self.flush()
             async with self._persist_lock, self._follow_lock:
                 for store in self._stores.values():
-                    store.close()
+                    await store.aclose()
         if scope.cancelled_caught:
             log.error("tables: the store could not be closed within shutdown_timeout")
         self._stores = {}
@@ -463,7 +473,11 @@ class TableManager(Mapping[str, Table]):
                 part = table._parts.get(n)
                 if part is None:
                     part = table._parts[n] = TablePartition(n)
-                part.view = self._store_for(table).partition(table.name, n)
+                store = self._store_for(table)
+                part.view = await store.run(store.partition, table.name, n)
+                if table._windowing is not None:
+                    # Index the partition's windows now, on the store's thread.
+                    await table._windowing.prepare(n, part)
             self.sources |= sources
             for table in {table for table, _ in todo.values()}:
                 for callback in table._recover_callbacks:

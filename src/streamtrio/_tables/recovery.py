@@ -29,8 +29,6 @@ __all__ = ["Replay", "apply_messages", "replay"]
 
 log = logging.getLogger(__name__)
 
-#: Batches with more writes than this are written in a worker thread.
-THREAD_WRITE_THRESHOLD = 5000
 #: Seconds between progress lines of a long recovery.
 PROGRESS_EVERY = 5.0
 
@@ -46,11 +44,8 @@ class Replay:
 async def write_batch(
     store: Store, writes: dict[tuple[str, int], dict[bytes, bytes | None]], offsets: Mapping[TP, int]
 ) -> None:
-    """``store.write_batch``, in a thread when it is big (never abandoned on cancel)."""
-    if sum(len(w) for w in writes.values()) > THREAD_WRITE_THRESHOLD:
-        await trio.to_thread.run_sync(store.write_batch, writes, offsets)
-    else:
-        store.write_batch(writes, offsets)
+    """``store.write_batch`` on the store's thread (never abandoned on cancel)."""
+    await store.run(store.write_batch, writes, offsets)
 
 
 def apply_messages(

@@ -158,8 +158,20 @@ class Windowing:
             state = self._parts[n] = self._build(part, view)
         return state
 
-    def _build(self, part: TablePartition, view: StorePartition) -> _PartitionState:
-        state = _PartitionState(view=view, mark=trio.current_time())
+    async def prepare(self, n: int, part: TablePartition) -> None:
+        """Build a newly served partition's state on the store's thread (it scans the partition)."""
+        view = part.view
+        if view is None:
+            return
+        state = await view.store.run(self._build, part, view, trio.current_time())
+        if part.view is view:
+            self._parts[n] = state
+
+    def _build(
+        self, part: TablePartition, view: StorePartition, mark: float | None = None
+    ) -> _PartitionState:
+        """Index a partition's live windows; may run on the store's thread (``mark`` given)."""
+        state = _PartitionState(view=view, mark=trio.current_time() if mark is None else mark)
         if self.key_index:
             state.keys = {}
         overlay = part.merged_overlay()
