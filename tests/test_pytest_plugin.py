@@ -25,7 +25,7 @@ trio_mode = true
 addopts = -p no:cacheprovider --strict-markers
 """
 
-APP_MODULE = '''
+APP_MODULE = """
 from typing import Any
 
 import streamtrio
@@ -40,7 +40,7 @@ async def double(stream: streamtrio.Stream[int]) -> Any:
     async for event in stream.events():
         totals[event.key] += event.value
         yield event.value * 2
-'''
+"""
 
 
 @pytest.fixture

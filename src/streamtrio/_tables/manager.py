@@ -100,6 +100,7 @@ class TableManager(Mapping[str, Table]):
         self._recovered: dict[TP, int] = {}
         self._followed: dict[TP, int] = {}
         self._source_cache: dict[str, bool] = {}
+        self._warned: set[Store] = set()
 
     # -- the registry ---------------------------------------------------------------
 
@@ -195,6 +196,7 @@ class TableManager(Mapping[str, Table]):
         self._recovered = {}
         self._followed = {}
         self._source_cache = {}
+        self._warned = set()
         for table in self._tables.values():
             table._parts = {}
             if table._windowing is not None:
@@ -469,6 +471,7 @@ class TableManager(Mapping[str, Table]):
             self._recoveries += 1
             for tp, n in result.records.items():
                 self._recovered[tp] = self._recovered.get(tp, 0) + n
+            self._warn_rebuilt(todo, result.records)
             for table, n in todo.values():
                 part = table._parts.get(n)
                 if part is None:
@@ -486,6 +489,27 @@ class TableManager(Mapping[str, Table]):
             self._recovering -= 1
             if self._recovering == 0:
                 self._recovery_done.set()
+
+    def _warn_rebuilt(self, todo: Mapping[TP, tuple[Table, int]], records: Mapping[TP, int]) -> None:
+        """Say once per store when its state was rebuilt because the store was new or damaged."""
+        rebuilt: dict[Store, int] = {}
+        for tp, (table, _n) in todo.items():
+            store = self._store_for(table)
+            if store.fresh and records.get(tp) and store not in self._warned:
+                rebuilt[store] = rebuilt.get(store, 0) + records[tp]
+        for store, count in rebuilt.items():
+            self._warned.add(store)
+            where = getattr(store, "path", None)
+            if store.moved_aside is not None:
+                why = f"it was damaged and moved to {store.moved_aside}"
+            else:
+                why = "it held no data: a new data dir, or one that was deleted"
+            log.warning(
+                "tables: the store in %s was rebuilt from the changelogs (%s); %d records replayed",
+                where,
+                why,
+                count,
+            )
 
     async def _on_revoke(self, revoked: frozenset[TP]) -> None:
         sources = {tp for tp in revoked if self._is_source(tp.topic)}
