@@ -29,7 +29,14 @@ from .._exceptions import ClosedError, TableError
 from .._topic import Topic
 from .._types import TP
 from .base import Store, open_store
-from .recovery import apply_messages, replay, run_changelog_callbacks, write_batch
+from .recovery import (
+    RecoveryProgress,
+    RecoveryTracker,
+    apply_messages,
+    replay,
+    run_changelog_callbacks,
+    write_batch,
+)
 from .table import Table, TablePartition
 
 if TYPE_CHECKING:
@@ -58,6 +65,8 @@ class TableManagerStatistics:
         active: the table partitions this worker serves, per table.
         standbys: the changelog partitions followed as standbys.
         unpersisted: table writes not yet persisted in the store.
+        recovery: the progress of the running recovery, or of the last one
+            (``None`` before the first); see :class:`RecoveryProgress`.
     """
 
     recovered: dict[TP, int]
@@ -67,6 +76,7 @@ class TableManagerStatistics:
     active: dict[str, list[int]]
     standbys: list[TP]
     unpersisted: int
+    recovery: RecoveryProgress | None = None
 
 
 class TableManager(Mapping[str, Table]):
@@ -101,6 +111,7 @@ class TableManager(Mapping[str, Table]):
         self._followed: dict[TP, int] = {}
         self._source_cache: dict[str, bool] = {}
         self._warned: set[Store] = set()
+        self._tracker: RecoveryTracker | None = None
 
     # -- the registry ---------------------------------------------------------------
 
@@ -164,6 +175,7 @@ class TableManager(Mapping[str, Table]):
             active={name: t.served_partitions() for name, t in self._tables.items()},
             standbys=sorted(tp for tp, (t, _) in self._following.items() if not t.is_global),
             unpersisted=sum(p.unpersisted() for t in self._tables.values() for p in t._parts.values()),
+            recovery=None if self._tracker is None else self._tracker.snapshot(),
         )
 
     async def wait_until_recovery_completed(self) -> bool:
@@ -197,6 +209,7 @@ class TableManager(Mapping[str, Table]):
         self._followed = {}
         self._source_cache = {}
         self._warned = set()
+        self._tracker = None
         for table in self._tables.values():
             table._parts = {}
             if table._windowing is not None:
@@ -461,13 +474,17 @@ class TableManager(Mapping[str, Table]):
             async with self._follow_lock:
                 self._unfollow(list(todo))
             assert self._recovery_reader is not None
+            self._tracker = tracker = RecoveryTracker(len(todo), trio.current_time())
             result = await replay(
                 self._recovery_reader,
                 todo,
                 store_for=self._store_for,
                 stall_timeout=self.app.conf.table_recovery_timeout,
                 buffer_size=max((t.recovery_buffer_size for t, _ in todo.values()), default=1000),
+                tracker=tracker,
             )
+            if todo:
+                log.info("tables recovered: %s", tracker.snapshot().describe())
             self._recoveries += 1
             for tp, n in result.records.items():
                 self._recovered[tp] = self._recovered.get(tp, 0) + n
