@@ -19,7 +19,7 @@ from ._agent import Agent, AgentFun, SinkT
 from ._codecs import Codec
 from ._exceptions import ClosedError, ConfigurationError
 from ._rpc import ReplyConsumer
-from ._settings import Settings, parse_duration
+from ._settings import Settings, _store_url, parse_duration
 from ._stream import ChannelSource, IterableSource, Stream
 from ._timers import Service, Task, Timer
 from ._topic import Channel, FutureMessage, Topic
@@ -78,6 +78,10 @@ class App:
             raise ConfigurationError(
                 f"app id {id!r}: use letters, digits, '.', '_' and '-' (it names the group and topics)"
             )
+        version = options.get("version")
+        if isinstance(version, int) and not isinstance(version, bool) and version > 1:
+            # Faust's id_format: a new version is a new group with new internal topics
+            id = f"{id}-v{version}"
         self.id = id
         self.conf = Settings(id, **options)
         self.agents: dict[str, Agent[Any]] = {}
@@ -341,6 +345,8 @@ class App:
     def _add_table(self, cls: type[_Table], args: dict[str, Any]) -> _Table:
         options = {k: v for k, v in args.items() if k not in ("self", "name", "Table", "GlobalTable")}
         name = args["name"]
+        if options.get("store") is not None:
+            options["store"] = _store_url(options["store"], f"table {name!r}")
         if name in self.tables:
             raise ConfigurationError(f"a table named {name!r} is already registered")
         table = cls(self, name, manager=self.tables, **options)
