@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 from ._agent import Agent, AgentFun, SinkT
-from ._codecs import Codec
+from ._codecs import Codec, Schema
 from ._exceptions import ClosedError, ConfigurationError
 from ._rpc import ReplyConsumer
 from ._settings import Settings, _store_url, parse_duration
@@ -137,8 +137,13 @@ class App:
         config: Mapping[str, Any] | None = None,
         maxsize: int | None = None,
         allow_empty: bool = False,
+        schema: Schema | None = None,
     ) -> Topic[Any]:
-        """Describe a topic; it is created at worker start if it does not exist."""
+        """Describe a topic; it is created at worker start if it does not exist.
+
+        ``schema`` (Faust's ``faust.Schema``) supplies the key/value types and
+        serializers that are not given as arguments.
+        """
         topic: Topic[Any] = Topic(
             self,
             topics=topics,
@@ -156,6 +161,7 @@ class App:
             config=config,
             maxsize=maxsize,
             acks=acks,
+            schema=schema,
         )
         self._topics.append(topic)
         return topic

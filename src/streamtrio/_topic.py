@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import trio
 
-from ._codecs import Codec, Schema
+from ._codecs import Codec, Schema, default_serializer
 from ._exceptions import ClosedError, ProducerError
 from ._lanes import Inbox
 from ._settings import parse_duration
@@ -202,7 +202,14 @@ class Topic(Channel[T]):
         config: Mapping[str, Any] | None = None,
         maxsize: int | None = None,
         acks: bool = True,
+        schema: Schema | None = None,
     ) -> None:
+        if schema is not None:
+            # Faust's app.topic(schema=Schema(...)): explicit arguments still win
+            key_type = key_type if key_type is not None else schema.key_type
+            value_type = value_type if value_type is not None else schema.value_type
+            key_serializer = key_serializer if key_serializer is not None else schema.key_serializer
+            value_serializer = value_serializer if value_serializer is not None else schema.value_serializer
         super().__init__(app, key_type=key_type, value_type=value_type, maxsize=maxsize)
         if topics and pattern is not None:
             raise TypeError("a topic takes names or a pattern, not both")
@@ -212,9 +219,15 @@ class Topic(Channel[T]):
             raise ValueError(f"topic {topics!r}: partitions must be at least 1, got {partitions}")
         self.topics: tuple[str, ...] = tuple(topics or ())
         self._pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
-        self.key_serializer = key_serializer if key_serializer is not None else app.conf.key_serializer
+        self.key_serializer = (
+            key_serializer
+            if key_serializer is not None
+            else default_serializer(key_type, app.conf.key_serializer)
+        )
         self.value_serializer = (
-            value_serializer if value_serializer is not None else app.conf.value_serializer
+            value_serializer
+            if value_serializer is not None
+            else default_serializer(value_type, app.conf.value_serializer)
         )
         self.schema = Schema(
             key_type=key_type,
