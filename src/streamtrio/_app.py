@@ -20,8 +20,9 @@ from ._codecs import Codec, Schema
 from ._exceptions import ClosedError, ConfigurationError
 from ._rpc import ReplyConsumer
 from ._settings import Settings, _store_url, parse_duration
+from ._signals import Lifecycle, Signal
 from ._stream import ChannelSource, IterableSource, Stream
-from ._timers import Service, Task, Timer
+from ._timers import Crontab, Service, Task, Timer, crontab_task
 from ._topic import Channel, FutureMessage, Topic
 from ._transports.base import Producer, Transport
 from ._types import TP, Headers, Message, RecordMetadata, TopicSpec
@@ -41,6 +42,39 @@ __all__ = ["App"]
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+_TOPIC_OPTIONS = frozenset(
+    {
+        "key_type",
+        "value_type",
+        "schema",
+        "key_serializer",
+        "value_serializer",
+        "partitions",
+        "retention",
+        "compacting",
+        "deleting",
+        "replicas",
+        "acks",
+        "internal",
+        "config",
+        "maxsize",
+    }
+)
+
+
+def _faust_qualname(fun: Callable[..., Any]) -> str:
+    """``module.function`` as Faust names agents (``__main__`` is the script's module name)."""
+    module = getattr(fun, "__module__", "__main__")
+    if module == "__main__":
+        import sys
+        from pathlib import Path
+
+        main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+        if main_file:
+            module = Path(main_file).stem
+    return f"{module}.{getattr(fun, '__qualname__', getattr(fun, '__name__', 'agent'))}"
 
 
 def create_transport(url: str, settings: Settings) -> Transport:
@@ -94,10 +128,25 @@ class App:
         self._components: list[Component] = []
         self._rpc = ReplyConsumer(self)
         self._components.append(self._rpc)
+        #: True between a revoke and the end of the following assignment (Faust's app.rebalancing)
+        self.rebalancing = False
+        # Faust's App signals: @app.on_rebalance_complete.connect
+        self.on_configured = Signal("on_configured", self)
+        self.on_before_configured = Signal("on_before_configured", self)
+        self.on_after_configured = Signal("on_after_configured", self)
+        self.on_worker_init = Signal("on_worker_init", self)
+        self.on_partitions_assigned = Signal("on_partitions_assigned", self)
+        self.on_partitions_revoked = Signal("on_partitions_revoked", self)
+        self.on_rebalance_start = Signal("on_rebalance_start", self)
+        self.on_rebalance_complete = Signal("on_rebalance_complete", self)
+        self.on_produce_message = Signal("on_produce_message", self)
+        self._lifecycle = Lifecycle(self)
         self._worker: Worker | None = None
         self._producer: Producer | None = None
         self._transport_obj: Transport | None = None
         self._init_web()
+        # last: its assign hook runs after the tables have recovered
+        self._components.append(self._lifecycle)
 
     # -- configuration -----------------------------------------------------------
 
@@ -176,11 +225,12 @@ class App:
         """An in-process channel (no broker), iterable by agents."""
         return Channel(self, key_type=key_type, value_type=value_type, maxsize=maxsize)
 
-    def _topic_named(self, name: str) -> Topic[Any]:
-        for topic in self._topics:
-            if topic.pattern is None and topic.topics == (name,):
-                return topic
-        return self.topic(name)
+    def _topic_named(self, name: str, **options: Any) -> Topic[Any]:
+        if not options:
+            for topic in self._topics:
+                if topic.pattern is None and topic.topics == (name,):
+                    return topic
+        return self.topic(name, **options)
 
     # -- decorators --------------------------------------------------------------
 
@@ -193,18 +243,35 @@ class App:
         sink: Iterable[SinkT] | None = None,
         isolated_partitions: bool = False,
         on_error: str = "stop",
+        supervisor_strategy: Any = None,
+        use_reply_headers: bool = True,
+        **topic_options: Any,
     ) -> Callable[[AgentFun], Agent[Any]]:
         """Register an ``async def f(stream)`` (or async generator) as an agent.
 
         Args:
             channel: the topic, channel or topic name to consume; by default
-                a topic named ``<app id>-<agent name>``.
+                a topic named ``<app id>-<agent name>`` (``<app id>-<module>.<function>``
+                with the setting ``faust_agent_topic_names``).
             name: the agent name (default: the function name).
             concurrency: how many actors process the stream.
             sink: where yielded values go: agents, topics, channels, callables.
             isolated_partitions: one actor per partition (not available yet).
             on_error: ``"stop"`` (default), ``"restart"`` or ``"dead_letter"``.
+            supervisor_strategy: accepted for Faust; use ``on_error``.
+            use_reply_headers: accepted for Faust (replies always use headers).
+            **topic_options: for a topic-less agent or a topic name, Faust's
+                ``key_type``, ``value_type``, ``schema``, ``partitions``, ...
+                of the topic (the arguments of :meth:`topic`).
         """
+        unknown = set(topic_options) - _TOPIC_OPTIONS
+        if unknown:
+            raise TypeError(f"app.agent() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+        if topic_options and channel is not None and not isinstance(channel, str):
+            raise TypeError(
+                f"app.agent({channel!r}, {', '.join(sorted(topic_options))}=...): "
+                "topic options only apply to a topic-less agent or a topic name"
+            )
 
         def decorator(fun: AgentFun) -> Agent[Any]:
             agent_name = name or fun.__name__
@@ -212,9 +279,13 @@ class App:
                 raise ConfigurationError(f"an agent named {agent_name!r} is already registered")
             source: Channel[Any]
             if channel is None:
-                source = self._topic_named(f"{self.id}-{agent_name}")
+                if self.conf.faust_agent_topic_names:
+                    topic_name = f"{self.id}-{_faust_qualname(fun)}"
+                else:
+                    topic_name = f"{self.id}-{agent_name}"
+                source = self._topic_named(topic_name, **topic_options)
             elif isinstance(channel, str):
-                source = self._topic_named(channel)
+                source = self._topic_named(channel, **topic_options)
             else:
                 source = channel
             agent: Agent[Any] = Agent(
@@ -245,6 +316,33 @@ class App:
             return fun
 
         return decorator
+
+    def crontab(self, cron_format: str, *, timezone: Any = None, on_leader: bool = False) -> Callable[[F], F]:
+        """Run the decorated ``async def`` at each minute the cron expression matches.
+
+        Args:
+            cron_format: ``"minute hour day month weekday"``, e.g. ``"*/5 * * * *"``.
+            timezone: a ``tzinfo`` the expression is read in (default UTC).
+            on_leader: run only on the leader worker.
+        """
+        cron = Crontab(cron_format)
+
+        def decorator(fun: F) -> F:
+            loop = crontab_task(fun, cron, timezone=timezone, on_leader=on_leader, app=self)
+            self._tasks.append(Task(loop))
+            return fun
+
+        return decorator
+
+    @property
+    def should_stop(self) -> bool:
+        """True when no worker runs this app or its worker is stopping (end your loops)."""
+        worker = self._worker
+        return worker is None or worker.stopping or (worker._stop is not None and worker._stop.is_set())
+
+    async def sleep(self, seconds: float | timedelta) -> None:
+        """Sleep in trio (Faust apps call ``await app.sleep(n)``)."""
+        await trio.sleep(parse_duration(seconds, name="sleep"))
 
     def task(self, fun: F) -> F:
         """Run the decorated ``async def`` once, when the worker is ready."""
@@ -284,7 +382,7 @@ class App:
             from ._tables.manager import TableManager
 
             self._table_manager = TableManager(self)
-            self._components.append(self._table_manager)
+            self._components.insert(self._components.index(self._lifecycle), self._table_manager)
         return self._table_manager
 
     def Table(  # Faust's name
@@ -474,7 +572,6 @@ class App:
     def monitor(self) -> Monitor:
         """Events/s and commit lag, as served by ``/stats/``."""
         return self._monitor
-
 
     # -- sending -------------------------------------------------------------------
 

@@ -129,6 +129,12 @@ def _options() -> dict[str, _Option]:
         ),
         _Option("dead_letter_topic", None, "str", "Dead-letter topic (default <topic>-dlq)"),
         _Option(
+            "faust_agent_topic_names",
+            False,
+            "bool",
+            "Name topic-less agents' topics <id>-<module>.<function>, as Faust does",
+        ),
+        _Option(
             "shutdown_timeout",
             30.0,
             "duration",

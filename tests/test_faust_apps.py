@@ -1,0 +1,59 @@
+"""Faust-style apps (tests/faust_apps/, `import streamtrio as faust`) run on the memory broker."""
+
+from __future__ import annotations
+
+import warnings
+from datetime import datetime
+from typing import Any
+
+import trio
+import trio.testing
+
+import streamtrio
+from streamtrio._settings import FaustCompatibilityWarning
+from streamtrio.testing import open_test_app
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FaustCompatibilityWarning)
+    from .faust_apps import orders
+
+
+async def test_orders_app_runs_unchanged(autojump_clock: trio.testing.MockClock) -> None:
+    app = orders.app
+    assert app.conf.store == "lmdb://"  # rocksdb:// on LMDB
+    assert orders.audit.channel.label == "faust-orders-audit"
+    async with open_test_app(app) as test_app:
+        for n, account in enumerate(["a", "b", "a"]):
+            await test_app.send(
+                orders.orders_topic,
+                orders.Order(
+                    id=str(n),
+                    account=account,
+                    items=[orders.Item("x", 2), {"sku": "y", "qty": 1}],
+                    created="2024-05-01T10:00:00+00:00",
+                ),
+                key=account,
+            )
+        await test_app.drain()
+        assert dict(orders.totals.items()) == {"a": 6, "b": 3}
+        last = orders.last_order["a"]
+        assert isinstance(last, orders.Order)  # not a dict, though the table declares no type
+        assert isinstance(last.items[0], orders.Item)
+        assert [o.id for o in orders.audited] == ["0", "1", "2"]
+        assert all(isinstance(o.created, datetime) for o in orders.audited)
+        assert orders.rebalances and orders.rebalances[-1] is False
+        assert any(tp.topic == "faust-orders-in" for tps in orders.assigned for tp in tps)
+        await test_app.advance(3600)
+        assert 5 <= len(orders.ticks) <= 7
+        assert orders.service_events[0] == "start"
+        assert orders.service_events.count("beat") >= 59
+        assert orders.service_events.count("loop") >= 11
+    assert orders.service_events[-1] == "stop"
+
+
+def test_faust_type_aliases_and_uuid() -> None:
+    assert streamtrio.StreamT is streamtrio.Stream
+    assert streamtrio.EventT is streamtrio.Event
+    assert streamtrio.ChannelT is streamtrio.Channel
+    ids: set[Any] = {streamtrio.uuid() for _ in range(3)}
+    assert len(ids) == 3 and all(len(i) == 36 for i in ids)
