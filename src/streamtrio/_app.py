@@ -354,14 +354,21 @@ class App:
         self._services.append(Service(target))
         return target
 
-    def command(self, *, name: str | None = None, help: str | None = None) -> Callable[[F], F]:
+    def command(
+        self, *params: Any, name: str | None = None, help: str | None = None, **kwargs: Any
+    ) -> Callable[[F], F]:
         """Add a sub-command to the app's CLI (``app.main()``).
 
         ``async def`` commands run in trio with the app's producer open.
+        Parameters are typer annotations, or, as in Faust, ``option(...)`` and
+        ``argument(...)`` (``streamtrio.cli``) passed to the decorator. A
+        first parameter named ``self`` receives a context with ``say()``,
+        ``carp()`` and ``app``.
         """
 
         def decorator(fun: F) -> F:
-            self._commands.append((fun, {"name": name or fun.__name__.replace("_", "-"), "help": help}))
+            options = {"name": name or fun.__name__.replace("_", "-"), "help": help, "params": params}
+            self._commands.append((fun, options))
             return fun
 
         return decorator
@@ -772,9 +779,9 @@ class App:
 
     def main(self, argv: list[str] | None = None) -> None:
         """Run the streamtrio command line with this app (``python myapp.py run``)."""
-        from ._cli import build_cli
+        from ._cli import build_click
 
-        build_cli(self)(args=argv, prog_name=None)
+        build_click(self)(args=argv, prog_name=None)
 
     def __repr__(self) -> str:
         return f"<App {self.id!r} broker={self.conf.broker!r}>"
