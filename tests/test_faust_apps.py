@@ -6,6 +6,7 @@ import warnings
 from datetime import datetime
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -57,3 +58,28 @@ def test_faust_type_aliases_and_uuid() -> None:
     assert streamtrio.ChannelT is streamtrio.Channel
     ids: set[Any] = {streamtrio.uuid() for _ in range(3)}
     assert len(ids) == 3 and all(len(i) == 36 for i in ids)
+
+
+def test_faust_agent_topic_names(app_factory: Any) -> None:
+    app = app_factory("named", faust_agent_topic_names=True)
+
+    @app.agent(value_type=int)
+    async def counter(stream: Any) -> None:
+        async for _ in stream:
+            pass
+
+    assert counter.channel.label == f"named-{__name__}.test_faust_agent_topic_names.<locals>.counter"
+    assert counter.channel.value_type is int
+
+
+async def test_asyncio_in_a_task_names_the_trio_replacement(app_factory: Any) -> None:
+    import asyncio
+
+    app = app_factory("asyncio-task")
+
+    @app.task
+    async def uses_asyncio() -> None:
+        await asyncio.sleep(1)
+
+    with pytest.raises(streamtrio.WorkerError, match=r"no running event loop.*trio\.sleep"):
+        await streamtrio.serve(app)
