@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from datetime import datetime
 from typing import Any
@@ -83,3 +84,27 @@ async def test_asyncio_in_a_task_names_the_trio_replacement(app_factory: Any) ->
 
     with pytest.raises(streamtrio.WorkerError, match=r"no running event loop.*trio\.sleep"):
         await streamtrio.serve(app)
+
+
+async def test_changelog_as_json_with_faust_metadata(app_factory: Any) -> None:
+    from .faust_apps.orders import Item
+
+    app = app_factory("json-changelog", changelog_serializer="json", commit_interval=0.05)
+    items = app.topic("items", key_type=str, value_type=Item, partitions=1)
+    latest = app.Table("latest", partitions=1, key_serializer="raw")
+
+    @app.agent(items)
+    async def keep(stream: Any) -> None:
+        async for item in stream:
+            latest[item.sku] = item
+
+    async with open_test_app(app) as test_app:
+        await test_app.send(items, Item("x", 2), key="x")
+        await test_app.drain()
+        await test_app.commit()
+        raw = test_app.broker.messages("json-changelog-latest-changelog", 0)
+        assert [(m.key, json.loads(m.value)) for m in raw] == [
+            (b"x", {"sku": "x", "qty": 2, "__faust": {"ns": "tests.faust_apps.orders.Item"}})
+        ]
+    # a Faust-written changelog record is read back as the class
+    assert latest.schema.loads_value(raw[0].value) == Item("x", 2)

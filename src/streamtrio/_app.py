@@ -410,7 +410,7 @@ class App:
         extra_topic_configs: Mapping[str, Any] | None = None,
         use_partitioner: bool = False,
         key_serializer: str | Codec | None = None,
-        value_serializer: str | Codec = "msgpack",
+        value_serializer: str | Codec | None = None,
         on_window_close: Callable[[Any, Any], Any] | None = None,
     ) -> _Table:
         """A changelog-backed table partitioned like the agents' source topics.
@@ -441,7 +441,7 @@ class App:
         extra_topic_configs: Mapping[str, Any] | None = None,
         use_partitioner: bool = False,
         key_serializer: str | Codec | None = None,
-        value_serializer: str | Codec = "msgpack",
+        value_serializer: str | Codec | None = None,
     ) -> _GlobalTable:
         """A table every worker holds in full, replayed before the worker is ready.
 
@@ -458,6 +458,11 @@ class App:
         name = args["name"]
         if options.get("store") is not None:
             options["store"] = _store_url(options["store"], f"table {name!r}")
+        # changelog_serializer: the default codec of changelog values ("json"
+        # reads and writes Faust's changelogs); a table's own serializer wins.
+        # Keys keep the table's default: their codec also places them on partitions.
+        if options.get("value_serializer") is None:
+            options["value_serializer"] = self.conf.changelog_serializer
         if name in self.tables:
             raise ConfigurationError(f"a table named {name!r} is already registered")
         table = cls(self, name, manager=self.tables, **options)

@@ -129,6 +129,12 @@ def _options() -> dict[str, _Option]:
         ),
         _Option("dead_letter_topic", None, "str", "Dead-letter topic (default <topic>-dlq)"),
         _Option(
+            "changelog_serializer",
+            "msgpack",
+            "str",
+            "Default codec of table changelog values (json: as Faust writes them)",
+        ),
+        _Option(
             "faust_agent_topic_names",
             False,
             "bool",
