@@ -108,3 +108,22 @@ async def test_changelog_as_json_with_faust_metadata(app_factory: Any) -> None:
         ]
     # a Faust-written changelog record is read back as the class
     assert latest.schema.loads_value(raw[0].value) == Item("x", 2)
+
+
+async def test_send_returns_an_awaitable_and_reply_to_reaches_the_reply_topic(app_factory: Any) -> None:
+    app = app_factory("reply", commit_interval=0.05)
+    requests = app.topic("requests", value_type=int, partitions=1)
+    replies = app.topic("replies", value_type=int, partitions=1)
+
+    @app.agent(requests)
+    async def double(stream: Any) -> Any:
+        async for value in stream:
+            yield value * 2
+
+    async with open_test_app(app) as test_app:
+        md = await (await requests.send(value=21, reply_to=replies, correlation_id="c1"))
+        assert md.topic == "requests" and md.offset == 0
+        await test_app.drain()
+        sent = test_app.messages(replies)
+        assert [m.value for m in sent] == [42]
+        assert b"c1" in dict(sent[0].headers or []).values()

@@ -598,10 +598,16 @@ class App:
         key_serializer: str | Codec | None = None,
         value_serializer: str | Codec | None = None,
         callback: Callable[[FutureMessage], Any] | None = None,
+        **kwargs: Any,
     ) -> RecordMetadata:
-        """Send a value to a channel, topic or topic name and wait for delivery."""
+        """Send a value to a channel, topic or topic name and wait for delivery.
+
+        Extra keyword arguments go to the topic's ``send`` (``reply_to=``,
+        ``correlation_id=``).
+        """
         target = self._topic_named(channel) if isinstance(channel, str) else channel
         return await target.send(
+            **kwargs,
             key=key,
             value=value,
             partition=partition,

@@ -28,6 +28,47 @@ T = TypeVar("T")
 _channel_ids = itertools.count(1)
 
 
+class DeliveredMetadata(RecordMetadata):
+    """The :class:`RecordMetadata` ``send`` returns; awaiting it gives itself.
+
+    Faust's ``send`` returns a ``FutureMessage`` that Faust apps await a
+    second time (``await (await topic.send(...))``); here the first await
+    already waited for delivery.
+    """
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, RecordMetadata]:
+        return self
+        yield  # a generator: the await completes at once
+
+
+def _delivered(md: RecordMetadata) -> RecordMetadata:
+    return DeliveredMetadata(*md)
+
+
+def _reply_headers(
+    headers: Headers | Mapping[str, bytes] | None, reply_to: Any, correlation_id: str | bytes | None
+) -> Headers | Mapping[str, bytes] | None:
+    """Add the RPC headers an agent answers to (Faust's ``send(reply_to=...)``)."""
+    if reply_to is None:
+        return headers
+    import uuid
+
+    from ._rpc import CORRELATION_ID, REPLY_TO
+
+    if isinstance(reply_to, str):
+        name = reply_to
+    else:
+        channel = getattr(reply_to, "channel", reply_to)  # an Agent: its topic
+        name = channel.get_topic_name()
+    if correlation_id is None:
+        correlation_id = uuid.uuid4().hex
+    correlation = correlation_id.encode() if isinstance(correlation_id, str) else correlation_id
+    merged = _headers(headers) or []
+    return [*merged, (REPLY_TO, name.encode()), (CORRELATION_ID, correlation)]
+
+
 class FutureMessage:
     """A message handed to the producer; becomes done when delivered or failed.
 
@@ -156,7 +197,7 @@ class Channel(Generic[T]):
             fut = FutureMessage(self.label)
             fut._set(md, None)
             callback(fut)
-        return md
+        return _delivered(md)
 
     async def send_and_wait(self, **kwargs: Any) -> RecordMetadata:
         return await self.send(**kwargs)
@@ -353,8 +394,14 @@ class Topic(Channel[T]):
         value_serializer: str | Codec | None = None,
         callback: Callable[[FutureMessage], Any] | None = None,
         force: bool = False,
+        reply_to: Any = None,
+        correlation_id: str | bytes | None = None,
     ) -> FutureMessage:
         """Queue a message on the producer and return at once.
+
+        ``reply_to`` (a topic name, topic or agent) makes an agent that
+        processes the message send its return value there, with the
+        ``correlation_id`` (default: a new one) in the reply's headers.
 
         Messages queued while processing an event are delivered before that
         event's offset is committed.
@@ -363,6 +410,7 @@ class Topic(Channel[T]):
             EncodeError: the key or value cannot be serialized (nothing is queued).
             ClosedError: no producer is running (see :meth:`App.open_client`).
         """
+        headers = _reply_headers(headers, reply_to, correlation_id)
         schema = self._schema_for(key_serializer, value_serializer)
         raw_key = schema.dumps_key(key)
         raw_value = schema.dumps_value(value)
@@ -392,8 +440,13 @@ class Topic(Channel[T]):
         value_serializer: str | Codec | None = None,
         callback: Callable[[FutureMessage], Any] | None = None,
         force: bool = False,
+        reply_to: Any = None,
+        correlation_id: str | bytes | None = None,
     ) -> RecordMetadata:
         """Send a message and wait until the broker has it.
+
+        The metadata returned may be awaited again (Faust's
+        ``await (await topic.send(...))``). ``reply_to``: see :meth:`send_soon`.
 
         Returns:
             Where it landed: topic, partition, offset, timestamp.
@@ -411,8 +464,10 @@ class Topic(Channel[T]):
             key_serializer=key_serializer,
             value_serializer=value_serializer,
             callback=callback,
+            reply_to=reply_to,
+            correlation_id=correlation_id,
         )
-        return await fut.wait()
+        return _delivered(await fut.wait())
 
     async def send_and_wait(self, **kwargs: Any) -> RecordMetadata:
         return await self.send(**kwargs)
