@@ -13,7 +13,13 @@ from streamtrio._exceptions import ConfigurationError, DecodeError, EncodeError
 from streamtrio._records import Record
 
 
-class Account(Record):
+# These tests pin streamtrio's strict mode: validating construction and no
+# Faust metadata on the wire (tests/test_faust_records.py covers the defaults).
+class StrictRecord(Record, validation=True, include_metadata=False, abstract=True):
+    pass
+
+
+class Account(StrictRecord):
     user: str
     amount: int
     opened: datetime | None = None
@@ -263,7 +269,13 @@ def test_unencodable_value_names_field_codec_and_type() -> None:
 
 def test_record_type_with_raw_codec_is_refused_up_front() -> None:
     with pytest.raises(ConfigurationError, match="key_serializer='json'"):
-        Schema(key_type=Account)
+        Schema(key_type=Account, key_serializer="raw")
+
+
+def test_record_key_without_a_serializer_is_json() -> None:
+    schema = Schema(key_type=Account)
+    assert schema.key_codec.name == "json"
+    assert schema.loads_key(schema.dumps_key(Account("u", 1))) == Account("u", 1)
 
 
 def test_unsupported_declared_type_is_refused() -> None:

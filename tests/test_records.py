@@ -10,12 +10,18 @@ from streamtrio._exceptions import ValidationError
 from streamtrio._records import FieldDescriptor, Record
 
 
-class Address(Record):
+# These tests pin streamtrio's strict mode: validating construction and no
+# Faust metadata on the wire (tests/test_faust_records.py covers the defaults).
+class StrictRecord(Record, validation=True, include_metadata=False, abstract=True):
+    pass
+
+
+class Address(StrictRecord):
     city: str
     zip: str | None = None
 
 
-class Order(Record):
+class Order(StrictRecord):
     account_id: str
     amount: int
     price: Decimal = Decimal("0")
@@ -25,12 +31,12 @@ class Order(Record):
     items: dict[str, Address] = {}
 
 
-class Point(Record, frozen=True):
+class Point(StrictRecord, frozen=True):
     x: float
     y: float
 
 
-class Shapes(Record):
+class Shapes(StrictRecord):
     ratio: float = 1.0
     flags: set[str] = set()
     coords: tuple[int, ...] = ()
@@ -41,17 +47,17 @@ class Shapes(Record):
     either: int | str = 0
 
 
-class Tree(Record):
+class Tree(StrictRecord):
     name: str
     children: list["Tree"] = []
 
 
-class Dept(Record):
+class Dept(StrictRecord):
     # Employee is declared below: resolved when Dept is first used
     boss: "Employee"
 
 
-class Employee(Record):
+class Employee(StrictRecord):
     name: str
 
 
@@ -170,14 +176,14 @@ def test_nested_record_is_validated_by_its_own_class() -> None:
 def test_bad_default_is_refused_when_the_class_is_declared() -> None:
     with pytest.raises(TypeError, match=r"Bad\.n: default 'x' does not fit int"):
 
-        class Bad(Record):
+        class Bad(StrictRecord):
             n: int = "x"
 
 
 def test_unsupported_annotation_is_refused_when_the_class_is_declared() -> None:
     with pytest.raises(TypeError, match=r"Weird\.when: unsupported field type timedelta"):
 
-        class Weird(Record):
+        class Weird(StrictRecord):
             when: timedelta
 
 
@@ -201,7 +207,7 @@ def test_mutable_defaults_are_copied_per_instance() -> None:
 
 
 def test_non_empty_mutable_defaults_are_copied_deeply() -> None:
-    class Config(Record):
+    class Config(StrictRecord):
         levels: dict[str, list[int]] = {"a": [1]}
 
     one, two = Config(), Config()
@@ -261,7 +267,7 @@ def test_subclass_fields_follow_the_parents() -> None:
 
 
 def test_post_init_runs_after_construction_and_from_data() -> None:
-    class Span(Record):
+    class Span(StrictRecord):
         start: int
         end: int
 
@@ -459,7 +465,7 @@ def test_field_descriptors_read_instances() -> None:
 
 
 def test_field_names_that_shadow_builtins() -> None:
-    class Event(Record):
+    class Event(StrictRecord):
         # quoted: in a class body `list` is the field once it is assigned
         type: str
         list: "list[str]" = []
@@ -475,5 +481,5 @@ def test_field_names_that_shadow_builtins() -> None:
 def test_reserved_field_prefix_is_refused() -> None:
     with pytest.raises(TypeError, match="_st_"):
 
-        class Sneaky(Record):
+        class Sneaky(StrictRecord):
             _st_data: int

@@ -33,9 +33,11 @@ from ._exceptions import (
     WorkerError,
 )
 from ._lanes import LaneStatistics
-from ._records import FieldDescriptor, Record
+from ._records import FieldDescriptor, Record, RecordOptions
 from ._run import run, serve
-from ._settings import Settings
+from ._service import Service
+from ._settings import FaustCompatibilityWarning, Settings
+from ._signals import Signal
 from ._stream import Event, Stream, current_event
 from ._tables.manager import TableManager, TableManagerStatistics
 from ._tables.table import GlobalTable, Table
@@ -48,15 +50,37 @@ from ._web.router import NoOwnerError, Router, SameNode, TableNotFoundError
 from ._web.routes import View
 from ._worker import Worker
 
+
+def uuid() -> str:
+    """A new random UUID as a string (Faust's ``faust.uuid()``)."""
+    import uuid as _uuid
+
+    return str(_uuid.uuid4())
+
+
+# Faust's type names (``faust.StreamT[Order]`` in annotations): here the classes themselves.
+AgentT = Agent
+AppT = App
+ChannelT = Channel
+EventT = Event
+ModelT = Record
+ServiceT = Service
+StreamT = Stream
+TableT = Table
+TopicT = Topic
+
 __all__ = [
     "TP",
     "Agent",
     "AgentError",
+    "AgentT",
     "App",
     "AppLoadError",
+    "AppT",
     "AskTimeoutError",
     "BrokerUnavailableError",
     "Channel",
+    "ChannelT",
     "ClosedError",
     "ClusterMap",
     "Codec",
@@ -67,34 +91,44 @@ __all__ = [
     "DecodeError",
     "EncodeError",
     "Event",
+    "EventT",
+    "FaustCompatibilityWarning",
     "FieldDescriptor",
     "FutureMessage",
     "GlobalTable",
     "HoppingWindow",
     "LaneStatistics",
     "Message",
+    "ModelT",
     "NoOwnerError",
     "ProducerError",
     "ProducerFencedError",
     "Record",
     "RecordMetadata",
+    "RecordOptions",
     "RecoveryTimeoutError",
     "Router",
     "SameNode",
     "Schema",
+    "Service",
+    "ServiceT",
     "Settings",
+    "Signal",
     "SlidingWindow",
     "StoreError",
     "Stream",
+    "StreamT",
     "StreamtrioError",
     "Table",
     "TableError",
     "TableManager",
     "TableManagerStatistics",
     "TableNotFoundError",
+    "TableT",
     "Topic",
     "TopicError",
     "TopicSpec",
+    "TopicT",
     "TransactionError",
     "TransportError",
     "TumblingWindow",
@@ -112,4 +146,5 @@ __all__ = [
     "register_codec",
     "run",
     "serve",
+    "uuid",
 ]

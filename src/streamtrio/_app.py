@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 from ._agent import Agent, AgentFun, SinkT
-from ._codecs import Codec
+from ._codecs import Codec, Schema
 from ._exceptions import ClosedError, ConfigurationError, DeadLetterError, ProducerError
 from ._rpc import ReplyConsumer
-from ._settings import Settings, parse_duration
+from ._settings import Settings, _store_url, parse_duration
+from ._signals import Lifecycle, Signal
 from ._stream import ChannelSource, Event, IterableSource, Stream, output_started
-from ._timers import Service, Task, Timer
+from ._timers import Crontab, Service, Task, Timer, crontab_task
 from ._topic import Channel, FutureMessage, Topic
 from ._transports.base import Producer, Transport
 from ._types import TP, Headers, Message, RecordMetadata, TopicSpec
@@ -41,6 +42,39 @@ __all__ = ["App"]
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+_TOPIC_OPTIONS = frozenset(
+    {
+        "key_type",
+        "value_type",
+        "schema",
+        "key_serializer",
+        "value_serializer",
+        "partitions",
+        "retention",
+        "compacting",
+        "deleting",
+        "replicas",
+        "acks",
+        "internal",
+        "config",
+        "maxsize",
+    }
+)
+
+
+def _faust_qualname(fun: Callable[..., Any]) -> str:
+    """``module.function`` as Faust names agents (``__main__`` is the script's module name)."""
+    module = getattr(fun, "__module__", "__main__")
+    if module == "__main__":
+        import sys
+        from pathlib import Path
+
+        main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+        if main_file:
+            module = Path(main_file).stem
+    return f"{module}.{getattr(fun, '__qualname__', getattr(fun, '__name__', 'agent'))}"
 
 
 def create_transport(url: str, settings: Settings) -> Transport:
@@ -78,6 +112,10 @@ class App:
             raise ConfigurationError(
                 f"app id {id!r}: use letters, digits, '.', '_' and '-' (it names the group and topics)"
             )
+        version = options.get("version")
+        if isinstance(version, int) and not isinstance(version, bool) and version > 1:
+            # Faust's id_format: a new version is a new group with new internal topics
+            id = f"{id}-v{version}"
         self.id = id
         self.conf = Settings(id, **options)
         self.agents: dict[str, Agent[Any]] = {}
@@ -90,12 +128,27 @@ class App:
         self._components: list[Component] = []
         self._rpc = ReplyConsumer(self)
         self._components.append(self._rpc)
+        #: True between a revoke and the end of the following assignment (Faust's app.rebalancing)
+        self.rebalancing = False
+        # Faust's App signals: @app.on_rebalance_complete.connect
+        self.on_configured = Signal("on_configured", self)
+        self.on_before_configured = Signal("on_before_configured", self)
+        self.on_after_configured = Signal("on_after_configured", self)
+        self.on_worker_init = Signal("on_worker_init", self)
+        self.on_partitions_assigned = Signal("on_partitions_assigned", self)
+        self.on_partitions_revoked = Signal("on_partitions_revoked", self)
+        self.on_rebalance_start = Signal("on_rebalance_start", self)
+        self.on_rebalance_complete = Signal("on_rebalance_complete", self)
+        self.on_produce_message = Signal("on_produce_message", self)
+        self._lifecycle = Lifecycle(self)
         self._worker: Worker | None = None
         self._producer: Producer | None = None
         self._transport_obj: Transport | None = None
         #: streams whose agent is executing a step (exactly_once commits wait for 0)
         self._steps = 0
         self._init_web()
+        # last: its assign hook runs after the tables have recovered
+        self._components.append(self._lifecycle)
 
     # -- configuration -----------------------------------------------------------
 
@@ -135,8 +188,13 @@ class App:
         config: Mapping[str, Any] | None = None,
         maxsize: int | None = None,
         allow_empty: bool = False,
+        schema: Schema | None = None,
     ) -> Topic[Any]:
-        """Describe a topic; it is created at worker start if it does not exist."""
+        """Describe a topic; it is created at worker start if it does not exist.
+
+        ``schema`` (Faust's ``faust.Schema``) supplies the key/value types and
+        serializers that are not given as arguments.
+        """
         topic: Topic[Any] = Topic(
             self,
             topics=topics,
@@ -154,6 +212,7 @@ class App:
             config=config,
             maxsize=maxsize,
             acks=acks,
+            schema=schema,
         )
         self._topics.append(topic)
         return topic
@@ -168,11 +227,12 @@ class App:
         """An in-process channel (no broker), iterable by agents."""
         return Channel(self, key_type=key_type, value_type=value_type, maxsize=maxsize)
 
-    def _topic_named(self, name: str) -> Topic[Any]:
-        for topic in self._topics:
-            if topic.pattern is None and topic.topics == (name,):
-                return topic
-        return self.topic(name)
+    def _topic_named(self, name: str, **options: Any) -> Topic[Any]:
+        if not options:
+            for topic in self._topics:
+                if topic.pattern is None and topic.topics == (name,):
+                    return topic
+        return self.topic(name, **options)
 
     # -- decorators --------------------------------------------------------------
 
@@ -185,18 +245,35 @@ class App:
         sink: Iterable[SinkT] | None = None,
         isolated_partitions: bool = False,
         on_error: str = "stop",
+        supervisor_strategy: Any = None,
+        use_reply_headers: bool = True,
+        **topic_options: Any,
     ) -> Callable[[AgentFun], Agent[Any]]:
         """Register an ``async def f(stream)`` (or async generator) as an agent.
 
         Args:
             channel: the topic, channel or topic name to consume; by default
-                a topic named ``<app id>-<agent name>``.
+                a topic named ``<app id>-<agent name>`` (``<app id>-<module>.<function>``
+                with the setting ``faust_agent_topic_names``).
             name: the agent name (default: the function name).
             concurrency: how many actors process the stream.
             sink: where yielded values go: agents, topics, channels, callables.
             isolated_partitions: one actor per partition (not available yet).
             on_error: ``"stop"`` (default), ``"restart"`` or ``"dead_letter"``.
+            supervisor_strategy: accepted for Faust; use ``on_error``.
+            use_reply_headers: accepted for Faust (replies always use headers).
+            **topic_options: for a topic-less agent or a topic name, Faust's
+                ``key_type``, ``value_type``, ``schema``, ``partitions``, ...
+                of the topic (the arguments of :meth:`topic`).
         """
+        unknown = set(topic_options) - _TOPIC_OPTIONS
+        if unknown:
+            raise TypeError(f"app.agent() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+        if topic_options and channel is not None and not isinstance(channel, str):
+            raise TypeError(
+                f"app.agent({channel!r}, {', '.join(sorted(topic_options))}=...): "
+                "topic options only apply to a topic-less agent or a topic name"
+            )
 
         def decorator(fun: AgentFun) -> Agent[Any]:
             agent_name = name or fun.__name__
@@ -204,9 +281,13 @@ class App:
                 raise ConfigurationError(f"an agent named {agent_name!r} is already registered")
             source: Channel[Any]
             if channel is None:
-                source = self._topic_named(f"{self.id}-{agent_name}")
+                if self.conf.faust_agent_topic_names:
+                    topic_name = f"{self.id}-{_faust_qualname(fun)}"
+                else:
+                    topic_name = f"{self.id}-{agent_name}"
+                source = self._topic_named(topic_name, **topic_options)
             elif isinstance(channel, str):
-                source = self._topic_named(channel)
+                source = self._topic_named(channel, **topic_options)
             else:
                 source = channel
             agent: Agent[Any] = Agent(
@@ -238,6 +319,33 @@ class App:
 
         return decorator
 
+    def crontab(self, cron_format: str, *, timezone: Any = None, on_leader: bool = False) -> Callable[[F], F]:
+        """Run the decorated ``async def`` at each minute the cron expression matches.
+
+        Args:
+            cron_format: ``"minute hour day month weekday"``, e.g. ``"*/5 * * * *"``.
+            timezone: a ``tzinfo`` the expression is read in (default UTC).
+            on_leader: run only on the leader worker.
+        """
+        cron = Crontab(cron_format)
+
+        def decorator(fun: F) -> F:
+            loop = crontab_task(fun, cron, timezone=timezone, on_leader=on_leader, app=self)
+            self._tasks.append(Task(loop))
+            return fun
+
+        return decorator
+
+    @property
+    def should_stop(self) -> bool:
+        """True when no worker runs this app or its worker is stopping (end your loops)."""
+        worker = self._worker
+        return worker is None or worker.stopping or (worker._stop is not None and worker._stop.is_set())
+
+    async def sleep(self, seconds: float | timedelta) -> None:
+        """Sleep in trio (Faust apps call ``await app.sleep(n)``)."""
+        await trio.sleep(parse_duration(seconds, name="sleep"))
+
     def task(self, fun: F) -> F:
         """Run the decorated ``async def`` once, when the worker is ready."""
         self._tasks.append(Task(fun))
@@ -248,14 +356,21 @@ class App:
         self._services.append(Service(target))
         return target
 
-    def command(self, *, name: str | None = None, help: str | None = None) -> Callable[[F], F]:
+    def command(
+        self, *params: Any, name: str | None = None, help: str | None = None, **kwargs: Any
+    ) -> Callable[[F], F]:
         """Add a sub-command to the app's CLI (``app.main()``).
 
         ``async def`` commands run in trio with the app's producer open.
+        Parameters are typer annotations, or, as in Faust, ``option(...)`` and
+        ``argument(...)`` (``streamtrio.cli``) passed to the decorator. A
+        first parameter named ``self`` receives a context with ``say()``,
+        ``carp()`` and ``app``.
         """
 
         def decorator(fun: F) -> F:
-            self._commands.append((fun, {"name": name or fun.__name__.replace("_", "-"), "help": help}))
+            options = {"name": name or fun.__name__.replace("_", "-"), "help": help, "params": params}
+            self._commands.append((fun, options))
             return fun
 
         return decorator
@@ -276,7 +391,7 @@ class App:
             from ._tables.manager import TableManager
 
             self._table_manager = TableManager(self)
-            self._components.append(self._table_manager)
+            self._components.insert(self._components.index(self._lifecycle), self._table_manager)
         return self._table_manager
 
     def Table(  # Faust's name
@@ -297,7 +412,7 @@ class App:
         extra_topic_configs: Mapping[str, Any] | None = None,
         use_partitioner: bool = False,
         key_serializer: str | Codec | None = None,
-        value_serializer: str | Codec = "msgpack",
+        value_serializer: str | Codec | None = None,
         on_window_close: Callable[[Any, Any], Any] | None = None,
     ) -> _Table:
         """A changelog-backed table partitioned like the agents' source topics.
@@ -328,7 +443,7 @@ class App:
         extra_topic_configs: Mapping[str, Any] | None = None,
         use_partitioner: bool = False,
         key_serializer: str | Codec | None = None,
-        value_serializer: str | Codec = "msgpack",
+        value_serializer: str | Codec | None = None,
     ) -> _GlobalTable:
         """A table every worker holds in full, replayed before the worker is ready.
 
@@ -343,6 +458,13 @@ class App:
     def _add_table(self, cls: type[_Table], args: dict[str, Any]) -> _Table:
         options = {k: v for k, v in args.items() if k not in ("self", "name", "Table", "GlobalTable")}
         name = args["name"]
+        if options.get("store") is not None:
+            options["store"] = _store_url(options["store"], f"table {name!r}")
+        # changelog_serializer: the default codec of changelog values ("json"
+        # reads and writes Faust's changelogs); a table's own serializer wins.
+        # Keys keep the table's default: their codec also places them on partitions.
+        if options.get("value_serializer") is None:
+            options["value_serializer"] = self.conf.changelog_serializer
         if name in self.tables:
             raise ConfigurationError(f"a table named {name!r} is already registered")
         table = cls(self, name, manager=self.tables, **options)
@@ -465,7 +587,6 @@ class App:
         """Events/s and commit lag, as served by ``/stats/``."""
         return self._monitor
 
-
     # -- sending -------------------------------------------------------------------
 
     async def send(
@@ -479,10 +600,16 @@ class App:
         key_serializer: str | Codec | None = None,
         value_serializer: str | Codec | None = None,
         callback: Callable[[FutureMessage], Any] | None = None,
+        **kwargs: Any,
     ) -> RecordMetadata:
-        """Send a value to a channel, topic or topic name and wait for delivery."""
+        """Send a value to a channel, topic or topic name and wait for delivery.
+
+        Extra keyword arguments go to the topic's ``send`` (``reply_to=``,
+        ``correlation_id=``).
+        """
         target = self._topic_named(channel) if isinstance(channel, str) else channel
         return await target.send(
+            **kwargs,
             key=key,
             value=value,
             partition=partition,
@@ -677,9 +804,9 @@ class App:
 
     def main(self, argv: list[str] | None = None) -> None:
         """Run the streamtrio command line with this app (``python myapp.py run``)."""
-        from ._cli import build_cli
+        from ._cli import build_click
 
-        build_cli(self)(args=argv, prog_name=None)
+        build_click(self)(args=argv, prog_name=None)
 
     def __repr__(self) -> str:
         return f"<App {self.id!r} broker={self.conf.broker!r}>"

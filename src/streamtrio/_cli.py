@@ -27,11 +27,25 @@ from ._devbroker import dev_cli
 from ._exceptions import AppLoadError, ConfigurationError, StreamtrioError
 from ._run import EXIT_ERROR, run
 
-__all__ = ["build_cli", "load_app", "main"]
+__all__ = ["CommandContext", "argument", "build_cli", "build_click", "load_app", "main", "option"]
 
 log = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
+
+def option(*param_decls: str, **attrs: Any) -> Callable[[Any], Any]:
+    """A command-line option of an ``@app.command`` (Faust's ``faust.cli.option``: click's)."""
+    import click
+
+    return click.option(*param_decls, **attrs)
+
+
+def argument(*param_decls: str, **attrs: Any) -> Callable[[Any], Any]:
+    """A positional argument of an ``@app.command`` (Faust's ``faust.cli.argument``: click's)."""
+    import click
+
+    return click.argument(*param_decls, **attrs)
+
 
 AppSpec = Annotated[str, typer.Argument(help="The app: path/to/file.py[:NAME] or package.module[:NAME].")]
 
@@ -109,10 +123,18 @@ def _setup_logging(level: str) -> None:
 
 def run_command(
     app: App,
-    broker: Annotated[str | None, typer.Option(help="Broker URL (kafka://host:port or memory://).")] = None,
-    loglevel: Annotated[str, typer.Option(help="Log level: debug, info, warning, error.")] = "info",
-    datadir: Annotated[str | None, typer.Option(help="Worker data directory.")] = None,
-    web_port: Annotated[int | None, typer.Option(help="Web server port.")] = None,
+    broker: Annotated[
+        str | None, typer.Option("--broker", "-b", help="Broker URL (kafka://host:port or memory://).")
+    ] = None,
+    loglevel: Annotated[
+        str, typer.Option("--loglevel", "-l", help="Log level: debug, info, warning, error.")
+    ] = "info",
+    datadir: Annotated[str | None, typer.Option("--datadir", help="Worker data directory.")] = None,
+    web_port: Annotated[int | None, typer.Option("--web-port", "-p", help="Web server port.")] = None,
+    web_host: Annotated[
+        str | None, typer.Option("--web-host", "-h", help="Host name other workers use to reach this one.")
+    ] = None,
+    without_web: Annotated[bool, typer.Option("--without-web", help="Serve no web views.")] = False,
 ) -> None:
     """Start a worker: consume, run agents, commit. Ctrl-C stops it gracefully."""
     _setup_logging(loglevel)
@@ -123,6 +145,10 @@ def run_command(
         overrides["datadir"] = datadir
     if web_port is not None:
         overrides["web_port"] = web_port
+    if web_host is not None:
+        overrides["web_host"] = web_host
+    if without_web:
+        overrides["web_enabled"] = False
     if overrides:
         app.conf.update(overrides, source="command line")
         app._transport_obj = None
@@ -204,8 +230,28 @@ def tables_command(app: App) -> None:
         typer.echo(line)
 
 
+def worker_command(
+    app: App,
+    broker: Annotated[
+        str | None, typer.Option("--broker", "-b", help="Broker URL (kafka://host:port or memory://).")
+    ] = None,
+    loglevel: Annotated[
+        str, typer.Option("--loglevel", "-l", help="Log level: debug, info, warning, error.")
+    ] = "info",
+    datadir: Annotated[str | None, typer.Option("--datadir", help="Worker data directory.")] = None,
+    web_port: Annotated[int | None, typer.Option("--web-port", "-p", help="Web server port.")] = None,
+    web_host: Annotated[
+        str | None, typer.Option("--web-host", "-h", help="Host name other workers use to reach this one.")
+    ] = None,
+    without_web: Annotated[bool, typer.Option("--without-web", help="Serve no web views.")] = False,
+) -> None:
+    """Start a worker (Faust's name for `run`: `python app.py worker -l info`)."""
+    run_command(app, broker, loglevel, datadir, web_port, web_host, without_web)
+
+
 _COMMANDS: list[tuple[str, Callable[..., None]]] = [
     ("run", run_command),
+    ("worker", worker_command),
     ("send", send_command),
     ("topics", topics_command),
     ("agents", agents_command),
@@ -248,19 +294,71 @@ def _guarded(call: Callable[[], None]) -> None:
         raise typer.Exit(EXIT_ERROR) from None
 
 
-def _user_command(app: App, fun: Callable[..., Any]) -> Callable[..., Any]:
-    if not inspect.iscoroutinefunction(fun):
-        return fun
+class CommandContext:
+    """The ``self`` of a Faust-style command (``async def cmd(self, ...)``).
 
-    @functools.wraps(fun)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    Attributes:
+        app: the app.
+    """
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def say(self, *args: Any, sep: str = " ", end: str = "\n", err: bool = False) -> None:
+        """Print to standard output (Faust's ``self.say``)."""
+        typer.echo(sep.join(str(a) for a in args), nl=False, err=err)
+        typer.echo(end, nl=False, err=err)
+
+    def carp(self, message: Any) -> None:
+        """Print to standard error."""
+        typer.echo(str(message), err=True)
+
+    def dumps(self, obj: Any) -> str:
+        return json.dumps(obj, default=str)
+
+
+def _takes_self(fun: Callable[..., Any]) -> bool:
+    params = list(inspect.signature(fun).parameters)
+    return bool(params) and params[0] == "self"
+
+
+def _user_command(app: App, fun: Callable[..., Any]) -> Callable[..., Any]:
+    with_self = _takes_self(fun)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if with_self:
+            args = (CommandContext(app), *args)
+        if not inspect.iscoroutinefunction(fun):
+            return fun(*args, **kwargs)
+
         async def go() -> Any:
             async with app.open_client():
                 return await fun(*args, **kwargs)
 
         return trio.run(go)
 
+    wrapper = functools.wraps(fun)(call)
+    if with_self:
+        sig = inspect.signature(fun)
+        wrapper.__signature__ = sig.replace(  # type: ignore[attr-defined]
+            parameters=list(sig.parameters.values())[1:]
+        )
     return wrapper
+
+
+def _click_command(app: App, fun: Callable[..., Any], options: dict[str, Any]) -> Any:
+    """A click command for ``@app.command(option(...), argument(...))`` (Faust's faust.cli style)."""
+    import click
+
+    run = _user_command(app, fun)
+
+    def callback(**kwargs: Any) -> Any:
+        return run(**kwargs)
+
+    # click applies decorators bottom-up; Faust lists them top-down
+    for decorate in reversed(options["params"]):
+        callback = decorate(callback)
+    return click.command(name=options["name"], help=options["help"] or fun.__doc__)(callback)
 
 
 def build_cli(bound: App | None = None) -> typer.Typer:
@@ -277,8 +375,20 @@ def build_cli(bound: App | None = None) -> typer.Typer:
     cli.add_typer(dev_cli)
     if bound is not None:
         for fun, options in bound._commands:
+            if options.get("params"):
+                continue  # click-style: added by build_click
             cli.command(name=options["name"], help=options["help"])(_user_command(bound, fun))
     return cli
+
+
+def build_click(bound: App | None = None) -> Any:
+    """The click group of :func:`build_cli`, with Faust-style (click-decorated) commands added."""
+    group = typer.main.get_command(build_cli(bound))
+    if bound is not None:
+        for fun, options in bound._commands:
+            if options.get("params"):
+                group.add_command(_click_command(bound, fun, options))  # type: ignore[attr-defined]
+    return group
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from typing import Any, TypeAlias
 import msgpack
 
 from ._exceptions import ConfigurationError, DecodeError, EncodeError
-from ._records import Record
+from ._records import Record, _namespace_class, revive
 
 __all__ = [
     "Codec",
@@ -27,6 +27,7 @@ __all__ = [
     "MsgpackCodec",
     "RawCodec",
     "Schema",
+    "default_serializer",
     "get_codec",
     "register_codec",
 ]
@@ -229,12 +230,24 @@ _COERCE: dict[type, Callable[[Any], Any]] = {
 def _make_loader(codec: Codec, tp: Any) -> _Loader:
     decode = codec.loads
     if tp is None:
-        return decode
+        if type(codec) is RawCodec:
+            return decode
+
+        def load_any(data: bytes) -> Any:
+            # Records written with Faust's "__faust" namespace come back as their classes
+            return revive(decode(data))
+
+        return load_any
     if isinstance(tp, type) and issubclass(tp, Record):
+        record: type[Record] = tp
         from_data = tp.from_data
 
         def load_record(data: bytes) -> Any:
-            return from_data(decode(data))
+            obj = decode(data)
+            if type(obj) is dict and "__faust" in obj:
+                # a subclass named by the namespace (Faust's polymorphism)
+                return _namespace_class(obj, record).from_data(obj)
+            return from_data(obj)
 
         return load_record
     if type(codec) is RawCodec:
@@ -265,6 +278,22 @@ def _check_type(tp: Any, role: str) -> None:
     )
 
 
+def default_serializer(tp: Any, configured: CodecArg) -> CodecArg:
+    """The codec for a key or value of type ``tp`` when the topic names none.
+
+    A Record class's own ``serializer=`` option wins over the app's default;
+    a Record is never given the ``raw`` codec by default (it cannot carry
+    one): JSON is used instead, as Faust does.
+    """
+    if isinstance(tp, type) and issubclass(tp, Record):
+        own = tp._st_options.serializer
+        if own:
+            return own  # type: ignore[no-any-return]
+        if configured == "raw" or isinstance(configured, RawCodec):
+            return "json"
+    return configured
+
+
 class Schema:
     """How a topic's keys and values turn into bytes and back.
 
@@ -272,8 +301,10 @@ class Schema:
         key_type: the declared key type: ``None`` (whatever the codec gives),
             ``bytes``, ``str``, ``int``, ``float`` or a :class:`Record` subclass.
         value_type: the same for values.
-        key_serializer: codec name or :class:`Codec` for keys (default ``"raw"``).
-        value_serializer: codec name or :class:`Codec` for values (default ``"json"``).
+        key_serializer: codec name or :class:`Codec` for keys (default ``"raw"``,
+            or the Record's own serializer / ``"json"`` for a Record key).
+        value_serializer: codec name or :class:`Codec` for values (default
+            ``"json"``, or the Record's own serializer).
 
     Raises:
         ConfigurationError: a codec is unknown, a type is unsupported, or a
@@ -286,8 +317,10 @@ class Schema:
         "_load_key",
         "_load_value",
         "key_codec",
+        "key_serializer",
         "key_type",
         "value_codec",
+        "value_serializer",
         "value_type",
     )
 
@@ -296,11 +329,18 @@ class Schema:
         *,
         key_type: Any = None,
         value_type: Any = None,
-        key_serializer: CodecArg = "raw",
-        value_serializer: CodecArg = "json",
+        key_serializer: CodecArg | None = None,
+        value_serializer: CodecArg | None = None,
     ) -> None:
         _check_type(key_type, "key_type")
         _check_type(value_type, "value_type")
+        #: the serializers as given (None: the default for the type)
+        self.key_serializer = key_serializer
+        self.value_serializer = value_serializer
+        if key_serializer is None:
+            key_serializer = default_serializer(key_type, "raw")
+        if value_serializer is None:
+            value_serializer = default_serializer(value_type, "json")
         self.key_type = key_type
         self.value_type = value_type
         self.key_codec = get_codec(key_serializer)

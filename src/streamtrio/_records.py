@@ -25,7 +25,7 @@ from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 from ._exceptions import DecodeError, EncodeError, ValidationError
 
-__all__ = ["FieldDescriptor", "Record"]
+__all__ = ["FieldDescriptor", "Record", "RecordOptions", "registered_record", "revive"]
 
 _R = TypeVar("_R", bound="Record")
 
@@ -112,19 +112,35 @@ Convert = Callable[[Any], Any]
 @dataclass(slots=True)
 class _Spec:
     desc: str
-    check: Convert  # strict: used by __init__
-    coerce: Convert  # lenient: used by from_data
+    check: Convert  # strict: __init__ of validation=True records
+    coerce: Convert  # converting, raising: from_data of validation=True / coerce=True records
     to_repr: Convert | None  # None: the value is already plain data
-    exact: type | None = None  # type(v) is exact -> valid as is, in both modes
+    exact: type | None = None  # type(v) is exact -> valid as is, in every mode
     optional: bool = False
     passthrough: bool = False  # Any: no check at all
+    # converting, never raising (Faust's default): what cannot be converted is kept as given
+    soft: Convert | None = None
+
+    def __post_init__(self) -> None:
+        if self.soft is None:
+            self.soft = _softly(self.coerce)
+
+
+def _softly(convert: Convert) -> Convert:
+    def soft(value: Any) -> Any:
+        try:
+            return convert(value)
+        except _Mismatch:
+            return value
+
+    return soft
 
 
 def _identity(value: Any) -> Any:
     return value
 
 
-def _scalar(tp: type) -> _Spec:
+def _scalar(tp: type, date_parser: Convert | None = None) -> _Spec:
     desc = tp.__name__
 
     def fail(value: Any) -> Any:
@@ -218,10 +234,12 @@ def _scalar(tp: type) -> _Spec:
                 return value
             return fail(value)
 
+        parse = date_parser or datetime.fromisoformat
+
         def coerce_datetime(value: Any) -> Any:
             if isinstance(value, str):
                 try:
-                    return datetime.fromisoformat(value)
+                    return parse(value)
                 except ValueError as exc:
                     raise _Mismatch("datetime (ISO-8601)", value) from exc
             return check_datetime(value)
@@ -244,13 +262,18 @@ def _record_spec(model: type[Record]) -> _Spec:
             return value
         if isinstance(value, Mapping):
             # looked up per call: the nested class may still be waiting for compilation
-            return model._st_coerce(value)
+            return _namespace_class(value, model)._st_coerce(value)
         raise _Mismatch(desc, value)
+
+    def soft(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return _namespace_class(value, model)._st_coerce(value)
+        return value
 
     def to_repr(value: Any) -> Any:
         return value.to_representation()
 
-    return _Spec(desc, check, coerce, to_repr, exact=model)
+    return _Spec(desc, check, coerce, to_repr, exact=model, soft=soft)
 
 
 def _at(index: object) -> str:
@@ -292,6 +315,17 @@ def _sequence_spec(kind: type, elem: _Spec, desc: str) -> _Spec:
             raise _Mismatch(desc, value)
         return build(value, elem.coerce)
 
+    elem_soft = elem.soft
+    assert elem_soft is not None
+
+    def soft(value: Any) -> Any:
+        if not isinstance(value, lenient_accepts):
+            return value
+        try:
+            return kind(elem_soft(item) for item in value)
+        except TypeError:  # unhashable items for a set
+            return value
+
     item_repr = elem.to_repr
     if item_repr is None:
         to_repr: Convert = list
@@ -301,7 +335,7 @@ def _sequence_spec(kind: type, elem: _Spec, desc: str) -> _Spec:
         def to_repr(value: Any) -> Any:
             return [convert_item(item) for item in value]
 
-    return _Spec(desc, check, coerce, to_repr)
+    return _Spec(desc, check, coerce, to_repr, soft=soft)
 
 
 def _fixed_tuple_spec(elems: list[_Spec], desc: str) -> _Spec:
@@ -336,7 +370,14 @@ def _fixed_tuple_spec(elems: list[_Spec], desc: str) -> _Spec:
     def to_repr(value: Any) -> Any:
         return [convert(item) for convert, item in zip(reprs, value, strict=True)]
 
-    return _Spec(desc, check, coerce, to_repr)
+    softs = [e.soft or _identity for e in elems]
+
+    def soft(value: Any) -> Any:
+        if not isinstance(value, list | tuple) or len(value) != size:
+            return value
+        return tuple(convert(item) for convert, item in zip(softs, value, strict=True))
+
+    return _Spec(desc, check, coerce, to_repr, soft=soft)
 
 
 def _dict_spec(key: _Spec, val: _Spec, desc: str) -> _Spec:
@@ -365,6 +406,13 @@ def _dict_spec(key: _Spec, val: _Spec, desc: str) -> _Spec:
             raise _Mismatch(desc, value)
         return build(value, key.coerce, val.coerce)
 
+    key_soft, val_soft = key.soft or _identity, val.soft or _identity
+
+    def soft(value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        return {key_soft(k): val_soft(v) for k, v in value.items()}
+
     key_repr = key.to_repr or _identity
     val_repr = val.to_repr
     if val_repr is None and key.to_repr is None:
@@ -375,7 +423,7 @@ def _dict_spec(key: _Spec, val: _Spec, desc: str) -> _Spec:
         def to_repr(value: Any) -> Any:
             return {key_repr(k): convert_value(v) for k, v in value.items()}
 
-    return _Spec(desc, check, coerce, to_repr)
+    return _Spec(desc, check, coerce, to_repr, soft=soft)
 
 
 def _optional(inner: _Spec, desc: str) -> _Spec:
@@ -409,7 +457,12 @@ def _optional(inner: _Spec, desc: str) -> _Spec:
         def to_repr(value: Any) -> Any:
             return None if value is None else convert(value)
 
-    return _Spec(desc, check, coerce, to_repr, exact=inner.exact, optional=True)
+    inner_soft = inner.soft or _identity
+
+    def soft(value: Any) -> Any:
+        return None if value is None else inner_soft(value)
+
+    return _Spec(desc, check, coerce, to_repr, exact=inner.exact, optional=True, soft=soft)
 
 
 def _union(arms: list[_Spec], desc: str) -> _Spec:
@@ -430,7 +483,13 @@ def _union(arms: list[_Spec], desc: str) -> _Spec:
     def coerce(value: Any) -> Any:
         return first(value, coercions)
 
-    return _Spec(desc, check, coerce, _to_plain)
+    def soft(value: Any) -> Any:
+        try:
+            return first(value, coercions)
+        except _Mismatch:
+            return _revive(value)
+
+    return _Spec(desc, check, coerce, _to_plain, soft=soft)
 
 
 def _to_plain(value: Any) -> Any:
@@ -448,15 +507,39 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
+def _tolerant(convert: Convert) -> Convert:
+    def to_repr(value: Any) -> Any:
+        try:
+            return convert(value)
+        except Exception:
+            return _to_plain(value)
+
+    return to_repr
+
+
 _SCALARS = (str, int, float, bool, bytes, Decimal, datetime)
 
 
-def _spec_for(tp: Any) -> _Spec:
+def _spec_for(tp: Any, date_parser: Convert | None = None, strict: bool = True) -> _Spec:
+    """The spec of an annotation; ``strict=False`` (Faust's default) lets unknown types through."""
+    try:
+        return _spec_for_type(tp, date_parser)
+    except TypeError:
+        if strict:
+            raise
+        return _Spec(_describe(tp), _identity, _identity, _to_plain, passthrough=True, soft=_revive)
+
+
+def _spec_for_type(tp: Any, date_parser: Convert | None) -> _Spec:
     desc = _describe(tp)
+
+    def _spec_for(tp: Any) -> _Spec:
+        return _spec_for_type(tp, date_parser)
+
     if tp is Any or tp is object:
-        return _Spec(desc, _identity, _identity, None, passthrough=True)
+        return _Spec(desc, _identity, _identity, _to_plain, passthrough=True, soft=_revive)
     if tp in _SCALARS:
-        return _scalar(tp)
+        return _scalar(tp, date_parser)
     if isinstance(tp, type) and issubclass(tp, Record):
         return _record_spec(tp)
     origin = typing.get_origin(tp)
@@ -630,10 +713,14 @@ class _Generator:
     def _assign(self, i: int, name: str, mode: str, lines: list[str], indent: str) -> None:
         """Lines that validate/convert local ``name`` in place (default already applied)."""
         spec = self.specs[name]
-        if spec.passthrough:
+        if spec.passthrough and mode == "check":
             return
         fn = f"_st_{mode}_{i}"
-        self.ns[fn] = _field_converter(name, spec.check if mode == "check" else spec.coerce)
+        if mode == "soft" or spec.passthrough:
+            assert spec.soft is not None
+            self.ns[fn] = spec.soft
+        else:
+            self.ns[fn] = _field_converter(name, spec.check if mode == "check" else spec.coerce)
         if spec.exact is not None:
             self.ns[f"_st_t_{i}"] = spec.exact
             test = f"_st_type({name}) is not _st_t_{i}"
@@ -683,9 +770,13 @@ class _Generator:
         return lines
 
     def source(self) -> str:
-        params = "".join(f", {n}=_st_MISSING" for n in self.fields)
+        options = self.model._st_options
+        init_mode = "check" if options.validation else ("coerce" if options.coerce else "soft")
+        data_mode = "coerce" if options.validation or options.coerce else "soft"
+        # __faust: Faust's metadata key, accepted (and ignored) so Record(**decoded) works
+        params = "".join(f", {n}=_st_MISSING" for n in self.fields) + ", __faust=None"
         out = [f"def __init__(_st_self{params}):", "    try:"]
-        out += self._body("check", "        ") or ["        pass"]
+        out += self._body(init_mode, "        ") or ["        pass"]
         out += [
             "    except _st_Mismatch as _st_exc:",
             "        raise _st_exc.error(_st_model) from _st_exc.__cause__",
@@ -702,13 +793,13 @@ class _Generator:
 
         out.append("def _st_coerce(_st_data):")
         out += ["    " + line for line in coerce_head]
-        out += self._body("coerce", "    ")
+        out += self._body(data_mode, "    ")
         out += ["    " + line for line in tail]
 
         out.append("def from_data(_st_cls, _st_data):")
         out.append("    try:")
         out += ["        " + line for line in coerce_head]
-        out += self._body("coerce", "        ")
+        out += self._body(data_mode, "        ")
         out += [
             "    except _st_Mismatch as _st_exc:",
             "        raise _st_exc.error(_st_model) from _st_exc.__cause__",
@@ -721,8 +812,14 @@ class _Generator:
             if spec.to_repr is None:
                 items.append(f"{name!r}: _st_d[{name!r}]")
             else:
-                self.ns[f"_st_r_{i}"] = spec.to_repr
+                # values of non-validating records may be of any type: fall back
+                # to converting by the value's own type
+                to_repr = spec.to_repr if options.validation else _tolerant(spec.to_repr)
+                self.ns[f"_st_r_{i}"] = to_repr
                 items.append(f"{name!r}: _st_r_{i}(_st_d[{name!r}])")
+        if options.include_metadata:
+            self.ns["_st_metadata"] = {"ns": options.namespace}
+            items.append("'__faust': _st_metadata")
         out.append("def to_representation(_st_self):")
         out.append("    _st_d = _st_self.__dict__")
         out.append("    return {" + ", ".join(items) + "}")
@@ -749,6 +846,120 @@ class _Generator:
             from_data=classmethod(from_data),
             _st_coerce=staticmethod(self.ns["_st_coerce"]),
         )
+
+
+# --------------------------------------------------------------------------- #
+# Options and the namespace registry
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True, slots=True)
+class RecordOptions:
+    """The class options of a Record subclass (Faust's names; see ``docs/models.md``).
+
+    Attributes:
+        namespace: the name written in ``"__faust": {"ns": ...}`` and looked up
+            when decoding (default ``module.QualName``).
+        include_metadata: write the ``__faust`` namespace into every
+            serialized record (Faust's default: on).
+        validation: check field types in ``__init__`` and raise
+            :class:`ValidationError` (off by default, as in Faust).
+        coerce: convert values to the declared types in ``__init__`` too,
+            raising when one cannot be converted.
+        serializer: the codec used for this record where a topic names none.
+        isodates, decimals, polymorphic_fields, allow_blessed_key: accepted for
+            Faust; ISO strings and numbers are always converted into declared
+            ``datetime``/``Decimal`` fields, a ``__faust`` namespace naming a
+            subclass always builds that subclass.
+        date_parser: parses the strings of ``datetime`` fields (default
+            ``datetime.fromisoformat``).
+    """
+
+    namespace: str = ""
+    include_metadata: bool = True
+    validation: bool = False
+    coerce: bool = False
+    serializer: Any = None
+    isodates: bool = False
+    decimals: bool = False
+    polymorphic_fields: bool = False
+    allow_blessed_key: bool = False
+    date_parser: Callable[[str], Any] | None = None
+    abstract: bool = False
+
+
+#: namespace -> Record class, for decoding ``__faust`` metadata
+_REGISTRY: dict[str, type[Record]] = {}
+
+
+def _default_namespace(cls: type) -> str:
+    module = cls.__module__
+    if module == "__main__":
+        # as Faust does: the script's module name, so that `python app.py` and
+        # `import app` write the same namespace
+        import sys
+
+        main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+        if main_file:
+            from pathlib import Path
+
+            module = Path(main_file).stem
+    return f"{module}.{cls.__qualname__}"
+
+
+def registered_record(namespace: str) -> type[Record] | None:
+    """The Record class registered under a Faust namespace, if any."""
+    return _REGISTRY.get(namespace)
+
+
+def _namespace_class(data: Mapping[str, Any], declared: type[Record]) -> type[Record]:
+    """The class ``data``'s ``__faust`` metadata names, if it is ``declared`` or a subclass."""
+    meta = data.get("__faust")
+    if type(meta) is dict:
+        found = _REGISTRY.get(meta.get("ns", ""))
+        if found is not None and issubclass(found, declared):
+            return found
+    return declared
+
+
+def _revive(value: Any) -> Any:
+    """Turn decoded data carrying ``__faust`` namespaces into their Record classes (deeply).
+
+    Used where no type is declared (``value_type=None``, ``Any`` fields):
+    Faust writes the namespace into every record it serializes. Containers
+    are updated in place (they are freshly decoded data) and returned.
+    """
+    kind = type(value)
+    if kind is dict:
+        meta = value.get("__faust")
+        if type(meta) is dict:
+            found = _REGISTRY.get(meta.get("ns", ""))
+            if found is not None:
+                return found._st_coerce(value)
+        for k, v in value.items():
+            if type(v) in _CONTAINERS:
+                new = _revive(v)
+                if new is not v:
+                    value[k] = new
+        return value
+    if kind is list:
+        for i, v in enumerate(value):
+            if type(v) in _CONTAINERS:
+                new = _revive(v)
+                if new is not v:
+                    value[i] = new
+    return value
+
+
+_CONTAINERS = (dict, list)
+
+
+def revive(value: Any) -> Any:
+    """Public face of :func:`_revive` (codecs and tables use it)."""
+    return _revive(value)
+
+
+_OPTION_NAMES = frozenset(RecordOptions.__slots__)
 
 
 # --------------------------------------------------------------------------- #
@@ -781,9 +992,28 @@ class Record:
     _st_descriptors: ClassVar[dict[str, FieldDescriptor]] = {}
     _st_frozen: ClassVar[bool] = False
     _st_compiled: ClassVar[bool] = True
+    _st_options: ClassVar[RecordOptions] = RecordOptions()
 
     def __init_subclass__(cls, *, frozen: bool | None = None, **kwargs: Any) -> None:
+        options = {k: kwargs.pop(k) for k in list(kwargs) if k in _OPTION_NAMES}
         super().__init_subclass__(**kwargs)
+        # options are inherited, except the namespace (each class has its own)
+        # and abstract
+        inherited = {
+            name: getattr(cls._st_options, name)
+            for name in _OPTION_NAMES
+            if name not in ("namespace", "abstract")
+        }
+        inherited.update(options)
+        inherited.setdefault("namespace", "")
+        if not inherited["namespace"]:
+            inherited["namespace"] = _default_namespace(cls)
+        for flag in ("include_metadata", "validation", "coerce", "isodates", "decimals"):
+            if inherited.get(flag) is None:
+                inherited[flag] = getattr(RecordOptions, flag)
+        cls._st_options = RecordOptions(**inherited)
+        if not cls._st_options.abstract:
+            _REGISTRY[cls._st_options.namespace] = cls
         if frozen is not None:
             cls._st_frozen = frozen
             if not frozen:
@@ -834,17 +1064,28 @@ class Record:
             hints = typing.get_type_hints(cls, localns={cls.__name__: cls})
         except NameError as exc:
             raise NameError(f"cannot resolve the field types of {cls.__name__}: {exc}") from exc
+        options = cls._st_options
+        strict = options.validation
         specs: dict[str, _Spec] = {}
         for name in cls._st_fields:
             tp = hints[name]
             try:
-                specs[name] = _spec_for(tp)
+                spec = _spec_for(tp, options.date_parser, strict=strict)
             except TypeError as exc:
                 raise TypeError(f"{cls.__name__}.{name}: {exc}") from None
-            cls._st_descriptors[name]._type = tp
+            field = cls._st_descriptors[name]
+            if not field.required and field.default is None and not spec.optional and not spec.passthrough:
+                # `at: datetime = None`: Faust reads a None default as Optional
+                spec = _optional(spec, f"{spec.desc} | None")
+            specs[name] = spec
+            field._type = tp
         for name, spec in specs.items():
             field = cls._st_descriptors[name]
             if field.required:
+                continue
+            if not strict:
+                assert spec.soft is not None
+                field.default = spec.soft(field.default)
                 continue
             try:
                 field.default = spec.check(field.default)
@@ -907,7 +1148,7 @@ class Record:
         d = self.__dict__
         return {name: d[name] for name in self._st_fields}
 
-    def dumps(self, serializer: Any = "json") -> bytes:
+    def dumps(self, serializer: Any = None) -> bytes:
         """Encode the record with a codec (a registered name or a Codec).
 
         Raises:
@@ -916,7 +1157,7 @@ class Record:
         """
         from ._codecs import get_codec
 
-        codec = get_codec(serializer)
+        codec = get_codec(serializer or self._st_options.serializer or "json")
         try:
             return codec.dumps(self.to_representation())
         except Exception as exc:
@@ -925,7 +1166,9 @@ class Record:
             ) from exc
 
     @classmethod
-    def loads(cls: type[_R], data: bytes, serializer: Any = "json") -> _R:
+    def loads(
+        cls: type[_R], data: bytes, serializer: Any = None, *, default_serializer: Any = None
+    ) -> _R:
         """Decode ``data`` with a codec and build an instance with :meth:`from_data`.
 
         Raises:
@@ -934,11 +1177,13 @@ class Record:
         """
         from ._codecs import get_codec
 
-        codec = get_codec(serializer)
+        codec = get_codec(serializer or cls._st_options.serializer or default_serializer or "json")
         try:
             obj = codec.loads(data)
         except Exception as exc:
             raise DecodeError(f"codec {codec.name!r} cannot decode {cls.__name__}: {exc}") from exc
+        if isinstance(obj, Mapping):
+            return _namespace_class(obj, cls).from_data(obj)  # type: ignore[return-value]
         return cls.from_data(obj)
 
     def __eq__(self, other: object) -> bool:

@@ -81,7 +81,7 @@ def send_reply(app: App, event: Event[Any], value: Any) -> None:
         raise ProducerError(
             f"the event at topic={m.topic!r} partition={m.partition} offset={m.offset} asks for a "
             f"reply on {reply_to!r} ({REPLY_TO} header), which is not a reply topic of app "
-            f"{app.id!r} ({app.id}-reply-...): not answered"
+            f"{app.id!r} ({app.id}-reply-...) nor a topic it declares: not answered"
         )
     done = output_started()
     app._require_producer().send_nowait(
@@ -95,7 +95,10 @@ def send_reply(app: App, event: Event[Any], value: Any) -> None:
 
 
 def is_reply_topic(app: App, topic: str) -> bool:
-    """Whether ``topic`` is an RPC reply topic of ``app`` (made by :class:`ReplyConsumer`)."""
+    """Whether ``topic`` is an RPC reply topic of ``app`` (made by :class:`ReplyConsumer`)
+    or a topic the app declares (Faust's ``send(reply_to=topic)``)."""
+    if any(t.matches(topic) for t in app._topics):
+        return True
     suffix = topic.removeprefix(f"{app.id}-reply-")
     return suffix != topic and len(suffix) == _REPLY_ID_LENGTH and all(c in _HEX for c in suffix)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,7 +18,7 @@ from typing import Any
 
 from ._exceptions import ConfigurationError
 
-__all__ = ["SETTINGS", "Settings", "parse_duration"]
+__all__ = ["FAUST_SETTINGS", "SETTINGS", "FaustCompatibilityWarning", "Settings", "parse_duration"]
 
 _ENV_PREFIX = "STREAMTRIO_"
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -127,6 +128,18 @@ def _options() -> dict[str, _Option]:
             choices=("raise", "skip", "dead_letter"),
         ),
         _Option("dead_letter_topic", None, "str", "Dead-letter topic (default <topic>-dlq)"),
+        _Option(
+            "changelog_serializer",
+            "msgpack",
+            "str",
+            "Default codec of table changelog values (json: as Faust writes them)",
+        ),
+        _Option(
+            "faust_agent_topic_names",
+            False,
+            "bool",
+            "Name topic-less agents' topics <id>-<module>.<function>, as Faust does",
+        ),
         _Option(
             "shutdown_timeout",
             30.0,
@@ -286,6 +299,110 @@ def _options() -> dict[str, _Option]:
 SETTINGS: dict[str, _Option] = _options()
 
 
+class FaustCompatibilityWarning(UserWarning):
+    """A Faust setting or option that streamtrio accepts but does not act on (or maps)."""
+
+
+# Faust's documented settings that have no streamtrio counterpart. They are
+# accepted (a Faust app runs with `import streamtrio as faust`) and warned
+# about once per process; a name in neither table is still refused, so a
+# misspelling does not pass silently. The value says what to do instead.
+FAUST_SETTINGS: dict[str, str] = {
+    name: hint
+    for names, hint in (
+        (
+            "autodiscover origin id_format env env_prefix debug timezone loghandlers"
+            " logging_config blocking_timeout worker_redirect_stdouts"
+            " worker_redirect_stdouts_level crash_app",
+            "",
+        ),
+        ("version", "a version above 1 makes the app id '<id>-v<version>', as in Faust"),
+        ("tabledir store_check_exists table_key_index_size", "tables live in 'datadir'"),
+        (
+            "reply_to reply_to_prefix reply_create_topic reply_expires",
+            "agent.ask() replies use the app's own reply topic",
+        ),
+        (
+            "broker_api_version broker_check_crcs broker_max_poll_records broker_rebalance_timeout"
+            " broker_commit_every broker_commit_livelock_soft_timeout broker_consumer broker_producer"
+            " consumer_api_version consumer_max_fetch_size consumer_metadata_max_age_ms"
+            " consumer_connections_max_idle_ms consumer_group_instance_id producer_api_version"
+            " producer_max_batch_size producer_max_request_size producer_metadata_max_age_ms"
+            " producer_connections_max_idle_ms producer_partitioner producer_request_timeout"
+            " producer_threaded",
+            "pass librdkafka options in broker_config / consumer_config / producer_config",
+        ),
+        (
+            "broker_credentials ssl_context",
+            "pass security.protocol, sasl.* and ssl.* librdkafka options in broker_config",
+        ),
+        (
+            "stream_processing_timeout stream_publish_on_commit stream_recovery_delay"
+            " stream_wait_empty stream_ack_cancelled_tasks stream_ack_exceptions"
+            " topic_allow_declare topic_disable_leader",
+            "",
+        ),
+        ("web web_transport web_in_thread web_cors_options web_ssl_context", ""),
+        (
+            "cache agent_supervisor Agent ConsumerScheduler Event Schema Stream Table SetTable"
+            " GlobalTable SetGlobalTable TableManager Serializers Worker PartitionAssignor"
+            " LeaderAssignor Router Topic HttpClient Monitor",
+            "streamtrio's own classes are used",
+        ),
+    )
+    for name in names.split()
+}
+
+# Faust names that map onto a streamtrio setting (value converted).
+_FAUST_ALIASES: dict[str, tuple[str, Any]] = {
+    "url": ("broker", lambda v: v),
+    "canonical_url": ("web_canonical_url", lambda v: v),
+    # Faust's producer_linger is in seconds
+    "producer_linger": ("producer_linger_ms", lambda v: parse_duration(v, name="producer_linger") * 1000.0),
+}
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key in _warned:
+        return
+    _warned.add(key)
+    warnings.warn(message, FaustCompatibilityWarning, stacklevel=4)
+
+
+def _broker_url(value: Any, source: str) -> Any:
+    """Faust's broker forms: a list of URLs, and the aiokafka:// / confluent:// schemes."""
+    if isinstance(value, list | tuple):
+        hosts = [str(v).split("://", 1)[-1] for v in value]
+        scheme = str(value[0]).split("://", 1)[0] if value and "://" in str(value[0]) else "kafka"
+        value = f"{scheme}://{';'.join(hosts)}"
+    if isinstance(value, str):
+        scheme, sep, rest = value.partition("://")
+        if sep and scheme.lower() in ("aiokafka", "confluent"):
+            _warn_once(
+                f"broker:{scheme}",
+                f"broker {value!r} (from {source}): {scheme}:// is served by streamtrio's kafka:// "
+                "transport (confluent-kafka)",
+            )
+            value = f"kafka://{rest}"
+    return value
+
+
+def _store_url(value: Any, source: str) -> Any:
+    """``rocksdb://`` (Faust's persistent store) runs on LMDB, streamtrio's persistent store."""
+    if isinstance(value, str):
+        scheme, sep, rest = value.partition("://")
+        if sep and scheme.lower() == "rocksdb":
+            _warn_once(
+                "store:rocksdb",
+                f"store {value!r} (from {source}): streamtrio keeps table state in LMDB; "
+                "using lmdb:// (state is rebuilt from the changelog topics on first start)",
+            )
+            value = f"lmdb://{rest}"
+    return value
+
+
 def _coerce(opt: _Option, value: Any, source: str) -> Any:
     where = f"setting {opt.name!r} (from {source})"
     if value is None and opt.default is None:
@@ -349,6 +466,8 @@ class Settings:
     def __init__(self, appid: str, **options: Any) -> None:
         self.appid = appid
         self._values: dict[str, Any] = {name: opt.default for name, opt in SETTINGS.items()}
+        #: Faust-only settings given to this app (kept so that app code can read them back)
+        self._faust: dict[str, Any] = {}
         self._from_env()
         self.update(options, source="App() keyword arguments")
 
@@ -370,7 +489,24 @@ class Settings:
             ConfigurationError: an option is unknown or has a bad value.
         """
         for name, value in options.items():
+            if name in _FAUST_ALIASES and name not in SETTINGS:
+                target, convert = _FAUST_ALIASES[name]
+                name, value = target, convert(value)
+            if name == "broker":
+                value = _broker_url(value, source)
+            elif name == "store":
+                value = _store_url(value, source)
             opt = SETTINGS.get(name)
+            if opt is None and name in FAUST_SETTINGS:
+                hint = FAUST_SETTINGS[name]
+                _warn_once(
+                    f"setting:{name}",
+                    f"setting {name!r} (from {source}) is a Faust setting"
+                    + (f": {hint}" if name == "version" else " with no effect in streamtrio")
+                    + (f": {hint}" if hint and name != "version" else ""),
+                )
+                self._faust[name] = value
+                continue
             if opt is None:
                 close = [n for n in SETTINGS if n.split("_")[0] == name.split("_")[0]]
                 hint = f" (did you mean one of: {', '.join(close)}?)" if close else ""
@@ -409,6 +545,9 @@ class Settings:
         values = self.__dict__.get("_values")
         if values is not None and name in values:
             return values[name]
+        faust = self.__dict__.get("_faust")
+        if faust is not None and name in faust:
+            return faust[name]
         raise AttributeError(f"no setting {name!r}")
 
     @property

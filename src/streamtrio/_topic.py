@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import trio
 
-from ._codecs import Codec, Schema
+from ._codecs import Codec, Schema, default_serializer
 from ._exceptions import ClosedError, ProducerError
 from ._lanes import Inbox
 from ._settings import parse_duration
@@ -29,6 +29,47 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _channel_ids = itertools.count(1)
+
+
+class DeliveredMetadata(RecordMetadata):
+    """The :class:`RecordMetadata` ``send`` returns; awaiting it gives itself.
+
+    Faust's ``send`` returns a ``FutureMessage`` that Faust apps await a
+    second time (``await (await topic.send(...))``); here the first await
+    already waited for delivery.
+    """
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, RecordMetadata]:
+        return self
+        yield  # a generator: the await completes at once
+
+
+def _delivered(md: RecordMetadata) -> RecordMetadata:
+    return DeliveredMetadata(*md)
+
+
+def _reply_headers(
+    headers: Headers | Mapping[str, bytes] | None, reply_to: Any, correlation_id: str | bytes | None
+) -> Headers | Mapping[str, bytes] | None:
+    """Add the RPC headers an agent answers to (Faust's ``send(reply_to=...)``)."""
+    if reply_to is None:
+        return headers
+    import uuid
+
+    from ._rpc import CORRELATION_ID, REPLY_TO
+
+    if isinstance(reply_to, str):
+        name = reply_to
+    else:
+        channel = getattr(reply_to, "channel", reply_to)  # an Agent: its topic
+        name = channel.get_topic_name()
+    if correlation_id is None:
+        correlation_id = uuid.uuid4().hex
+    correlation = correlation_id.encode() if isinstance(correlation_id, str) else correlation_id
+    merged = _headers(headers) or []
+    return [*merged, (REPLY_TO, name.encode()), (CORRELATION_ID, correlation)]
 
 
 class FutureMessage:
@@ -175,7 +216,7 @@ class Channel(Generic[T]):
             fut = FutureMessage(self.label)
             fut._set(md, None)
             callback(fut)
-        return md
+        return _delivered(md)
 
     async def send_and_wait(self, **kwargs: Any) -> RecordMetadata:
         return await self.send(**kwargs)
@@ -221,7 +262,14 @@ class Topic(Channel[T]):
         config: Mapping[str, Any] | None = None,
         maxsize: int | None = None,
         acks: bool = True,
+        schema: Schema | None = None,
     ) -> None:
+        if schema is not None:
+            # Faust's app.topic(schema=Schema(...)): explicit arguments still win
+            key_type = key_type if key_type is not None else schema.key_type
+            value_type = value_type if value_type is not None else schema.value_type
+            key_serializer = key_serializer if key_serializer is not None else schema.key_serializer
+            value_serializer = value_serializer if value_serializer is not None else schema.value_serializer
         super().__init__(app, key_type=key_type, value_type=value_type, maxsize=maxsize)
         if topics and pattern is not None:
             raise TypeError("a topic takes names or a pattern, not both")
@@ -231,9 +279,15 @@ class Topic(Channel[T]):
             raise ValueError(f"topic {topics!r}: partitions must be at least 1, got {partitions}")
         self.topics: tuple[str, ...] = tuple(topics or ())
         self._pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
-        self.key_serializer = key_serializer if key_serializer is not None else app.conf.key_serializer
+        self.key_serializer = (
+            key_serializer
+            if key_serializer is not None
+            else default_serializer(key_type, app.conf.key_serializer)
+        )
         self.value_serializer = (
-            value_serializer if value_serializer is not None else app.conf.value_serializer
+            value_serializer
+            if value_serializer is not None
+            else default_serializer(value_type, app.conf.value_serializer)
         )
         self.schema = Schema(
             key_type=key_type,
@@ -359,8 +413,14 @@ class Topic(Channel[T]):
         value_serializer: str | Codec | None = None,
         callback: Callable[[FutureMessage], Any] | None = None,
         force: bool = False,
+        reply_to: Any = None,
+        correlation_id: str | bytes | None = None,
     ) -> FutureMessage:
         """Queue a message on the producer and return at once.
+
+        ``reply_to`` (a topic name, topic or agent) makes an agent that
+        processes the message send its return value there, with the
+        ``correlation_id`` (default: a new one) in the reply's headers.
 
         Sent while an agent processes an event, the message is an output of
         that event: the event's offset is committed only once it is
@@ -372,6 +432,7 @@ class Topic(Channel[T]):
             EncodeError: the key or value cannot be serialized (nothing is queued).
             ClosedError: no producer is running (see :meth:`App.open_client`).
         """
+        headers = _reply_headers(headers, reply_to, correlation_id)
         return self._send_soon(
             key, value, partition, timestamp, headers, key_serializer, value_serializer, callback, True
         )
@@ -418,8 +479,13 @@ class Topic(Channel[T]):
         value_serializer: str | Codec | None = None,
         callback: Callable[[FutureMessage], Any] | None = None,
         force: bool = False,
+        reply_to: Any = None,
+        correlation_id: str | bytes | None = None,
     ) -> RecordMetadata:
         """Send a message and wait until the broker has it.
+
+        The metadata returned may be awaited again (Faust's
+        ``await (await topic.send(...))``). ``reply_to``: see :meth:`send_soon`.
 
         Returns:
             Where it landed: topic, partition, offset, timestamp.
@@ -431,10 +497,11 @@ class Topic(Channel[T]):
         # Awaited: a failure raises here, in the caller, so it is not an
         # output the event waits for.
         await self.app._require_producer().bound.wait_for_room()
+        headers = _reply_headers(headers, reply_to, correlation_id)
         fut = self._send_soon(
             key, value, partition, timestamp, headers, key_serializer, value_serializer, callback, False
         )
-        return await fut.wait()
+        return _delivered(await fut.wait())
 
     async def send_and_wait(self, **kwargs: Any) -> RecordMetadata:
         return await self.send(**kwargs)

@@ -22,7 +22,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from .app import error_response, to_response
+from .app import error_response, json_response, to_response
 from .router import SameNode, TableNotFoundError
 
 if TYPE_CHECKING:
@@ -32,7 +32,16 @@ if TYPE_CHECKING:
     from .._app import App
     from .._topic import Topic
 
-__all__ = ["HTTP_METHODS", "View", "current_request", "register_page", "table_route", "topic_route"]
+__all__ = [
+    "HTTP_METHODS",
+    "FaustRequest",
+    "View",
+    "Web",
+    "current_request",
+    "register_page",
+    "table_route",
+    "topic_route",
+]
 
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
 
@@ -41,15 +50,92 @@ ViewFun = Callable[..., Awaitable[Any]]
 _AIOHTTP_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-class View:
-    """Optional base class of class-based pages: gives ``self.app``.
+class FaustRequest:
+    """The request as Faust (aiohttp) views read it, over Quart's request.
+
+    ``request.query`` (the query arguments), ``request.match_info`` (path
+    parameters), ``await request.json()``, ``await request.text()``; every
+    other attribute is Quart's.
+    """
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+
+    @property
+    def query(self) -> Any:
+        return self._request.args
+
+    @property
+    def match_info(self) -> dict[str, Any]:
+        return dict(self._request.view_args or {})
+
+    async def json(self) -> Any:
+        return await self._request.get_json(force=True)
+
+    async def text(self) -> str:
+        data = await self._request.get_data(as_text=True)
+        return data if isinstance(data, str) else data.decode("utf-8")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+
+class Web:
+    """Faust's ``web`` argument of function views: response builders."""
+
+    def json(self, value: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> Any:
+        return json_response(value, status=status, headers=headers)
+
+    def text(
+        self, value: str, *, content_type: str | None = None, status: int = 200, headers: Any = None
+    ) -> Any:
+        from quart import Response
+
+        return Response(value, status=status, headers=headers, content_type=content_type or "text/plain")
+
+    def html(self, value: str, *, status: int = 200, headers: Any = None) -> Any:
+        return self.text(value, content_type="text/html", status=status, headers=headers)
+
+    def bytes(
+        self, value: bytes, *, content_type: str | None = None, status: int = 200, headers: Any = None
+    ) -> Any:
+        from quart import Response
+
+        return Response(
+            value, status=status, headers=headers, content_type=content_type or "application/octet-stream"
+        )
+
+    def error(self, status: int, reason: str, **kwargs: Any) -> Any:
+        return error_response(status, reason)
+
+    def notfound(self, reason: str = "Not Found", **kwargs: Any) -> Any:
+        return error_response(404, reason)
+
+
+class View(Web):
+    """Optional base class of class-based pages: gives ``self.app`` and Faust's helpers.
 
     One instance per running worker. Define any of ``get``, ``post``, ``put``,
     ``patch``, ``delete`` as ``async def get(self, request, **params)``.
+    ``self.json(value)``, ``self.text()``, ``self.html()``, ``self.bytes()``,
+    ``self.error(status, reason)`` and ``self.notfound()`` build responses as
+    in Faust; the request also has Faust's ``request.query`` and
+    ``request.match_info``.
     """
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, web: Any = None) -> None:
         self.app = app
+        self.web = web if web is not None else Web()
+
+
+def _faust_function_view(view: Any) -> bool:
+    """``async def view(web, request)``: Faust's function-view signature."""
+    try:
+        params = list(inspect.signature(view).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 and positional[0].name in ("web", "self") and positional[1].name == "request"
 
 
 def quart_rule(path: str) -> str:
@@ -73,21 +159,31 @@ def register_page(quart: QuartTrio, app: App, path: str, view: Any, *, name: str
         if not methods:
             raise TypeError(f"page {path!r}: class {view.__name__} defines none of {', '.join(HTTP_METHODS)}")
 
+        faust_style = isinstance(instance, View)
+
         async def endpoint(**params: Any) -> Any:
             request = current_request()
             handler = getattr(instance, request.method.lower(), None)
             if handler is None:  # HEAD without get is refused by the rule's methods already
                 return error_response(405, f"{request.method} not allowed on {path}")
-            return to_response(await handler(request, **params))
+            arg: Any = FaustRequest(request) if faust_style else request
+            return to_response(await handler(arg, **params))
 
         label = view.__name__
     else:
         if not inspect.iscoroutinefunction(view):
             raise TypeError(f"page {path!r}: {view!r} must be an async def view(request, **params)")
         methods = ["GET"]
+        if _faust_function_view(view):
+            web = Web()
 
-        async def endpoint(**params: Any) -> Any:
-            return to_response(await view(current_request(), **params))
+            async def endpoint(**params: Any) -> Any:
+                return to_response(await view(web, FaustRequest(current_request()), **params))
+
+        else:
+
+            async def endpoint(**params: Any) -> Any:
+                return to_response(await view(current_request(), **params))
 
         label = getattr(view, "__name__", "view")
     quart.add_url_rule(rule, endpoint=name or f"page:{path}:{label}", view_func=endpoint, methods=methods)
