@@ -360,3 +360,53 @@ async def test_a_full_producer_holds_intake_and_loses_nothing(
         broker.unblock_topic("out")
         await wait_for(lambda: committed(broker, "src") == total)
     assert values(broker, "out") == list(range(total))
+
+
+async def test_exactly_once_commit_never_waits_for_a_batch_being_collected(
+    app_factory: AppFactory, broker: MemoryBroker
+) -> None:
+    """Seen: one agent holding a partial take(10) stopped every commit of the worker."""
+    app = app_factory(
+        processing_guarantee="exactly_once",
+        commit_interval=0.01,
+        rebalance_drain_timeout=0.5,
+        shutdown_timeout=1,  # the partial batch never completes: the stop does not wait for it
+    )
+    batches = app.topic("batches", value_type=int, partitions=1)
+    plain = app.topic("plain", value_type=int, partitions=1)
+    seen: list[int] = []
+
+    @app.agent(batches)
+    async def collect(stream: streamtrio.Stream[int]) -> None:
+        async for _batch in stream.take(10):  # never filled: 3 events arrive
+            pass
+
+    @app.agent(plain)
+    async def count(stream: streamtrio.Stream[int]) -> None:
+        async for value in stream:
+            seen.append(value)
+
+    async with running(app) as worker:
+        await produce(app, "batches", [1, 2, 3])
+        await produce(app, "plain", list(range(20)))
+        await wait_for(lambda: committed(broker, "plain") == 20)
+        assert worker.committer is not None
+        stats = worker.committer.statistics()
+        assert stats.postponed == 0
+        assert stats.pauses > 0 and stats.pause_max < 0.5
+    assert (committed(broker, "batches") or 0) == 0  # held across steps: not committed yet
+
+
+async def test_agent_test_context_works_for_exactly_once_apps(app_factory: AppFactory) -> None:
+    """Seen: TypeError: cannot trace the lanes of a GatedInbox."""
+    app = app_factory(processing_guarantee="exactly_once")
+    topic = app.topic("numbers", value_type=int, partitions=1)
+
+    @app.agent(topic)
+    async def double(stream: streamtrio.Stream[int]) -> Any:
+        async for value in stream:
+            yield value * 2
+
+    async with double.test_context() as ctx:
+        await ctx.put(21)
+        assert ctx.results == [42]

@@ -15,7 +15,7 @@ Nothing here replaces a code path; each piece only *observes* one:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -402,6 +402,23 @@ class _RecordingProducer(Producer):
 
     def statistics(self) -> ProducerStatistics:
         return self._inner.statistics()
+
+    # exactly_once apps: the transactions are the real producer's
+    @property
+    def transactional_id(self) -> str | None:
+        return self._inner.transactional_id
+
+    async def begin_transaction(self) -> None:
+        await self._inner.begin_transaction()
+
+    async def send_offsets_to_transaction(self, offsets: Mapping[TP, int], group_metadata: object) -> None:
+        await self._inner.send_offsets_to_transaction(offsets, group_metadata)
+
+    async def commit_transaction(self) -> None:
+        await self._inner.commit_transaction()
+
+    async def abort_transaction(self) -> None:
+        await self._inner.abort_transaction()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
