@@ -283,7 +283,8 @@ async def test_failed_group_by_copy_stops_the_worker(app_factory: AppFactory, br
     with trio.fail_after(10):
         with pytest.raises(streamtrio.AgentError, match=r"offset=6 failed.*MSG_SIZE_TOO_LARGE"):
             await streamtrio.serve(app)
-    assert committed(broker, "src") == 6
+    # never past the failing offset (the group_by subscription's rebalance may pre-empt a commit)
+    assert (committed(broker, "src") or 0) <= 6
 
 
 async def test_forward_sends_the_original_bytes_headers_and_timestamp(
