@@ -230,32 +230,15 @@ def tables_command(app: App) -> None:
         typer.echo(line)
 
 
-def worker_command(
-    app: App,
-    broker: Annotated[
-        str | None, typer.Option("--broker", "-b", help="Broker URL (kafka://host:port or memory://).")
-    ] = None,
-    loglevel: Annotated[
-        str, typer.Option("--loglevel", "-l", help="Log level: debug, info, warning, error.")
-    ] = "info",
-    datadir: Annotated[str | None, typer.Option("--datadir", help="Worker data directory.")] = None,
-    web_port: Annotated[int | None, typer.Option("--web-port", "-p", help="Web server port.")] = None,
-    web_host: Annotated[
-        str | None, typer.Option("--web-host", "-h", help="Host name other workers use to reach this one.")
-    ] = None,
-    without_web: Annotated[bool, typer.Option("--without-web", help="Serve no web views.")] = False,
-) -> None:
-    """Start a worker (Faust's name for `run`: `python app.py worker -l info`)."""
-    run_command(app, broker, loglevel, datadir, web_port, web_host, without_web)
-
-
-_COMMANDS: list[tuple[str, Callable[..., None]]] = [
-    ("run", run_command),
-    ("worker", worker_command),
-    ("send", send_command),
-    ("topics", topics_command),
-    ("agents", agents_command),
-    ("tables", tables_command),
+#: (name, command, help; ``None``: the docstring). ``worker`` is ``run`` under Faust's
+#: name, as Faust apps start: ``python app.py worker -l info``.
+_COMMANDS: list[tuple[str, Callable[..., None], str | None]] = [
+    ("run", run_command, None),
+    ("worker", run_command, "Start a worker (Faust's name for `run`: `python app.py worker -l info`)."),
+    ("send", send_command, None),
+    ("topics", topics_command, None),
+    ("agents", agents_command, None),
+    ("tables", tables_command, None),
 ]
 
 
@@ -370,8 +353,8 @@ def build_cli(bound: App | None = None) -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
-    for name, fun in _COMMANDS:
-        cli.command(name=name)(_bind(fun, bound))
+    for name, fun, help_text in _COMMANDS:
+        cli.command(name=name, help=help_text)(_bind(fun, bound))
     cli.add_typer(dev_cli)
     if bound is not None:
         for fun, options in bound._commands:

@@ -607,7 +607,9 @@ class Stream(Generic[T]):
         self._held.append(event)
         event._stream = self
         _current_event.set(event)
-        self._begin_step()
+        if not self._stepping:  # _begin_step(), inlined: this runs once per event
+            self._stepping = True
+            self.app._steps += 1
         return event
 
     async def next_event(self) -> Event[T]:

@@ -274,8 +274,8 @@ def run_apache_kafka(
             if error is not None:
                 raise KafkaBrokerError(
                     f"Apache Kafka {version} did not start on {address} within {timeout:g}s: {error}\n"
-                    f"--- end of {log_path} ---\n{_tail(log_path)}\n"
-                    f"--- end of {work_dir / 'stdout.log'} ---\n{_tail(work_dir / 'stdout.log')}"
+                    f"--- end of {log_path} ---\n{log_tail(log_path)}\n"
+                    f"--- end of {work_dir / 'stdout.log'} ---\n{log_tail(work_dir / 'stdout.log')}"
                 )
             yield ApacheKafka(
                 bootstrap=address, pid=proc.pid, log_path=log_path, version=version, process=proc
@@ -310,7 +310,7 @@ def _format_storage(java: str, classpath: str, log4j: str, config: Path, log_pat
         output = (done.stdout + done.stderr).decode("utf-8", errors="replace")[-_LOG_TAIL_BYTES:]
         raise KafkaBrokerError(
             f"formatting Kafka's log directory failed (exit {done.returncode}):\n{output}\n"
-            f"--- end of {log_path} ---\n{_tail(log_path)}"
+            f"--- end of {log_path} ---\n{log_tail(log_path)}"
         )
 
 
@@ -356,11 +356,13 @@ def _wait_until_ready(address: str, *, proc: subprocess.Popen[bytes], timeout: f
         time.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
 
 
-def stop_process(proc: subprocess.Popen[bytes], grace: float = _STOP_GRACE) -> None:
-    """SIGTERM, then SIGKILL if the process is still there after ``grace`` seconds."""
+def stop_process(
+    proc: subprocess.Popen[bytes], grace: float = _STOP_GRACE, signum: int = signal.SIGTERM
+) -> None:
+    """``signum``, then SIGKILL if the process is still there after ``grace`` seconds."""
     if proc.poll() is not None:
         return
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     try:
         proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
@@ -368,7 +370,8 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = _STOP_GRACE) -> N
         proc.wait()
 
 
-def _tail(path: Path) -> str:
+def log_tail(path: Path) -> str:
+    """The end of a broker's log file, for an error message."""
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -31,7 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ._apache_kafka import KafkaBrokerError, kafka_unavailable_reason, run_apache_kafka
+from ._apache_kafka import (
+    KafkaBrokerError,
+    kafka_unavailable_reason,
+    log_tail,
+    run_apache_kafka,
+    stop_process,
+)
 
 __all__ = [
     "TEST_BROKER_ENV",
@@ -55,7 +61,6 @@ _KINDS: tuple[BrokerKind, ...] = ("kafka", "tansu")
 
 _START_TIMEOUT = 20.0
 _STOP_GRACE = 5.0
-_LOG_TAIL_BYTES = 4000
 # Tansu reads its settings from these variables too; a stray value in the
 # caller's environment must not change the broker the tests get.
 _TANSU_ENV = (
@@ -233,11 +238,13 @@ def _run_tansu(*, timeout: float) -> Iterator[tuple[str, int]]:
             if error is not None:
                 raise TestBrokerError(
                     f"Tansu ({binary}) did not start on {address} within {timeout:g}s: "
-                    f"{error}\n--- end of {log_path.name} ---\n{_tail(log_path)}"
+                    f"{error}\n--- end of {log_path.name} ---\n{log_tail(log_path)}"
                 )
             yield address, proc.pid
         finally:
-            _stop(proc)
+            # Tansu drains open connections for 5 s on SIGTERM; on SIGINT it stops at
+            # once, and its storage is in memory, so there is nothing to lose.
+            stop_process(proc, _STOP_GRACE, signal.SIGINT)
 
 
 def _free_loopback_port() -> int:
@@ -283,24 +290,3 @@ def _port_open(address: str) -> bool:
             return True
     except (OSError, ValueError):
         return False
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    # Tansu drains open connections for 5 s on SIGTERM; on SIGINT it stops at
-    # once, and its storage is in memory, so there is nothing to lose.
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=_STOP_GRACE)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _tail(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return f"(cannot read the log: {exc})"
-    return data[-_LOG_TAIL_BYTES:].decode("utf-8", errors="replace") or "(empty log)"
