@@ -42,8 +42,10 @@ def store(open_test_store: StoreFactory) -> Store:
     return open_test_store()
 
 
-def _lmdb(tmp_path: Path, *, map_size: int = 64 << 20) -> LMDBStore:
-    store = open_store("lmdb://", path=tmp_path / "data", map_size=map_size, sync=False)
+def _lmdb(tmp_path: Path, *, map_size: int = 64 << 20, max_map_size: int | None = None) -> LMDBStore:
+    store = open_store(
+        "lmdb://", path=tmp_path / "data", map_size=map_size, sync=False, max_map_size=max_map_size
+    )
     assert isinstance(store, LMDBStore)
     return store
 
@@ -349,11 +351,29 @@ def test_statistics(store: Store) -> None:
 # -- LMDB limits -------------------------------------------------------------------------
 
 
-def test_map_full_is_a_store_error_naming_the_setting(tmp_path: Path) -> None:
-    with _lmdb(tmp_path, map_size=256 * 1024) as store:
+def test_map_grows_by_itself_and_keeps_its_size_on_reopen(tmp_path: Path) -> None:
+    with _lmdb(tmp_path, map_size=256 * 1024, max_map_size=64 << 20) as store:
+        store.write_batch({("t", 0): {b"kept": b"1"}}, {TP("cl", 0): 1})
+        big = {b"%08d" % i: b"x" * 200 for i in range(5000)}  # about 1.4 MB
+        store.write_batch({("t", 0): big}, {TP("cl", 0): 2})
+        grown = store.statistics().map_size
+        assert grown is not None and 1 << 20 < grown <= 4 << 20
+        assert store.persisted_offset(TP("cl", 0)) == 2
+        assert len(store.partition("t", 0)) == 5001
+    with _lmdb(tmp_path, map_size=256 * 1024, max_map_size=64 << 20) as store:
+        # LMDB opens a map at least as big as the data; it grows again when written.
+        stats = store.statistics()
+        assert stats.map_size is not None and stats.map_size >= stats.bytes_used
+        assert store.partition("t", 0).get(b"00004999") == b"x" * 200
+        store.write_batch({("t", 1): big}, {})
+        assert len(store.partition("t", 1)) == 5000
+
+
+def test_map_full_at_the_limit_is_a_store_error_naming_the_setting(tmp_path: Path) -> None:
+    with _lmdb(tmp_path, map_size=256 * 1024, max_map_size=512 * 1024) as store:
         store.write_batch({("t", 0): {b"kept": b"1"}}, {TP("cl", 0): 1})
         big = {b"%08d" % i: b"x" * 200 for i in range(5000)}
-        with pytest.raises(StoreError, match=r"full .*'t'\[0\].*lmdb_map_size") as info:
+        with pytest.raises(StoreError, match=r"full .*'t'\[0\].*lmdb_max_map_size") as info:
             store.write_batch({("t", 0): big}, {TP("cl", 0): 2})
         assert isinstance(info.value.__cause__, lmdb.MapFullError)
         # Nothing of the failed batch is there, and the store still works.

@@ -356,8 +356,13 @@ async def test_table_writes_go_through_the_real_table(streamtrio_app_factory: Ap
     app = streamtrio_app_factory(commit_interval=3600)
     words = app.topic("words", key_type=str, value_type=str, partitions=4)
     counts = app.Table(
-        "counts", default=int, key_type=str, value_type=int, partitions=4,
-        key_serializer="raw", value_serializer="json",
+        "counts",
+        default=int,
+        key_type=str,
+        value_type=int,
+        partitions=4,
+        key_serializer="raw",
+        value_serializer="json",
     )
 
     @app.agent(words)
@@ -729,7 +734,6 @@ def test_leak_check_reports_threads_and_open_stores(tmp_path: Path) -> None:
         store.close()
     assert check.thread_problems() == []
     assert check.resource_problems() == []
-
 
 
 def test_public_testing_api_is_exported() -> None:

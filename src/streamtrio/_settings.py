@@ -283,7 +283,14 @@ def _options() -> dict[str, _Option]:
             "Seconds between checks that close expired windows of windowed tables",
             minimum=0.001,
         ),
-        _Option("lmdb_map_size", 1 << 30, "int", "LMDB map size in bytes", minimum=1 << 20),
+        _Option("lmdb_map_size", 1 << 30, "int", "LMDB initial map size in bytes", minimum=1 << 20),
+        _Option(
+            "lmdb_max_map_size",
+            1 << 40,
+            "int",
+            "LMDB map growth limit in bytes (the map doubles when full, up to this)",
+            minimum=1 << 20,
+        ),
         _Option("lmdb_sync", True, "bool", "fsync LMDB on each commit"),
     ]
     return {o.name: o for o in opts}

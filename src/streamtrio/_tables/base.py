@@ -8,9 +8,10 @@ changelog offsets they reach. That one call is atomic, so after a crash the
 stored data and the stored offsets are never out of step: recovery resumes the
 changelog at :meth:`Store.persisted_offset` + 1.
 
-The API is synchronous. A store may be called from any thread, one thread at a
-time (the caller may run a big commit in a worker thread with
-``trio.to_thread.run_sync``); it never touches trio.
+The API is synchronous, plus :meth:`Store.run` for trio code: it runs a
+blocking call (a write, a scan) where the store runs its blocking work, on
+the LMDB store's own thread, so the trio thread never waits for a commit or
+an fsync. Reads of single keys are fast and may be called inline.
 
 Keys must be 1 to :data:`MAX_KEY_SIZE` bytes (LMDB's limit, enforced by every
 store so that tests on ``memory://`` catch what would fail on ``lmdb://``).
@@ -19,11 +20,13 @@ store so that tests on ``memory://`` catch what would fail on ``lmdb://``).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self, TypeVar
+
+import trio
 
 from .._exceptions import ClosedError, ConfigurationError, StoreError
 from .._types import TP
@@ -38,6 +41,8 @@ __all__ = [
 
 #: The longest key a store accepts, in bytes (LMDB's compiled-in limit).
 MAX_KEY_SIZE = 511
+
+T = TypeVar("T")
 
 #: ``write_batch`` writes: ``{(table, partition): {key: value or None to delete}}``.
 Writes = Mapping[tuple[str, int], Mapping[bytes, bytes | None]]
@@ -89,6 +94,15 @@ class StorePartition(ABC):
     @abstractmethod
     def get(self, key: bytes) -> bytes | None:
         """The value stored under ``key``, or ``None``."""
+
+    def get_many(self, keys: Iterable[bytes]) -> dict[bytes, bytes]:
+        """The stored values of ``keys`` (missing ones left out), read in one transaction."""
+        found = {}
+        for key in keys:
+            value = self.get(key)
+            if value is not None:
+                found[key] = value
+        return found
 
     @abstractmethod
     def __len__(self) -> int:
@@ -143,6 +157,10 @@ class Store(ABC):
     """
 
     _closed: bool = False
+    #: The store held no data when opened (a new, deleted or damaged data dir).
+    fresh: bool = False
+    #: Where a damaged store was moved aside at open, if it was.
+    moved_aside: Path | None = None
 
     @abstractmethod
     def partition(self, table: str, partition: int) -> StorePartition:
@@ -198,6 +216,25 @@ class Store(ABC):
     @abstractmethod
     def _close(self) -> None:
         """Release the backend; called once by :meth:`close`."""
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run the blocking call ``fn(*args)`` (a method of this store) off the trio thread.
+
+        The LMDB store runs it on its own thread; the memory store inline (its
+        calls do not block). Cancellation: the call is never abandoned; a
+        cancelled caller waits for it to finish, then gets ``Cancelled``.
+
+        Raises:
+            ClosedError: the store is closed.
+        """
+        self._check_open()
+        await trio.lowlevel.checkpoint()
+        return fn(*args)
+
+    async def aclose(self) -> None:
+        """:meth:`close`, with the closing (a final fsync) off the trio thread."""
+        await trio.lowlevel.checkpoint()
+        self.close()
 
     @property
     def closed(self) -> bool:
@@ -257,7 +294,7 @@ def type_error(table: str, partition: int, key: object, value: object) -> TypeEr
     )
 
 
-def open_store(url: str, *, path: Path, map_size: int, sync: bool) -> Store:
+def open_store(url: str, *, path: Path, map_size: int, sync: bool, max_map_size: int | None = None) -> Store:
     """Open the store named by a store URL (the ``store`` setting).
 
     Args:
@@ -265,7 +302,9 @@ def open_store(url: str, *, path: Path, map_size: int, sync: bool) -> Store:
             survives the process).
         path: the worker's data directory (the ``datadir`` setting); created if
             missing. Ignored by ``memory://``.
-        map_size: the LMDB map size in bytes (the ``lmdb_map_size`` setting).
+        map_size: the initial LMDB map size in bytes (the ``lmdb_map_size`` setting).
+        max_map_size: how far the LMDB map may grow (the ``lmdb_max_map_size``
+            setting); ``None``: the LMDB store's default.
         sync: fsync each commit (the ``lmdb_sync`` setting).
 
     Raises:
@@ -285,6 +324,11 @@ def open_store(url: str, *, path: Path, map_size: int, sync: bool) -> Store:
         from .memory import MemoryStore
 
         return MemoryStore()
-    from .lmdb import LMDBStore
+    from .lmdb import DEFAULT_MAX_MAP_SIZE, LMDBStore
 
-    return LMDBStore(path, map_size=map_size, sync=sync)
+    return LMDBStore(
+        path,
+        map_size=map_size,
+        sync=sync,
+        max_map_size=DEFAULT_MAX_MAP_SIZE if max_map_size is None else max_map_size,
+    )

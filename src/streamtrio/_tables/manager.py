@@ -20,6 +20,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -28,7 +29,14 @@ from .._exceptions import ClosedError, TableError
 from .._topic import Topic
 from .._types import TP
 from .base import Store, open_store
-from .recovery import apply_messages, replay, run_changelog_callbacks, write_batch
+from .recovery import (
+    RecoveryProgress,
+    RecoveryTracker,
+    apply_messages,
+    replay,
+    run_changelog_callbacks,
+    write_batch,
+)
 from .table import Table, TablePartition
 
 if TYPE_CHECKING:
@@ -57,6 +65,8 @@ class TableManagerStatistics:
         active: the table partitions this worker serves, per table.
         standbys: the changelog partitions followed as standbys.
         unpersisted: table writes not yet persisted in the store.
+        recovery: the progress of the running recovery, or of the last one
+            (``None`` before the first); see :class:`RecoveryProgress`.
     """
 
     recovered: dict[TP, int]
@@ -66,6 +76,7 @@ class TableManagerStatistics:
     active: dict[str, list[int]]
     standbys: list[TP]
     unpersisted: int
+    recovery: RecoveryProgress | None = None
 
 
 class TableManager(Mapping[str, Table]):
@@ -99,6 +110,8 @@ class TableManager(Mapping[str, Table]):
         self._recovered: dict[TP, int] = {}
         self._followed: dict[TP, int] = {}
         self._source_cache: dict[str, bool] = {}
+        self._warned: set[Store] = set()
+        self._tracker: RecoveryTracker | None = None
 
     # -- the registry ---------------------------------------------------------------
 
@@ -162,6 +175,7 @@ class TableManager(Mapping[str, Table]):
             active={name: t.served_partitions() for name, t in self._tables.items()},
             standbys=sorted(tp for tp, (t, _) in self._following.items() if not t.is_global),
             unpersisted=sum(p.unpersisted() for t in self._tables.values() for p in t._parts.values()),
+            recovery=None if self._tracker is None else self._tracker.snapshot(),
         )
 
     async def wait_until_recovery_completed(self) -> bool:
@@ -194,6 +208,8 @@ class TableManager(Mapping[str, Table]):
         self._recovered = {}
         self._followed = {}
         self._source_cache = {}
+        self._warned = set()
+        self._tracker = None
         for table in self._tables.values():
             table._parts = {}
             if table._windowing is not None:
@@ -212,8 +228,16 @@ class TableManager(Mapping[str, Table]):
         try:
             async with AsyncExitStack() as stack:
                 for url in sorted({t.store_url or conf.store for t in self._tables.values()}):
-                    self._stores[url] = open_store(
-                        url, path=conf.data_path, map_size=conf.lmdb_map_size, sync=conf.lmdb_sync
+                    # Opening checks (and may scan) the data: off the trio thread, not abandoned.
+                    self._stores[url] = await trio.to_thread.run_sync(
+                        partial(
+                            open_store,
+                            url,
+                            path=conf.data_path,
+                            map_size=conf.lmdb_map_size,
+                            max_map_size=conf.lmdb_max_map_size,
+                            sync=conf.lmdb_sync,
+                        )
                     )
                 self._recovery_reader = await stack.enter_async_context(worker.transport.open_reader())
                 follower = await stack.enter_async_context(worker.transport.open_reader())
@@ -224,7 +248,8 @@ class TableManager(Mapping[str, Table]):
                     if table.is_global:
                         store = self._store_for(table)
                         for n in range(table.partitions):
-                            table._parts[n] = TablePartition(n, store.partition(table.name, n))
+                            view = await store.run(store.partition, table.name, n)
+                            table._parts[n] = TablePartition(n, view)
                             initial[table.changelog_tp(n)] = (table, n)
                     elif conf.table_standby_replicas >= 1:
                         for n in range(table.partitions):
@@ -260,7 +285,7 @@ class TableManager(Mapping[str, Table]):
                 await self.flush()
             async with self._persist_lock, self._follow_lock:
                 for store in self._stores.values():
-                    store.close()
+                    await store.aclose()
         if scope.cancelled_caught:
             log.error("tables: the store could not be closed within shutdown_timeout")
         self._stores = {}
@@ -449,21 +474,30 @@ class TableManager(Mapping[str, Table]):
             async with self._follow_lock:
                 self._unfollow(list(todo))
             assert self._recovery_reader is not None
+            self._tracker = tracker = RecoveryTracker(len(todo), trio.current_time())
             result = await replay(
                 self._recovery_reader,
                 todo,
                 store_for=self._store_for,
                 stall_timeout=self.app.conf.table_recovery_timeout,
                 buffer_size=max((t.recovery_buffer_size for t, _ in todo.values()), default=1000),
+                tracker=tracker,
             )
+            if todo:
+                log.info("tables recovered: %s", tracker.snapshot().describe())
             self._recoveries += 1
             for tp, n in result.records.items():
                 self._recovered[tp] = self._recovered.get(tp, 0) + n
+            self._warn_rebuilt(todo, result.records)
             for table, n in todo.values():
                 part = table._parts.get(n)
                 if part is None:
                     part = table._parts[n] = TablePartition(n)
-                part.view = self._store_for(table).partition(table.name, n)
+                store = self._store_for(table)
+                part.view = await store.run(store.partition, table.name, n)
+                if table._windowing is not None:
+                    # Index the partition's windows now, on the store's thread.
+                    await table._windowing.prepare(n, part)
             self.sources |= sources
             for table in {table for table, _ in todo.values()}:
                 for callback in table._recover_callbacks:
@@ -472,6 +506,27 @@ class TableManager(Mapping[str, Table]):
             self._recovering -= 1
             if self._recovering == 0:
                 self._recovery_done.set()
+
+    def _warn_rebuilt(self, todo: Mapping[TP, tuple[Table, int]], records: Mapping[TP, int]) -> None:
+        """Say once per store when its state was rebuilt because the store was new or damaged."""
+        rebuilt: dict[Store, int] = {}
+        for tp, (table, _n) in todo.items():
+            store = self._store_for(table)
+            if store.fresh and records.get(tp) and store not in self._warned:
+                rebuilt[store] = rebuilt.get(store, 0) + records[tp]
+        for store, count in rebuilt.items():
+            self._warned.add(store)
+            where = getattr(store, "path", None)
+            if store.moved_aside is not None:
+                why = f"it was damaged and moved to {store.moved_aside}"
+            else:
+                why = "it held no data: a new data dir, or one that was deleted"
+            log.warning(
+                "tables: the store in %s was rebuilt from the changelogs (%s); %d records replayed",
+                where,
+                why,
+                count,
+            )
 
     async def _on_revoke(self, revoked: frozenset[TP]) -> None:
         sources = {tp for tp in revoked if self._is_source(tp.topic)}

@@ -628,19 +628,24 @@ class Table(MutableMapping[Any, Any]):
                     yield decode_key(kbytes), decode_value(raw)
 
     def _len_partition(self, part: TablePartition) -> int:
-        count = len(part.view) if part.view is not None else 0
         view = part.view
-        for kbytes, (_, value, _raw) in part.merged_overlay().items():
-            stored = view is not None and view.get(kbytes) is not None
+        count = len(view) if view is not None else 0
+        overlay = part.merged_overlay()
+        hidden = STREAM_TIME_KEY if self._windowing is not None else None
+        # One read transaction for every key the overlay touches, not one per key.
+        wanted = list(overlay) if hidden is None or hidden in overlay else [*overlay, hidden]
+        stored_keys = view.get_many(wanted).keys() if view is not None and wanted else set()
+        for kbytes, (_, value, _raw) in overlay.items():
+            stored = kbytes in stored_keys
             if value is DELETED:
                 count -= stored
             else:
                 count += not stored
-        if self._windowing is not None:
-            hidden = part.overlay(STREAM_TIME_KEY)
-            if hidden is not None:
-                count -= hidden[1] is not DELETED
-            elif view is not None and view.get(STREAM_TIME_KEY) is not None:
+        if hidden is not None:
+            entry = part.overlay(hidden)
+            if entry is not None:
+                count -= entry[1] is not DELETED
+            elif hidden in stored_keys:
                 count -= 1
         return count
 

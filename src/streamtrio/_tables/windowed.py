@@ -105,6 +105,8 @@ class Windowing:
         self.closed = 0
         self._late_logged = 0
         self._parts: dict[int, _PartitionState] = {}
+        #: states built on the store's thread at assignment, taken on first use
+        self._prepared: dict[int, _PartitionState] = {}
         self._base: tuple[float, float] | None = None
 
     # -- clocks -----------------------------------------------------------------------
@@ -146,6 +148,7 @@ class Windowing:
 
     def reset(self) -> None:
         self._parts = {}
+        self._prepared = {}
         self._base = (time.time(), trio.current_time())
 
     def state(self, n: int, part: TablePartition) -> _PartitionState | None:
@@ -155,11 +158,29 @@ class Windowing:
             return None
         state = self._parts.get(n)
         if state is None or state.view is not view:
-            state = self._parts[n] = self._build(part, view)
+            state = self._prepared.pop(n, None)
+            if state is not None and state.view is view:
+                # Built at assignment: its stream time starts moving at first use, as a lazy build's.
+                state.mark = trio.current_time()
+            else:
+                state = self._build(part, view)
+            self._parts[n] = state
         return state
 
-    def _build(self, part: TablePartition, view: StorePartition) -> _PartitionState:
-        state = _PartitionState(view=view, mark=trio.current_time())
+    async def prepare(self, n: int, part: TablePartition) -> None:
+        """Build a newly served partition's state on the store's thread (it scans the partition)."""
+        view = part.view
+        if view is None:
+            return
+        state = await view.store.run(self._build, part, view, trio.current_time())
+        if part.view is view:
+            self._prepared[n] = state
+
+    def _build(
+        self, part: TablePartition, view: StorePartition, mark: float | None = None
+    ) -> _PartitionState:
+        """Index a partition's live windows; may run on the store's thread (``mark`` given)."""
+        state = _PartitionState(view=view, mark=trio.current_time() if mark is None else mark)
         if self.key_index:
             state.keys = {}
         overlay = part.merged_overlay()
