@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 import streamtrio
 from streamtrio import TP
 from streamtrio._tables.lmdb import LMDBStore
+from streamtrio._tables.thread import StoreThread
 from streamtrio._transports.memory import MemoryBroker
 
 from .conftest import running, wait_for
@@ -119,3 +121,20 @@ async def test_commits_of_thousands_of_keys_never_block_the_loop(
     # the trio thread (each such commit took several ms with lmdb_sync on).
     assert [name for name, _, _ in blocking.calls] == []
     assert max(by_tables, default=0.0) < 0.050
+
+
+async def test_store_jobs_take_no_virtual_time(autojump_clock: trio.testing.MockClock) -> None:
+    """Under an autojumping MockClock a store job must not let the clock jump to the next deadline."""
+    thread = StoreThread("test-store-thread")
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep, 30)  # a pending deadline the clock could jump to
+            began = trio.current_time()
+            assert await thread.run(lambda: time.sleep(0.2) or 7) == 7
+            assert trio.current_time() == began
+            with pytest.raises(ValueError):
+                await thread.run(int, "x")
+            assert trio.current_time() == began
+            nursery.cancel_scope.cancel()
+    finally:
+        assert thread.stop(5)

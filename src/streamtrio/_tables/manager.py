@@ -38,6 +38,7 @@ from .recovery import (
     write_batch,
 )
 from .table import Table, TablePartition
+from .thread import virtual_time
 
 if TYPE_CHECKING:
     from .._app import App
@@ -228,17 +229,21 @@ class TableManager(Mapping[str, Table]):
         try:
             async with AsyncExitStack() as stack:
                 for url in sorted({t.store_url or conf.store for t in self._tables.values()}):
-                    # Opening checks (and may scan) the data: off the trio thread, not abandoned.
-                    self._stores[url] = await trio.to_thread.run_sync(
-                        partial(
-                            open_store,
-                            url,
-                            path=conf.data_path,
-                            map_size=conf.lmdb_map_size,
-                            max_map_size=conf.lmdb_max_map_size,
-                            sync=conf.lmdb_sync,
-                        )
+                    # Opening checks (and may scan) the data: off the trio thread, not abandoned
+                    # (inline in virtual time, which would jump while a thread works).
+                    opener = partial(
+                        open_store,
+                        url,
+                        path=conf.data_path,
+                        map_size=conf.lmdb_map_size,
+                        max_map_size=conf.lmdb_max_map_size,
+                        sync=conf.lmdb_sync,
                     )
+                    if virtual_time():
+                        await trio.lowlevel.checkpoint()
+                        self._stores[url] = opener()
+                    else:
+                        self._stores[url] = await trio.to_thread.run_sync(opener)
                 self._recovery_reader = await stack.enter_async_context(worker.transport.open_reader())
                 follower = await stack.enter_async_context(worker.transport.open_reader())
                 self._follower = follower

@@ -7,6 +7,13 @@ cancelled :meth:`~StoreThread.run` still waits for its job to finish (an LMDB
 write transaction must commit or abort on the thread that began it, and the
 caller must not touch the store before it did), then raises ``Cancelled``. A
 job is one bounded store call, so that wait is bounded too.
+
+Under trio's ``MockClock`` (tests in virtual time) a job is waited for by
+blocking the trio thread instead: a trio task waiting on another thread looks
+idle to the clock, so an autojumping clock would jump to the next deadline
+(a shutdown timeout, window expiry, a recovery stall timeout) while the job
+runs, and ``advance_time`` would step past it. Blocking keeps store work at
+zero virtual time, as it was when it ran on the trio thread.
 """
 
 from __future__ import annotations
@@ -14,18 +21,28 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from typing import Any, TypeVar
 
 import trio
+import trio.testing
 
 from .._exceptions import ClosedError
 
-__all__ = ["StoreThread"]
+__all__ = ["StoreThread", "virtual_time"]
 
 T = TypeVar("T")
 
 _STOP = None
+
+
+def virtual_time() -> bool:
+    """Whether the running trio loop keeps virtual time (a ``MockClock``, as in tests).
+
+    There, waiting for another thread must block the trio thread: a task
+    awaiting a thread counts as idle, and the clock would jump meanwhile.
+    """
+    return isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
 
 
 class StoreThread:
@@ -86,9 +103,15 @@ class StoreThread:
 
         Cancellation: the job is not abandoned. A cancelled caller waits for it
         to finish, then gets ``Cancelled`` (its result or error is dropped).
+        Under a ``MockClock`` the trio thread blocks until the job is done (see
+        :func:`virtual_time`).
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         future = self.submit(fn, *args)
+        if virtual_time():
+            wait([future])  # blocks the trio thread: no virtual time passes
+            await trio.lowlevel.checkpoint()  # raises Cancelled, the job being done
+            return future.result()
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
 
