@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union
 
 import trio
 
-from ._exceptions import AgentError, ConfigurationError, DeadLetterError
+from ._exceptions import AgentError, ConfigurationError, DeadLetterError, ProducerFencedError
 from ._records import FieldDescriptor
 from ._rpc import chunked_replies, collect, send_reply
 from ._stream import (
@@ -321,6 +321,13 @@ class Agent(Generic[T]):
         handed to a channel agent) failed: the ``on_error`` policy applies."""
         worker = self._worker
         where = event._describe()
+        if isinstance(error, ProducerFencedError):
+            # The worker's producer is fenced (exactly_once): no event of this
+            # worker can finish any more; it stops for that reason.
+            event._failed = True
+            if worker is not None:
+                worker.crash(error)
+            return
         if self.on_error == "restart" and worker is not None and not isinstance(error, DeadLetterError):
             delay = self.app.conf.agent_restart_backoff
             log.error(

@@ -120,6 +120,10 @@ _Item = tuple[
 ]
 
 
+def _is_fatal(err: KafkaError) -> bool:
+    return bool(err.fatal()) or err.code() == KafkaError._FATAL
+
+
 def producer_error(err: KafkaError, topic: str, partition: int | None = None) -> ProducerError:
     """A ``ProducerError`` (or ``ProducerFencedError``) for a librdkafka error."""
     where = f"topic {topic!r}" + (f" partition {partition}" if partition is not None else "")
@@ -551,15 +555,25 @@ class KafkaProducer(Producer):
                 err = exc.args[0] if exc.args else KafkaError(KafkaError._FAIL)
                 if sink is not None:
                     sink.reported += 1
-                self._record_failure(on_delivery, epoch, size, producer_error(err, topic, partition))
+                if self._txn_id is not None and self._fatal is None and _is_fatal(err):
+                    self._poll(producer, 0)  # learns the cause (fenced?) into self._fatal
+                self._record_failure(on_delivery, epoch, size, self._failure(err, topic, partition))
                 return
+
+    def _failure(self, err: KafkaError, topic: str, partition: int | None) -> ProducerError:
+        """The error of a failed message: a transactional producer's fatal error (fenced)
+        when that is what failed it, so the worker stops for the right reason."""
+        fatal = self._fatal
+        if isinstance(fatal, ProducerError) and _is_fatal(err):
+            return fatal
+        return producer_error(err, topic, partition)
 
     def _on_delivery(
         self, on_delivery: DeliveryCallback | None, epoch: int, size: int, err: KafkaError | None, msg: Any
     ) -> None:
         # On the poll thread, inside poll()/flush().
         if err is not None:
-            self._record_failure(on_delivery, epoch, size, producer_error(err, msg.topic(), msg.partition()))
+            self._record_failure(on_delivery, epoch, size, self._failure(err, msg.topic(), msg.partition()))
             return
         reports = self._reports
         reports.bytes += size
