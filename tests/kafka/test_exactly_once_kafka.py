@@ -233,8 +233,12 @@ async def test_a_second_instance_with_the_same_transactional_id_fences_the_first
             await wait_for(
                 lambda: bool(errors) and first._worker is None, timeout=120, what="the fenced stop"
             )
-            # What the zombie did after the fence was never committed.
-            assert await trio.to_thread.run_sync(committed, kafka_bootstrap, app_id, source) == first_ends
+            # What the zombie did after the fence was never committed. On Apache
+            # Kafka the new instance is already committing its own progress here
+            # (the zombie stops as soon as a send hits the fence), so it is
+            # checked below instead: every output exactly once, none from the zombie.
+            if not kafka_broker.is_apache_kafka:
+                assert await trio.to_thread.run_sync(committed, kafka_bootstrap, app_id, source) == first_ends
             # On Tansu a member that leaves during a rebalance can leave the
             # joining one without an assignment, whatever the guarantee, so the
             # takeover is checked on Apache Kafka only (the kill -9 test covers
