@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -252,3 +253,44 @@ async def test_a_frozen_broker_holds_intake_at_the_producer_bound(kafka_broker: 
         worker.stop()
     values = {int(m.value()) for m in await trio.to_thread.run_sync(read_topic, bootstrap, out, 1)}
     assert values == set(range(total))
+
+
+async def test_exactly_once_commits_while_another_agent_collects_a_batch(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    app_id, batches, plain = unique("acct"), unique("acct-batches"), unique("acct-plain")
+    create_topic(kafka_bootstrap, batches, 1)
+    create_topic(kafka_bootstrap, plain, 1)
+    app = kafka_app(
+        app_id,
+        kafka_bootstrap,
+        processing_guarantee="exactly_once",
+        worker_id="w1",
+        datadir=str(tmp_path),
+        rebalance_drain_timeout=1.0,
+        shutdown_timeout=3.0,
+    )
+    batch_topic = app.topic(batches, value_type=int, partitions=1)
+    plain_topic = app.topic(plain, value_type=int, partitions=1)
+    seen: list[int] = []
+
+    @app.agent(batch_topic)
+    async def collect(stream: streamtrio.Stream[int]) -> None:
+        async for _batch in stream.take(10):  # 3 events arrive: the batch never fills
+            pass
+
+    @app.agent(plain_topic)
+    async def count(stream: streamtrio.Stream[int]) -> None:
+        async for value in stream:
+            seen.append(value)
+
+    produce(kafka_bootstrap, batches, [(None, b"1"), (None, b"2"), (None, b"3")])
+    produce(kafka_bootstrap, plain, [(None, str(i).encode()) for i in range(20)])
+    async with trio.open_nursery() as nursery:
+        worker: streamtrio.Worker = await nursery.start(streamtrio.serve, app)
+        await wait_for(lambda: last_commit(worker, plain) == 20, timeout=60, what="the plain topic's commit")
+        assert worker.committer is not None
+        assert worker.committer.statistics().postponed == 0
+        worker.stop()
+    assert await committed_async(kafka_bootstrap, app_id, plain, 1) == {0: 20}
+    assert await committed_async(kafka_bootstrap, app_id, batches, 1) in ({0: None}, {0: 0})
