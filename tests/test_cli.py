@@ -126,3 +126,28 @@ def test_user_command_runs_async_with_producer() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("sent to greetings[")
+
+
+def test_second_sigint_exits_at_once_while_user_code_blocks_the_loop() -> None:
+    """Seen: two SIGINTs, one log line, exit only after the agent's time.sleep(20) returned."""
+    proc = subprocess.Popen(
+        [*CLI, "run", "tests/apps/blocking.py"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert "blocking the loop" in proc.stdout.readline()
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=15)
+        elapsed = time.monotonic() - started
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert elapsed < 5
+    assert "SIGINT received again: exiting at once, without committing" in err

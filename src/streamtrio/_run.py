@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
+import threading
 from typing import TYPE_CHECKING
 
 import trio
@@ -40,37 +40,57 @@ async def serve(app: App, *, task_status: trio.TaskStatus[Worker] = trio.TASK_ST
     await Worker(app).serve(task_status=task_status)
 
 
-async def _watch_signals(
-    worker: Worker, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        task_status.started()
-        received = 0
-        async for signum in signals:
-            received += 1
-            name = signal.Signals(signum).name
-            if received == 1:
-                log.warning("%s received: shutting down gracefully (send it again to exit at once)", name)
-                worker.stop()
-            else:
-                log.error("%s received again: exiting at once, without committing", name)
-                sys.stderr.flush()
-                os._exit(EXIT_FORCED)
+class _Signals:
+    """SIGINT/SIGTERM for :func:`run`: the first stops the worker gracefully, a second
+    exits at once.
+
+    Plain Python handlers, not trio's signal receiver: a handler runs in the main
+    thread even while user code blocks the trio loop (``time.sleep`` in an
+    agent), so the second signal exits at once whatever the loop is doing. The
+    first only asks the loop to stop the worker (``run_sync_soon`` wakes it).
+    """
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.worker: Worker | None = None
+        self.token: trio.lowlevel.TrioToken | None = None
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)  # type: ignore[arg-type]
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received += 1
+        name = signal.Signals(signum).name
+        if self.received == 1 and self.token is not None and self.worker is not None:
+            self.token.run_sync_soon(self._first, name)
+            return
+        # Not through logging: its locks may be held by the interrupted code.
+        os.write(2, f"{name} received again: exiting at once, without committing\n".encode())
+        os._exit(EXIT_FORCED)
+
+    def _first(self, name: str) -> None:
+        log.warning("%s received: shutting down gracefully (send it again to exit at once)", name)
+        assert self.worker is not None
+        self.worker.stop()
 
 
-async def _main(app: App) -> int:
+async def _main(app: App, signals: _Signals) -> int:
     worker = Worker(app)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(_watch_signals, worker)
-        try:
-            await worker.serve()
-        except StreamtrioError as exc:
-            if worker.error is None:
-                # It never started: a configuration, topic or broker problem.
-                log.error("worker could not start: %s", exc)
-            return EXIT_ERROR
-        finally:
-            nursery.cancel_scope.cancel()
+    signals.worker = worker
+    signals.token = trio.lowlevel.current_trio_token()
+    try:
+        await worker.serve()
+    except StreamtrioError as exc:
+        if worker.error is None:
+            # It never started: a configuration, topic or broker problem.
+            log.error("worker could not start: %s", exc)
+        return EXIT_ERROR
     return EXIT_OK
 
 
@@ -81,4 +101,10 @@ def run(app: App) -> int:
     second one exits at once. Returns 0 after a graceful stop and 1 when the
     worker stopped because of an error (which is logged with its traceback).
     """
-    return trio.run(_main, app)
+    signals = _Signals()
+    if threading.current_thread() is threading.main_thread():
+        signals.install()
+    try:
+        return trio.run(_main, app, signals)
+    finally:
+        signals.restore()
