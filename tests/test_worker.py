@@ -562,3 +562,33 @@ async def test_two_agents_on_one_topic_each_get_every_event(
         gate.set()
         await wait_for(lambda: broker.committed("testapp").get(TP("fanout", 0)) == 5)
     assert slow == [0, 1, 2, 3, 4]
+
+
+async def test_a_worker_without_partitions_says_so(
+    app_factory: AppFactory,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Seen: a group that assigned nothing for minutes, and no word from any worker."""
+    settings = {"commit_interval": 1.0, "broker_session_timeout": 2.0}
+    first, second = app_factory(**settings), app_factory(**settings)
+    for app in (first, second):
+        topic = app.topic("single", value_type=int, partitions=1)
+
+        @app.agent(topic)
+        async def consume(stream: streamtrio.Stream[int]) -> None:
+            async for _ in stream:
+                pass
+
+    caplog.set_level(logging.WARNING)
+    async with running(first) as a, running(second) as b:
+        await trio.sleep(10.0)
+        idle = a if not a.source_partitions() else b
+        busy = b if idle is a else a
+        assert busy.source_partitions() == {TP("single", 0)}
+        assert idle.source_partitions() == set()
+        membership = idle.app.monitor.stats()["membership"]
+        assert membership["assigned_partitions"] == 0
+        assert membership["unassigned_for_seconds"] >= 6.0
+        assert busy.app.monitor.stats()["membership"]["unassigned_for_seconds"] is None
+    assert "group 'testapp': no partition assigned to this worker for" in caplog.text

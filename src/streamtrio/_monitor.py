@@ -141,6 +141,7 @@ class Monitor:
         worker = self._worker
         partitions: dict[str, dict[str, Any]] = {}
         commits: dict[str, Any] = {}
+        membership: dict[str, Any] = {}
         if worker is not None:
             frontiers = worker.frontiers()
             lanes: dict[TP, dict[str, int]] = {}
@@ -176,6 +177,14 @@ class Monitor:
                     ),
                     "stalled": {str(tp): off for tp, off in cstats.stalled.items()},
                 }
+            since = worker.unassigned_since
+            membership = {
+                "assigned_partitions": len(worker.source_partitions()),
+                "generation": worker.generation,
+                "unassigned_for_seconds": (
+                    round(trio.current_time() - since, 3) if since is not None else None
+                ),
+            }
             producer = worker.producer
             if producer is not None:
                 pst = producer.statistics()
@@ -186,4 +195,5 @@ class Monitor:
             "topics": rates(now.by_topic, oldest.by_topic),
             "partitions": partitions,
             "commit": commits,
+            "membership": membership,
         }

@@ -99,6 +99,8 @@ class Worker:
         self._recovering: set[TP] = set()
         self._fetch_scope: trio.CancelScope | None = None
         self._held_for_producer: list[Inbox[Message]] = []
+        #: trio time since which no source partition is assigned (None: some are)
+        self.unassigned_since: float | None = None
         #: awaited with newly assigned partitions before they are resumed (tables recover here)
         self.on_assign_hooks: list[AssignHook] = []
         #: awaited with revoked partitions after their last commit (tables release them)
@@ -226,6 +228,37 @@ class Worker:
 
     # -- the rebalance listener ------------------------------------------------
 
+    def source_partitions(self) -> set[TP]:
+        """Assigned partitions of the app's topics (not the internal leader topic)."""
+        leader = self.app.leader_topic_name
+        return {tp for tp in self.assigned if tp.topic != leader}
+
+    def _note_assignment(self) -> None:
+        if self.source_partitions():
+            self.unassigned_since = None
+        elif self.unassigned_since is None:
+            self.unassigned_since = trio.current_time()
+
+    async def _watch_membership(self) -> None:
+        """Say so, every ``commit_interval``, while a worker with subscriptions has had no
+        partition for longer than three session timeouts."""
+        conf = self.app.conf
+        quiet_for = 3 * conf.broker_session_timeout
+        while True:
+            await trio.sleep(max(conf.commit_interval, 1.0))
+            since = self.unassigned_since
+            if since is None or self.stopping:
+                continue
+            waited = trio.current_time() - since
+            if waited >= quiet_for:
+                log.warning(
+                    "group %r: no partition assigned to this worker for %.0fs (last rebalance generation "
+                    "%d): more workers than partitions, or the group is stuck in a rebalance",
+                    conf.appid,
+                    waited,
+                    self.generation,
+                )
+
     async def on_partitions_assigned(self, assigned: frozenset[TP]) -> None:
         self.generation += 1
         self.assigned |= assigned
@@ -237,6 +270,7 @@ class Worker:
             await hook(assigned)
         self._recovering -= assigned
         self._paused -= assigned
+        self._note_assignment()
         if self.consumer is not None and assigned:
             self.consumer.resume_nowait(assigned)
         log.info("assigned %s", _tps(assigned))
@@ -266,6 +300,7 @@ class Worker:
             await hook(revoked)
         self.assigned -= revoked
         self._paused -= revoked
+        self._note_assignment()
         if self.exactly_once:
             log.info("revoked %s (offsets committed in the transaction)", _tps(revoked))
         else:
@@ -428,6 +463,9 @@ class Worker:
                     work.start_soon(self._guard, "fetcher", self._fetch)
                 if self.committer is not None:
                     work.start_soon(self._guard, "commit loop", self.committer.serve)
+                if self.consumer is not None:
+                    self._note_assignment()
+                    work.start_soon(self._watch_membership)
                 for service in app._services:
                     await work.start(serve_service, self, service)
                 for timer in app._timers:
