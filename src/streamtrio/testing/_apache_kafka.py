@@ -302,7 +302,8 @@ def _format_storage(java: str, classpath: str, log4j: str, config: Path, log_pat
     """Format the KRaft log directory (static quorum of one voter) with a new cluster id."""
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     command = [java, *_JVM_OPTIONS, log4j, "-cp", classpath, "kafka.tools.StorageTool"]
-    command += ["format", "-t", cluster_id, "-c", str(config)]
+    # "=": a random id may start with "-", which the tool would take for an option.
+    command += ["format", f"--cluster-id={cluster_id}", "-c", str(config)]
     done = subprocess.run(
         command, stdin=subprocess.DEVNULL, capture_output=True, timeout=_START_TIMEOUT, check=False
     )
