@@ -64,7 +64,9 @@ async def test_two_workers_share_then_one_takes_everything(kafka_bootstrap: str,
             await wait_for(lambda: set(processed()) >= produced.pairs(), timeout=30, what="the events")
         await wait_for(lambda: mine(one) == everything, timeout=30, what="the partitions handed back")
         await produce_async(kafka_bootstrap, topic, spread_keys(1000, start=3000), produced=produced)
-        await wait_for(lambda: set(processed()) >= produced.pairs(), timeout=30, what="every event")
+        # 60 s: under a loaded CI the KIP-848 reconciliation after the hand-back
+        # took longer than 30 s once.
+        await wait_for(lambda: set(processed()) >= produced.pairs(), timeout=60, what="every event")
     assert set(processed()) == produced.pairs()
     assert duplicates(processed()) == {}, "graceful rebalances processed events twice"
     assert await committed_async(kafka_bootstrap, app_id, topic, PARTITIONS) == produced.ends()
