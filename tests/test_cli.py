@@ -19,6 +19,12 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
     )
 
 
+def start_cli(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*CLI, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
 def test_crashing_agent_exits_non_zero_with_traceback_and_offset() -> None:
     result = run_cli("run", "tests/apps/crashing.py", "--loglevel", "info")
     assert result.returncode == 1, result.stderr
@@ -31,13 +37,7 @@ def test_crashing_agent_exits_non_zero_with_traceback_and_offset() -> None:
 
 
 def test_sigint_stops_gracefully_with_offsets_committed() -> None:
-    proc = subprocess.Popen(
-        [*CLI, "run", "examples/wordcount.py"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_cli("run", "examples/wordcount.py")
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # the first report: the worker is processing
@@ -130,13 +130,7 @@ def test_user_command_runs_async_with_producer() -> None:
 
 def test_second_sigint_exits_at_once_while_user_code_blocks_the_loop() -> None:
     """Seen: two SIGINTs, one log line, exit only after the agent's time.sleep(20) returned."""
-    proc = subprocess.Popen(
-        [*CLI, "run", "tests/apps/blocking.py"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_cli("run", "tests/apps/blocking.py")
     try:
         assert proc.stdout is not None
         assert "blocking the loop" in proc.stdout.readline()
