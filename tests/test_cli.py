@@ -33,7 +33,7 @@ def test_crashing_agent_exits_non_zero_with_traceback_and_offset() -> None:
     assert "RuntimeError: five is not allowed" in result.stderr
     assert "topic='numbers' partition=0 offset=5" in result.stderr
     # the final commit stops before the failing event
-    assert "final commit: {'numbers[0]': 5}" in result.stderr
+    assert "final commit: numbers[0]@5" in result.stderr
 
 
 def test_sigint_stops_gracefully_with_offsets_committed() -> None:
@@ -51,7 +51,7 @@ def test_sigint_stops_gracefully_with_offsets_committed() -> None:
     assert proc.returncode == 0, err
     assert elapsed < 30
     assert "shutting down gracefully" in err
-    assert "final commit: {'sentences[" in err
+    assert "final commit: sentences[" in err
 
 
 def test_bad_app_paths_are_clear_errors() -> None:

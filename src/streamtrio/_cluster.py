@@ -327,7 +327,8 @@ class ClusterMember:
                     task_status.started()
         finally:
             self._wake = None
-            with trio.move_on_after(self.app.conf.shutdown_timeout, shield=True):
+            limit = worker.transport.close_time_left(self.app.conf.shutdown_timeout)
+            with trio.move_on_after(limit, shield=True):
                 await self._send(tombstone=True)
 
     async def _follow(self, reader: Any, caught_up: trio.Event) -> None:
@@ -416,7 +417,8 @@ class ClusterMember:
             return
         lock = self._publish_lock or trio.Lock()
         try:
-            with trio.move_on_after(self.app.conf.broker_request_timeout) as scope:
+            limit = worker.transport.close_time_left(self.app.conf.broker_request_timeout)
+            with trio.move_on_after(limit) as scope:
                 async with lock:
                     # Computed under the lock: the claim sent last is the current one.
                     value = None if tombstone else self.claim().to_json()
@@ -432,8 +434,10 @@ class ClusterMember:
         self.publish_soon()
 
     async def _on_revoked(self, revoked: frozenset[TP]) -> None:
+        # Published by the publisher task: a rebalance never waits on the broker
+        # for a routing hint (the new owner publishes its own claim).
         self._active = self._active - revoked
-        await self._send()
+        self.publish_soon()
 
 
 def _is_source(app: App, topic: str) -> bool:

@@ -21,9 +21,10 @@ transaction rather than by the consumer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from functools import partial
+from typing import Protocol, TypeVar
 
 import trio
 
@@ -38,6 +39,14 @@ log = logging.getLogger(__name__)
 #: A partition whose frontier has not moved for this long while it has events
 #: in flight is reported as stalled.
 STALL_AFTER = 30.0
+#: A commit step waiting on the broker says so after this long, and again at this interval.
+REPORT_WAIT_EVERY = 10.0
+#: A retriable commit error is retried within at least this window (or the commit interval).
+_RETRY_WINDOW = 2.0
+_FIRST_BACKOFF = 0.1
+_MAX_BACKOFF = 1.0
+
+T = TypeVar("T")
 
 
 class CommitParticipant(Protocol):
@@ -118,10 +127,15 @@ class Committer:
         self._interval = interval
         self._generation = generation
         self.participants: list[CommitParticipant] = []
+        #: trio time by which a stopping worker's last commit steps must be over
+        self.close_by: float | None = None
         self.committed: dict[TP, int] = {}
         self._commits = 0
         self._last_commit_at: float | None = None
         self._lock = trio.Lock()
+        # True while the lock holder waits for the group commit (the consumer
+        # thread): a revoke running meanwhile must not wait for the lock.
+        self._committing_offsets = False
         self._progress: dict[TP, tuple[int, float]] = {}
         self._stalled: dict[TP, int] = {}
 
@@ -138,30 +152,120 @@ class Committer:
         todo = {tp: off for tp, off in offsets.items() if off > self.committed.get(tp, -1)}
         for participant in self.participants:
             await participant.prepare_commit(todo)
-        await self._producer.flush()
+        await self._reporting(self._delivery_wait, self._producer.flush)
         for participant in self.participants:
             await participant.complete_commit(todo)
         return todo
 
-    async def commit(self, tps: Collection[TP] | None = None) -> dict[TP, int]:
+    async def prepare_revoked(self, offsets: Mapping[TP, int]) -> dict[TP, int]:
+        """:meth:`prepare` for partitions being revoked, serialized with the periodic commits.
+
+        A periodic commit in progress finishes first, so its older snapshot
+        cannot land after this one. If it is already waiting for the group
+        commit, that commit is queued on the consumer thread before this
+        revoke's (and this revoke runs inside that thread's wait), so this one
+        goes ahead.
+        """
+        if self._committing_offsets:
+            return await self.prepare(offsets=offsets)
+        async with self._lock:
+            return await self.prepare(offsets=offsets)
+
+    def _delivery_wait(self) -> str:
+        return f"the delivery of {self._producer.statistics().queued} produced message(s)"
+
+    async def _reporting(self, what: Callable[[], str], step: Callable[[], Awaitable[T]]) -> T:
+        """Await ``step``; while it takes longer than ``REPORT_WAIT_EVERY``, say what it waits for."""
+
+        async def report() -> None:
+            started = trio.current_time()
+            while True:
+                await trio.sleep(REPORT_WAIT_EVERY)
+                log.warning(
+                    "commit: waiting %.0fs for %s (is the broker reachable?); nothing is "
+                    "committed meanwhile",
+                    trio.current_time() - started,
+                    what(),
+                )
+
+        error: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(report)
+            try:
+                result = await step()
+            except Exception as exc:
+                # Raised below as itself, not wrapped in the nursery's exception group.
+                error = exc
+            nursery.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        return result
+
+    async def commit(
+        self, tps: Collection[TP] | None = None, *, deadline: float | None = None
+    ) -> dict[TP, int]:
         """Run the whole commit sequence now. Returns what was committed.
 
+        A retriable group-commit error (the coordinator moved or did not
+        answer) is retried with backoff within the commit interval (at least
+        two seconds), or until ``deadline`` (a trio time) when one is given;
+        after that, a periodic commit gives up until the next interval.
+
         Raises:
-            CommitError: the group commit failed (and no rebalance explains it).
+            CommitError: the group commit failed with a non-retriable error (and
+                no rebalance explains it), or, with a ``deadline``, did not
+                succeed before it.
         """
         async with self._lock:
             generation = self._generation()
             todo = await self.prepare(tps)
             if not todo:
                 return {}
-            assert self._consumer is not None
+            self._committing_offsets = True
             try:
-                await self._consumer.commit(todo)
+                return await self._commit_offsets(todo, generation, deadline)
+            finally:
+                self._committing_offsets = False
+
+    async def _commit_offsets(
+        self, todo: dict[TP, int], generation: int, deadline: float | None
+    ) -> dict[TP, int]:
+        assert self._consumer is not None
+        consumer = self._consumer
+        retry_until = (
+            deadline if deadline is not None else trio.current_time() + max(self._interval, _RETRY_WINDOW)
+        )
+        backoff = _FIRST_BACKOFF
+        attempt = 1
+        described = ", ".join(f"{tp}@{off}" for tp, off in sorted(todo.items()))
+        while True:
+            wait = None if deadline is None else max(deadline - trio.current_time(), 0.05)
+            try:
+                await self._reporting(
+                    lambda: f"the group coordinator to accept the commit of {described}",
+                    partial(consumer.commit, todo, answer_within=wait),
+                )
             except CommitError as exc:
                 if self._generation() != generation:
                     log.info("commit skipped: partitions moved in a rebalance (%s)", exc)
                     return {}
-                raise
+                if not exc.retriable:
+                    raise
+                if trio.current_time() + backoff >= retry_until:
+                    log.warning(
+                        "commit failed %d time(s) with a retriable error; %s: %s",
+                        attempt,
+                        "giving up" if deadline is not None else "trying again at the next commit",
+                        exc,
+                    )
+                    if deadline is not None:
+                        raise
+                    return {}
+                log.warning("commit failed (attempt %d), retrying in %.1fs: %s", attempt, backoff, exc)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+                attempt += 1
+                continue
             self.mark_committed(todo)
             return todo
 

@@ -136,7 +136,17 @@ class DeadLetterError(ProducerError):
 
 
 class CommitError(TransportError):
-    """An offset commit was refused or failed."""
+    """An offset commit was refused or failed.
+
+    Attributes:
+        retriable: the same commit may succeed if tried again (the group
+            coordinator moved or is loading, a rebalance is in progress, the
+            broker did not answer in time); the commit loop retries those.
+    """
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
 
 
 class TopicError(TransportError):

@@ -91,15 +91,20 @@ async def _main(app: App, signals: _Signals) -> int:
             # It never started: a configuration, topic or broker problem.
             log.error("worker could not start: %s", exc)
         return EXIT_ERROR
+    if worker.unfinished:
+        log.error("stopped with work left undone: %s", "; ".join(worker.unfinished))
+        return EXIT_ERROR
     return EXIT_OK
 
 
 def run(app: App) -> int:
     """Run a worker for ``app`` until SIGINT/SIGTERM or an error; return the exit code.
 
-    The first signal shuts down gracefully within ``shutdown_timeout``; a
-    second one exits at once. Returns 0 after a graceful stop and 1 when the
-    worker stopped because of an error (which is logged with its traceback).
+    The first signal shuts down gracefully within ``shutdown_timeout`` (plus
+    about a second to leave the group and close); a second one exits at once.
+    Returns 0 after a complete graceful stop, and 1 when the worker stopped
+    because of an error (logged with its traceback) or its stop left work
+    undone (offsets not committed, messages not delivered; logged by name).
     """
     signals = _Signals()
     if threading.current_thread() is threading.main_thread():

@@ -186,9 +186,17 @@ class TransactionalCommitter(Committer):
                 self._release()
         return {}
 
-    async def commit(self, tps: Collection[TP] | None = None) -> dict[TP, int]:
+    async def prepare_revoked(self, offsets: Mapping[TP, int]) -> dict[TP, int]:
+        # prepare() takes the lock itself.
+        return await self.prepare(offsets=offsets)
+
+    async def commit(
+        self, tps: Collection[TP] | None = None, *, deadline: float | None = None
+    ) -> dict[TP, int]:
         """Commit the transaction now with every partition's frontier (``tps`` is ignored:
         a transaction covers the whole worker). Returns the offsets committed.
+
+        ``deadline`` is not used here: the caller bounds the transaction commit.
 
         Postponed (returns ``{}``) when events stay in flight longer than the
         quiesce timeout; while the worker stops, that aborts the transaction.
@@ -248,7 +256,7 @@ class TransactionalCommitter(Committer):
         """Abort the transaction and drop the uncommitted table state."""
         if self.failed is None:
             self.failed = error
-        with trio.move_on_after(_GRACE, shield=True):
+        with trio.move_on_at(self._until(), shield=True):
             if not isinstance(error, ProducerFencedError):
                 try:
                     await self._producer.abort_transaction()
@@ -269,7 +277,7 @@ class TransactionalCommitter(Committer):
         """Before the producer closes: commit what was sent since the last commit
         (outside any event: timers, the cluster map) when the worker stopped
         gracefully, else abort it."""
-        with trio.move_on_after(_GRACE, shield=True):
+        with trio.move_on_at(self._until(), shield=True):
             async with self._lock:
                 try:
                     if graceful and self.failed is None:
@@ -278,6 +286,11 @@ class TransactionalCommitter(Committer):
                         await self._producer.abort_transaction()
                 except TransportError as exc:
                     log.warning("closing the transaction: %s", exc)
+
+    def _until(self) -> float:
+        """When aborting or finishing must give up: ``_GRACE`` from now, or the close deadline."""
+        until = trio.current_time() + _GRACE
+        return until if self.close_by is None else min(until, self.close_by)
 
     def statistics(self) -> CommitStatistics:
         return dataclasses.replace(

@@ -50,6 +50,17 @@ log = logging.getLogger(__name__)
 
 AssignHook = Callable[[frozenset[TP]], Awaitable[None]]
 
+#: Past the stop deadline (``shutdown_timeout`` after the stop request), leaving
+#: the group and closing the clients get at most this long: the whole stop
+#: takes at most ``shutdown_timeout`` plus this and the process's own exit.
+CLOSE_MARGIN = 1.0
+#: While a starting worker has no assignment, it says so this often (seconds).
+JOIN_REPORT_EVERY = 5.0
+#: What a revoke while stopping may take when the stop deadline has passed.
+_REVOKE_AFTER_DEADLINE = 0.2
+#: The most of ``shutdown_timeout`` kept from the drain for the final commit.
+_COMMIT_RESERVE = 2.0
+
 
 class Component(Protocol):
     """A part of the worker with a lifetime of its own (the table manager, the web server).
@@ -90,6 +101,11 @@ class Worker:
         self.error: BaseException | None = None
         self.stopping = False
         self.ready = False
+        #: trio time by which the stop must be done (set by the first stop request)
+        self.deadline: float | None = None
+        #: what a stop left undone (uncommitted offsets, undelivered messages);
+        #: empty after a complete stop. ``streamtrio run`` exits 1 when it is not.
+        self.unfinished: list[str] = []
         self._stop: trio.Event | None = None
         self._topic_inboxes: list[tuple[Topic[Any], Inbox[Message]]] = []
         self._dynamic_topics: list[Topic[Any]] = []
@@ -103,17 +119,28 @@ class Worker:
         self.unassigned_since: float | None = None
         #: awaited with newly assigned partitions before they are resumed (tables recover here)
         self.on_assign_hooks: list[AssignHook] = []
-        #: awaited with revoked partitions after their last commit (tables release them)
+        #: awaited with revoked partitions after their last commit (tables release them);
+        #: also with lost partitions, after ``on_lost_hooks``
         self.on_revoke_hooks: list[AssignHook] = []
+        #: awaited first with lost partitions (tables discard what they had not persisted)
+        self.on_lost_hooks: list[AssignHook] = []
         #: act at every commit (tables produce their changelog, then persist)
         self.commit_participants: list[CommitParticipant] = []
 
     # -- control --------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask the worker to shut down gracefully."""
+        """Ask the worker to shut down gracefully, within ``shutdown_timeout`` from now."""
         if self._stop is not None:
+            if self.deadline is None:
+                self.deadline = trio.current_time() + self.app.conf.shutdown_timeout
             self._stop.set()
+
+    def _close_by(self) -> float:
+        """trio time by which leaving the group and closing the clients must be over."""
+        if self.deadline is None:
+            self.deadline = trio.current_time() + self.app.conf.shutdown_timeout
+        return self.deadline + CLOSE_MARGIN
 
     def crash(self, error: BaseException) -> None:
         """Stop because of ``error``; the first error is re-raised by :meth:`serve`."""
@@ -239,6 +266,21 @@ class Worker:
         elif self.unassigned_since is None:
             self.unassigned_since = trio.current_time()
 
+    async def _announce_joining(self) -> None:
+        """Say, every ``JOIN_REPORT_EVERY`` seconds, that the group has not assigned anything yet."""
+        started = trio.current_time()
+        group = self.app.conf.appid
+        log.info("joining group %r (waiting for assignment)", group)
+        while self.generation == 0 and not self.stopping:
+            await trio.sleep(JOIN_REPORT_EVERY)
+            if self.generation == 0 and not self.stopping:
+                log.warning(
+                    "joining group %r: still waiting for an assignment after %.0fs (the group is "
+                    "rebalancing; a member that does not rejoin holds it up to its max.poll.interval)",
+                    group,
+                    trio.current_time() - started,
+                )
+
     async def _watch_membership(self) -> None:
         """Say so, every ``commit_interval``, while a worker with subscriptions has had no
         partition for longer than three session timeouts."""
@@ -283,8 +325,14 @@ class Worker:
                 lane = inbox.revoke_lane(tp)
                 if lane is not None:
                     lanes.append(lane)
-        if not self.stopping:
-            await self._wait_idle(lanes, self.app.conf.rebalance_drain_timeout, "rebalance")
+        now = trio.current_time()
+        drain_until = now + self.app.conf.rebalance_drain_timeout
+        if self.stopping:
+            # After the final commit: only what was produced since, briefly.
+            assert self.deadline is not None
+            drain_until = min(drain_until, max(self.deadline, now + _REVOKE_AFTER_DEADLINE))
+        else:
+            await self._wait_idle(lanes, drain_until, "rebalance")
         offsets: dict[TP, int] = {}
         for lane in lanes:
             frontier = lane.frontier()
@@ -292,10 +340,17 @@ class Worker:
                 offsets[lane.tp] = min(frontier, offsets.get(lane.tp, frontier))
         todo: dict[TP, int] = {}
         if self.committer is not None:
-            with trio.move_on_after(self.app.conf.rebalance_drain_timeout, shield=True):
+            with trio.move_on_at(drain_until, shield=True) as scope:
                 # exactly_once: commits the transaction, returns nothing to commit
-                todo = await self.committer.prepare(offsets=offsets)
-                self.committer.forget(revoked)
+                todo = await self.committer.prepare_revoked(offsets)
+            if scope.cancelled_caught:
+                log.warning(
+                    "revoked %s: what their events produced was not delivered in time; "
+                    "not committing %s",
+                    _tps(revoked),
+                    _offsets(offsets),
+                )
+            self.committer.forget(revoked)
         for hook in self.on_revoke_hooks:
             await hook(revoked)
         self.assigned -= revoked
@@ -307,21 +362,64 @@ class Worker:
             log.info("revoked %s (committing %s)", _tps(revoked), {str(k): v for k, v in todo.items()})
         return todo
 
-    async def _wait_idle(self, lanes: Collection[Lane[Any]], grace: float, why: str) -> None:
-        """Wait (shielded, at most ``grace`` seconds) until no event of ``lanes`` is in flight."""
-        with trio.move_on_after(grace, shield=True) as scope:
+    async def on_partitions_lost(self, lost: frozenset[TP]) -> None:
+        """Partitions were taken away without a handover (the session timed out, the
+        member was fenced): another worker may own them already (rule 8).
+
+        Nothing more is written for them: their buffered events are dropped, the
+        events in flight are cut off (what they still write to tables is
+        discarded, and they are never committed), the tables drop what they had
+        not persisted and the changelog records still queued in the producer,
+        and no offset is committed. The next owner processes them again from the
+        last commit and rebuilds their tables from the changelog.
+        """
+        self.generation += 1
+        busy: dict[TP, int] = {}
+        for tp in lost:
+            for inbox in self._route(tp.topic):
+                lane = inbox.revoke_lane(tp)
+                frontier = lane.frontier() if lane is not None else None
+                if lane is not None and frontier is not None and lane.unacked() > 0:
+                    busy[tp] = min(frontier, busy.get(tp, frontier))
+        if self.committer is not None:
+            self.committer.forget(lost)
+        for hook in self.on_lost_hooks:
+            await hook(lost)
+        for hook in self.on_revoke_hooks:
+            await hook(lost)
+        self.assigned -= lost
+        self._paused -= lost
+        self._note_assignment()
+        log.warning(
+            "lost %s without a handover (session timeout or fencing): another worker may own them; "
+            "nothing more is written or committed for them%s",
+            _tps(lost),
+            f" (events in flight cut off at {_offsets(busy)})" if busy else "",
+        )
+
+    async def _wait_idle(self, lanes: Collection[Lane[Any]], until: float, why: str) -> dict[TP, int]:
+        """Wait (shielded, until trio time ``until``) until no event of ``lanes`` is in flight.
+
+        Returns the partitions still busy then, with the offset of their oldest
+        unfinished event.
+        """
+        with trio.move_on_at(until, shield=True):
             # Acks happen on the hot path and notify nobody; polling here, only
             # during a rebalance or shutdown, keeps them cheap.
             while any(lane.unacked() > 0 for lane in lanes):  # noqa: ASYNC110
                 await trio.sleep(0.005)
-        if scope.cancelled_caught:
-            busy = [str(lane.tp) for lane in lanes if lane.unacked() > 0]
+        busy: dict[TP, int] = {}
+        for lane in lanes:
+            frontier = lane.frontier()
+            if lane.unacked() > 0 and lane.tp is not None and frontier is not None:
+                busy[lane.tp] = min(frontier, busy.get(lane.tp, frontier))
+        if busy:
             log.warning(
-                "%s: events still in flight after %.1fs on %s; they will be processed again",
+                "%s: events still in flight at %s; they will be processed again",
                 why,
-                grace,
-                ", ".join(busy),
+                _offsets(busy),
             )
+        return busy
 
     # -- frontiers ---------------------------------------------------------------
 
@@ -456,6 +554,8 @@ class Worker:
                 )
             if self.committer is not None:
                 self.committer.participants.extend(self.commit_participants)
+            # However the work nursery ends, closing is bounded.
+            stack.callback(self._bound_closing)
             async with trio.open_nursery() as work:
                 for agent, source in plan:
                     await work.start(agent._serve, self, source)
@@ -466,6 +566,7 @@ class Worker:
                 if self.consumer is not None:
                     self._note_assignment()
                     work.start_soon(self._watch_membership)
+                    work.start_soon(self._announce_joining)
                 for service in app._services:
                     await work.start(serve_service, self, service)
                 for timer in app._timers:
@@ -479,6 +580,10 @@ class Worker:
                 await self._stop.wait()
                 await self._shutdown()
                 work.cancel_scope.cancel()
+        if self.producer is not None and self.producer.undelivered_at_close:
+            self.unfinished.append(
+                f"{self.producer.undelivered_at_close} produced message(s) not delivered before the deadline"
+            )
 
     def _producer_full(self) -> None:
         """Backpressure from the producer: while it holds more undelivered bytes or
@@ -508,36 +613,56 @@ class Worker:
     async def _shutdown(self) -> None:
         conf = self.app.conf
         self.stopping = True
+        deadline = self._close_by() - CLOSE_MARGIN
         log.info(
-            "stopping: draining in-flight events and committing (grace %.1fs)",
-            conf.shutdown_timeout,
+            "stopping: draining in-flight events and committing (deadline %.1fs)",
+            deadline - trio.current_time(),
         )
-        with trio.move_on_after(conf.shutdown_timeout, shield=True) as scope:
+        pending: dict[TP, int] = {}
+        with trio.move_on_at(deadline, shield=True) as scope:
             if self._fetch_scope is not None:
                 self._fetch_scope.cancel()
             inboxes: list[Inbox[Any]] = [inbox for _t, inbox in self._topic_inboxes] + self._channel_inboxes
             for inbox in inboxes:
                 inbox.close()
             lanes = [lane for inbox in inboxes for lane in inbox.lanes.values()]
-            await self._wait_idle(lanes, conf.shutdown_timeout, "shutdown")
+            # The drain leaves part of the time to the final commit.
+            reserve = min(max(0.2 * conf.shutdown_timeout, 0.1), _COMMIT_RESERVE)
+            busy = await self._wait_idle(lanes, deadline - reserve, "shutdown")
+            if busy:
+                self.unfinished.append(f"not committed: events in flight at {_offsets(busy)}")
             if isinstance(self.committer, TransactionalCommitter) and self.error is not None:
                 # Nothing of a failed run is committed: the restart resumes
                 # from the last committed offsets and table state.
                 await self.committer.abort(self.error)
             elif self.committer is not None:
+                committed_before = self.committer.committed
+                pending = {
+                    tp: off for tp, off in self.frontiers().items() if off > committed_before.get(tp, -1)
+                }
                 try:
-                    committed = await self.committer.commit()
+                    committed = await self.committer.commit(deadline=deadline)
                 except StreamtrioError as exc:
                     log.error("final commit failed: %s", exc)
+                    self.unfinished.append(f"not committed: {_offsets(pending)} ({exc})")
                     if self.error is None:
                         self.error = exc
                 else:
-                    log.info(
-                        "final commit: %s",
-                        {str(tp): off for tp, off in committed.items()} or "nothing new",
-                    )
+                    pending = {}
+                    log.info("final commit: %s", _offsets(committed) if committed else "nothing new")
         if scope.cancelled_caught:
-            log.warning("shutdown grace period (%.1fs) ran out", conf.shutdown_timeout)
+            log.warning("shutdown deadline (shutdown_timeout=%.1fs) reached", conf.shutdown_timeout)
+            if pending:
+                self.unfinished.append(f"not committed: {_offsets(pending)} (the deadline was reached)")
+        self._bound_closing()
+
+    def _bound_closing(self) -> None:
+        """Tell the clients and the committer when closing must be over."""
+        close_by = self._close_by()
+        self.transport.close_by = close_by
+        for client in (self.consumer, self.producer, self.committer):
+            if client is not None:
+                client.close_by = close_by
 
     async def _finish_transactions(self) -> None:
         """Before the transactional producer closes: commit or abort its last transaction."""
@@ -545,7 +670,8 @@ class Worker:
         if isinstance(committer, TransactionalCommitter):
             await committer.finish(graceful=self.stopping and self.error is None)
         elif self.producer is not None:
-            with trio.move_on_after(self.app.conf.shutdown_timeout, shield=True):
+            limit = self.transport.close_time_left(self.app.conf.shutdown_timeout)
+            with trio.move_on_after(limit, shield=True):
                 try:
                     await self.producer.abort_transaction()
                 except StreamtrioError as exc:
@@ -565,6 +691,11 @@ def _single_error(group: BaseExceptionGroup[BaseException]) -> StreamtrioError |
     if len(leaves) == 1 and isinstance(leaves[0], StreamtrioError):
         return leaves[0]
     return None
+
+
+def _offsets(offsets: Mapping[TP, int]) -> str:
+    """``topic[p]@offset, ...`` in partition order."""
+    return ", ".join(f"{tp}@{off}" for tp, off in sorted(offsets.items()))
 
 
 def _tps(tps: Collection[TP]) -> str:

@@ -143,7 +143,7 @@ def test_sigint_stops_a_kafka_worker_gracefully_with_offsets_committed(
     assert code == 0, log
     assert elapsed < 15, f"took {elapsed:.1f}s to stop (grace 15s)"
     assert "SIGINT received: shutting down gracefully" in log
-    assert "final commit: {" in log
+    assert "final commit: " in log and "final commit failed" not in log
     assert "processed 41:" not in log
     ends = produced.ends()
     assert committed(kafka_bootstrap, app_id, topic, PARTITIONS) == {

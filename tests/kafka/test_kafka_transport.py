@@ -626,3 +626,34 @@ async def commit_while_frozen(
     finally:
         os.kill(pid, signal.SIGCONT)
     return outcome
+
+
+async def test_a_commit_never_includes_a_partition_this_member_no_longer_owns(
+    transport: KafkaTransport, new_topic: TopicFactory
+) -> None:
+    # A periodic commit read its offsets before a rebalance took half the
+    # partitions away; landing after the revoke's commit it would move the
+    # new owner's offsets back. The transport drops what is not owned.
+    topic = await new_topic(4)
+    all_tps = frozenset(TP(topic, p) for p in range(4))
+    group = group_name()
+    first_listener, second_listener = Listener(), Listener()
+    async with transport.open_consumer(group_id=group, topics=[topic], listener=first_listener) as first:
+        first_listener.attach(first)
+        await wait_for(lambda: first.assignment() == all_tps, "the whole topic")
+        async with transport.open_consumer(
+            group_id=group, topics=[topic], listener=second_listener
+        ) as second:
+            second_listener.attach(second)
+            await wait_for(
+                lambda: len(first.assignment()) == 2 and len(second.assignment()) == 2,
+                "the group to split the partitions",
+            )
+            mine, theirs = first.assignment(), second.assignment()
+            await second.commit(dict.fromkeys(theirs, 7))
+            # The stale snapshot: every partition, older offsets.
+            await first.commit(dict.fromkeys(all_tps, 3))
+            assert await first.committed(all_tps) == {
+                **dict.fromkeys(mine, 3),
+                **dict.fromkeys(theirs, 7),
+            }

@@ -95,6 +95,8 @@ class TableManager(Mapping[str, Table]):
         #: produce each write at once (the table_changelog_eager setting)
         self.eager = False
         self._worker: Worker | None = None
+        #: table writes dropped because their event's partition was lost or revoked meanwhile
+        self.discarded_writes = 0
         self._stores: dict[str, Store] = {}
         self._persist_lock = trio.Lock()
         self._follow_lock = trio.Lock()
@@ -194,6 +196,7 @@ class TableManager(Mapping[str, Table]):
         if self._tables:
             worker.on_assign_hooks.append(self._on_assign)
             worker.on_revoke_hooks.append(self._on_revoke)
+            worker.on_lost_hooks.append(self._on_lost)
             worker.commit_participants.append(self)
 
     def _reset(self) -> None:
@@ -284,7 +287,9 @@ class TableManager(Mapping[str, Table]):
     async def _close(self, worker: Worker) -> None:
         graceful = worker.stopping and worker.committer is None and self.running
         self.running = False
-        with trio.move_on_after(self.app.conf.shutdown_timeout, shield=True) as scope:
+        # Local disk work: at least a moment, even past the stop deadline.
+        limit = max(worker.transport.close_time_left(self.app.conf.shutdown_timeout), 0.5)
+        with trio.move_on_after(limit, shield=True) as scope:
             if graceful:
                 # No commit loop persists the tables' writes (no group): do it here.
                 await self.flush()
@@ -292,7 +297,7 @@ class TableManager(Mapping[str, Table]):
                 for store in self._stores.values():
                     await store.aclose()
         if scope.cancelled_caught:
-            log.error("tables: the store could not be closed within shutdown_timeout")
+            log.error("tables: the store could not be closed within the stop deadline (%.1fs)", limit)
         self._stores = {}
         self._recovery_reader = None
         self._follower = None
@@ -532,6 +537,41 @@ class TableManager(Mapping[str, Table]):
                 why,
                 count,
             )
+
+    async def _on_lost(self, lost: frozenset[TP]) -> None:
+        """Partitions were lost (no handover): drop their tables' unpersisted writes
+        and their changelog records not delivered yet, so nothing written here
+        lands after the new owner's writes (which would move a key back)."""
+        sources = {tp for tp in lost if self._is_source(tp.topic)}
+        kept = {tp.partition for tp in self.sources - sources}
+        gone = sorted({tp.partition for tp in sources} - kept)
+        if not gone:
+            return
+        self.sources -= sources
+        changelogs: set[TP] = set()
+        async with self._persist_lock:
+            for table in self._partitioned():
+                for n in gone:
+                    changelogs.add(table.changelog_tp(n))
+                    part = table._parts.pop(n, None)
+                    if part is not None and part.unpersisted():
+                        log.warning(
+                            "table %r partition %d lost with %d writes not persisted: discarded "
+                            "(the new owner has the changelog and processes the events again)",
+                            table.name,
+                            n,
+                            part.unpersisted(),
+                        )
+        worker = self._worker
+        if worker is not None and not worker.exactly_once and changelogs:
+            # exactly_once: the open transaction is aborted instead.
+            dropped = await self.producer.discard_queued(changelogs)
+            if dropped:
+                log.warning(
+                    "dropped %d changelog record(s) of lost partitions not delivered yet (%s)",
+                    dropped,
+                    ", ".join(map(str, sorted(changelogs))),
+                )
 
     async def _on_revoke(self, revoked: frozenset[TP]) -> None:
         sources = {tp for tp in revoked if self._is_source(tp.topic)}

@@ -60,6 +60,8 @@ class _Deleted:
 #: The value of a key deleted in a layer (a tombstone until it is persisted).
 DELETED: Any = _Deleted()
 _MISSING: Any = object()
+#: The partition of an event from a source partition no longer owned: its writes are dropped.
+_LOST = -1
 
 
 class Layer:
@@ -453,7 +455,13 @@ class Table(MutableMapping[Any, Any]):
     # -- locating keys -------------------------------------------------------------------
 
     def _event_partition(self) -> int | None:
-        """The source partition of the event being processed, if it is one this worker owns."""
+        """The source partition of the event being processed, if it is one this worker owns.
+
+        ``_LOST`` when the event is from a source partition this worker no
+        longer owns (revoked or lost while the event was in flight): its
+        writes are discarded, since its offset is never committed here and
+        the new owner processes it again.
+        """
         if self.use_partitioner:
             return None
         event = current_event()
@@ -461,6 +469,9 @@ class Table(MutableMapping[Any, Any]):
             return None
         message = event.message
         if (message.topic, message.partition) not in self._manager.sources:
+            lane = event._lane
+            if lane is not None and lane.revoked and lane.tp is not None:
+                return _LOST
             return None
         n = message.partition
         if n >= self.partitions:
@@ -483,6 +494,8 @@ class Table(MutableMapping[Any, Any]):
         self._check_running()
         n = self._event_partition()
         parts = self._parts
+        if n == _LOST:
+            return None, _MISSING
         if n is not None:
             part = parts.get(n)
             return part, (_MISSING if part is None else self._get_in(part, kbytes))
@@ -515,6 +528,9 @@ class Table(MutableMapping[Any, Any]):
 
     def _write_partition(self, kbytes: bytes) -> TablePartition:
         n = self._event_partition()
+        if n == _LOST:
+            self._manager.discarded_writes += 1
+            return TablePartition(_LOST)  # written to, then dropped
         if n is None:
             found, value = self._find(kbytes)
             if found is not None and value is not _MISSING:
@@ -529,7 +545,7 @@ class Table(MutableMapping[Any, Any]):
         """The changelog partition a write of ``key`` made now goes to."""
         self._encode_key(key)  # the key must be storable
         n = self._event_partition()
-        return n if n is not None else self.key_partition(key)
+        return n if n is not None and n != _LOST else self.key_partition(key)
 
     def _home(self, kbytes: bytes) -> int:
         """The owning partition of a stored (plain, unwindowed) key."""
@@ -550,7 +566,7 @@ class Table(MutableMapping[Any, Any]):
     def _put(self, part: TablePartition, kbytes: bytes, key: Any, value: Any, vbytes: bytes | None) -> None:
         layer = part.dirty
         layer.data[kbytes] = (key, value, vbytes)
-        if self._manager.eager:
+        if self._manager.eager and part.number != _LOST:
             layer.outstanding += 1
             self._manager.producer.send_nowait(
                 self.changelog_topic_name, kbytes, vbytes, partition=part.number, on_delivery=layer.delivered

@@ -42,7 +42,7 @@ from .._records import FieldDescriptor
 from .._settings import parse_duration
 from .._stream import current_event
 from .base import MAX_KEY_SIZE, StorePartition
-from .table import _MISSING, DELETED, Table, TablePartition
+from .table import _LOST, _MISSING, DELETED, Table, TablePartition
 from .windows import STREAM_TIME_KEY, Duration, Window, WindowRange, from_us, timestamp_of, to_us
 
 if TYPE_CHECKING:
@@ -256,6 +256,9 @@ class Windowing:
         table = self.table
         table._check_running()
         n = table._event_partition()
+        if n == _LOST:
+            table._manager.discarded_writes += 1
+            return n, TablePartition(n)  # written to, then dropped
         if n is None:
             n = table._home(kbytes)
         part = table._parts.get(n)

@@ -12,7 +12,7 @@ Offsets follow Kafka's convention: a committed offset is the offset of the
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -118,9 +118,16 @@ class Producer(ABC):
 
     Attributes:
         bound: the bytes and messages held undelivered, and their limits.
+        close_by: trio time by which closing must be over (set by a stopping
+            worker; ``None``: the transport's own close timeout applies).
+            What is not delivered by then is failed and counted.
+        undelivered_at_close: messages still undelivered when closing ran out
+            of time (they were failed).
     """
 
     bound: QueueBound
+    close_by: float | None = None
+    undelivered_at_close: int = 0
 
     @abstractmethod
     def send_nowait(
@@ -182,6 +189,15 @@ class Producer(ABC):
             raise result
         assert result is not None
         return result
+
+    async def discard_queued(self, tps: Collection[TP]) -> int:
+        """Drop the messages for these partitions that are not delivered yet; every
+        other message is sent as usual. Returns how many were dropped.
+
+        A worker that lost partitions calls this for their changelog, so that
+        nothing it wrote for them lands after their new owner's writes.
+        """
+        return 0
 
     @abstractmethod
     async def flush(self) -> None:
@@ -279,11 +295,31 @@ class RebalanceListener(Protocol):
         ...
 
 
+def lost_handler(listener: RebalanceListener) -> Callable[[frozenset[TP]], Awaitable[object]]:
+    """What to await when partitions are *lost* (taken away without a handover).
+
+    A listener with ``on_partitions_lost`` (the worker) writes nothing more for
+    them; a plain listener gets ``on_partitions_revoked``, and the transport
+    commits nothing it returns.
+    """
+    handler: Callable[[frozenset[TP]], Awaitable[object]] | None = getattr(
+        listener, "on_partitions_lost", None
+    )
+    return handler if handler is not None else listener.on_partitions_revoked
+
+
 class Consumer(ABC):
     """A group member reading the app's source topics.
 
     Obtained from :meth:`Transport.open_consumer`, already subscribed.
+
+    Attributes:
+        close_by: trio time by which leaving the group and closing must be
+            over (set by a stopping worker; ``None``: the transport's own
+            leave timeout applies).
     """
+
+    close_by: float | None = None
 
     @abstractmethod
     async def getmany(self) -> list[Message]:
@@ -314,11 +350,21 @@ class Consumer(ABC):
         """Fetch from these partitions again."""
 
     @abstractmethod
-    async def commit(self, offsets: Mapping[TP, int]) -> None:
+    async def commit(self, offsets: Mapping[TP, int], *, answer_within: float | None = None) -> None:
         """Commit these offsets for the group and wait for the broker's answer.
 
+        Offsets of partitions no longer assigned to this member are not
+        committed (they belong to whoever owns them now).
+
+        Args:
+            offsets: the next offset to read, per partition.
+            answer_within: seconds to wait for the answer (default: the
+                transport's request timeout). A thread waits for it, so a
+                cancel scope cannot bound it.
+
         Raises:
-            CommitError: the broker refused or the commit failed.
+            CommitError: the broker refused, or did not answer in time
+                (``retriable`` says whether trying again may help).
         """
 
     @abstractmethod
@@ -379,11 +425,23 @@ class Reader(ABC):
 
 
 class Transport(ABC):
-    """Creates producers, consumers and readers for one broker URL."""
+    """Creates producers, consumers and readers for one broker URL.
+
+    Attributes:
+        close_by: trio time by which every client opened here must be closed
+            (set by a stopping worker; ``None``: each uses its own timeout).
+    """
 
     def __init__(self, url: str, settings: Settings) -> None:
         self.url = url
         self.settings = settings
+        self.close_by: float | None = None
+
+    def close_time_left(self, default: float) -> float:
+        """Seconds a closing client may take: ``default``, or less before ``close_by``."""
+        if self.close_by is None:
+            return default
+        return max(min(default, self.close_by - trio.current_time()), 0.0)
 
     @abstractmethod
     def open_producer(self, *, transactional_id: str | None = None) -> AbstractAsyncContextManager[Producer]:

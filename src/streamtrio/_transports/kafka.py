@@ -40,6 +40,8 @@ log = logging.getLogger("streamtrio.kafka")
 
 #: How long a closing consumer may spend handing its partitions back.
 _MIN_LEAVE_TIMEOUT = 5.0
+#: The least time librdkafka's close() is given, even past the deadline.
+_MIN_CLOSE_TIME = 0.05
 
 
 class KafkaTransport(Transport):
@@ -125,11 +127,22 @@ class KafkaTransport(Transport):
                 try:
                     yield consumer
                 finally:
+                    deadline = trio.current_time() + leave_timeout
+                    close_by = consumer.close_by if consumer.close_by is not None else self.close_by
+                    if close_by is not None:
+                        deadline = min(deadline, close_by)
                     try:
-                        with trio.move_on_after(leave_timeout, shield=True):
-                            await consumer._leave()
+                        with trio.move_on_at(deadline, shield=True) as scope:
+                            await consumer._leave(deadline)
+                        if scope.cancelled_caught:
+                            log.warning(
+                                "leaving group %r: the partitions were not handed back before the "
+                                "deadline; their last offsets may not be committed",
+                                group_id,
+                            )
                     finally:
-                        consumer._stop_soon()
+                        # Closing gets what is left until the deadline (at least a moment).
+                        consumer._stop_soon(max(deadline - trio.current_time(), _MIN_CLOSE_TIME))
                         # Cancels a listener handler still running; the
                         # consumer thread itself is never abandoned.
                         nursery.cancel_scope.cancel()
@@ -156,7 +169,7 @@ class KafkaTransport(Transport):
                 try:
                     yield reader
                 finally:
-                    reader._stop_soon()
+                    reader._stop_soon(self.close_time_left(self.settings.broker_request_timeout))
         except BaseExceptionGroup as group:
             reraise_unwrapped(group)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -97,6 +98,13 @@ def _user_options(settings: Settings, *names: str) -> dict[str, Any]:
                 )
             options[key] = value
     return options
+
+
+#: A broker that does not answer is asked again (and the wait logged) this often, in seconds.
+CONNECT_ATTEMPT = 5.0
+
+#: The default ``transaction.timeout.ms`` (seconds), or three commit intervals if longer.
+_TRANSACTION_TIMEOUT = 10.0
 
 
 def _base_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
@@ -205,6 +213,12 @@ def producer_config(
             )
         config["transactional.id"] = transactional_id
         config["enable.idempotence"] = True
+        if "transaction.timeout.ms" not in config:
+            # A worker that died or was cut off with a transaction open holds
+            # back read_committed readers of its partitions' new owner until the
+            # broker aborts it: librdkafka's 60 s default is far too long (Kafka
+            # Streams uses 10 s). It must outlast a commit interval's steps.
+            config["transaction.timeout.ms"] = _ms(max(_TRANSACTION_TIMEOUT, 3 * settings.commit_interval))
     return config
 
 
@@ -301,6 +315,7 @@ class KafkaAdmin:
         self._settings = settings
         self._bootstrap = bootstrap
         self._client: Any = None
+        self._connected = False
 
     def _admin(self) -> Any:
         if self._client is None:
@@ -394,12 +409,37 @@ class KafkaAdmin:
     async def _list_topics(self) -> dict[str, int]:
         admin = self._admin()
         timeout = self._settings.broker_request_timeout
+        first = not self._connected
 
         def call() -> dict[str, int]:
-            try:
-                metadata = admin.list_topics(timeout=timeout)
-            except KafkaException as exc:
-                raise broker_unavailable(self._bootstrap, timeout, exc) from exc
+            # In attempts of at most CONNECT_ATTEMPT seconds, each one that
+            # fails logged: an unreachable broker is never a silent wait.
+            started = time.monotonic()
+            deadline = started + timeout
+            attempt = 1
+            if first:
+                log.info("connecting to kafka://%s", self._bootstrap)
+            while True:
+                wait = max(min(CONNECT_ATTEMPT, deadline - time.monotonic()), 0.1)
+                try:
+                    metadata = admin.list_topics(timeout=wait)
+                    break
+                except KafkaException as exc:
+                    waited = time.monotonic() - started
+                    if waited >= timeout:
+                        raise broker_unavailable(self._bootstrap, timeout, exc) from exc
+                    log.warning(
+                        "connecting to kafka://%s (attempt %d, %.0fs of broker_request_timeout=%gs): %s",
+                        self._bootstrap,
+                        attempt,
+                        waited,
+                        timeout,
+                        _reason(exc),
+                    )
+                    attempt += 1
+            if attempt > 1:
+                log.info("connected to kafka://%s after %.0fs", self._bootstrap, time.monotonic() - started)
+            self._connected = True
             return {
                 name: len(topic.partitions) for name, topic in metadata.topics.items() if topic.error is None
             }

@@ -36,7 +36,7 @@ from .._exceptions import (
     TransportError,
 )
 from .._types import TP, Message
-from .base import Consumer, Reader, ReaderBatch, RebalanceListener
+from .base import Consumer, Reader, ReaderBatch, RebalanceListener, lost_handler
 from .kafka_admin import broker_unavailable, new_client
 
 __all__ = ["KafkaConsumer", "KafkaReader"]
@@ -63,6 +63,22 @@ _MEMBERSHIP_LOST = frozenset(
         KafkaError.UNKNOWN_MEMBER_ID,
         KafkaError.ILLEGAL_GENERATION,
         KafkaError.REBALANCE_IN_PROGRESS,
+    }
+)
+
+# A commit refused with these may succeed if tried again.
+_RETRIABLE_COMMIT = frozenset(
+    {
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NETWORK_EXCEPTION,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._WAIT_COORD,
+        KafkaError._ALL_BROKERS_DOWN,
     }
 )
 
@@ -186,6 +202,9 @@ class _ThreadOwnedClient(Generic[B]):
         self._pending: tuple[int, B] | None = None
         self._frozen = False
         self._stopping = False
+        # time.monotonic() by which the thread must have closed the client and
+        # returned; set from trio when closing (a plain float: atomic).
+        self._close_deadline: float | None = None
 
     # -- trio side ---------------------------------------------------------
 
@@ -217,8 +236,14 @@ class _ThreadOwnedClient(Generic[B]):
             raise reply.error
         return reply.value
 
-    def _stop_soon(self) -> None:
-        """Ask the thread to close the client and exit (idempotent)."""
+    def _stop_soon(self, timeout: float | None = None) -> None:
+        """Ask the thread to close the client and exit within ``timeout`` seconds (idempotent).
+
+        Without a timeout, closing may take up to the request timeout.
+        """
+        limit = time.monotonic() + (self._request_timeout if timeout is None else max(timeout, 0.0))
+        if self._close_deadline is None or limit < self._close_deadline:
+            self._close_deadline = limit
         try:
             self._put(_Command("stop"))
         except ClosedError:
@@ -280,14 +305,40 @@ class _ThreadOwnedClient(Generic[B]):
             with self._lock:
                 self._closed = True
             self._fail_commands()
-            try:
-                client.close()
-            except (KafkaException, RuntimeError) as exc:
-                log.warning("closing the Kafka %s: %s", self._kind, exc)
+            self._close_client(client)
             try:
                 self._to_trio(self._send_channel.close)
             except _Stop:
                 pass
+
+    def _close_client(self, client: Any) -> None:
+        """Close the client, waiting at most until the close deadline.
+
+        librdkafka's ``close()`` has no timeout and can block for minutes while
+        the group coordinator is unreachable. It runs on a daemon thread that
+        takes the client over (this thread makes no call on it any more); past
+        the deadline this thread returns anyway and the process may exit.
+        """
+        deadline = self._close_deadline
+        timeout = self._request_timeout if deadline is None else max(deadline - time.monotonic(), 0.05)
+
+        def close() -> None:
+            try:
+                client.close()
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("closing the Kafka %s: %s", self._kind, exc)
+
+        closer = threading.Thread(target=close, name=f"streamtrio-kafka-{self._kind}-close", daemon=True)
+        closer.start()
+        closer.join(timeout)
+        if closer.is_alive():
+            log.warning(
+                "the Kafka %s did not close within %.1fs (is the broker at %s reachable?): "
+                "not waiting for it",
+                self._kind,
+                timeout,
+                self._bootstrap,
+            )
 
     def _to_trio(self, fn: Callable[..., object], *args: Any) -> None:
         try:
@@ -447,6 +498,14 @@ class KafkaConsumer(_ThreadOwnedClient[list[Message]], Consumer):
         # (eager) is the default.
         strategy = str(config.get("partition.assignment.strategy", "range"))
         self._cooperative = "cooperative" in strategy or config.get("group.protocol") == "consumer"
+        # Commits are asynchronous and awaited with a deadline: a synchronous
+        # commit has no timeout and blocks the thread while the coordinator is
+        # unreachable. Owned by the thread.
+        config["on_commit"] = self._on_commit
+        # Rebalance callbacks running (they run inside consume()).
+        self._in_callback = 0
+        self._commits_waiting: set[frozenset[tuple[str, int, int]]] = set()
+        self._commit_results: dict[frozenset[tuple[str, int, int]], tuple[Any, list[Any]]] = {}
 
     # -- Consumer interface ------------------------------------------------
 
@@ -473,9 +532,10 @@ class KafkaConsumer(_ThreadOwnedClient[list[Message]], Consumer):
     def resume_nowait(self, tps: Collection[TP]) -> None:
         self._put(_Command("resume", frozenset(tps)))
 
-    async def commit(self, offsets: Mapping[TP, int]) -> None:
+    async def commit(self, offsets: Mapping[TP, int], *, answer_within: float | None = None) -> None:
         if offsets:
-            await self._call("commit", dict(offsets))
+            wait = self._request_timeout if answer_within is None else answer_within
+            await self._call("commit", (dict(offsets), wait))
 
     async def committed(self, tps: Collection[TP]) -> dict[TP, int | None]:
         if not tps:
@@ -492,8 +552,9 @@ class KafkaConsumer(_ThreadOwnedClient[list[Message]], Consumer):
 
     # -- lifecycle (called by KafkaTransport.open_consumer) ----------------
 
-    async def _leave(self) -> None:
-        """Give every partition back through the listener, committing what it returns."""
+    async def _leave(self, deadline: float) -> None:
+        """Give every partition back through the listener, committing what it returns
+        (the commit waits at most until ``deadline``, a trio time)."""
         try:
             await self._call("freeze")
         except ClosedError:
@@ -502,7 +563,7 @@ class KafkaConsumer(_ThreadOwnedClient[list[Message]], Consumer):
         if not assigned:
             return
         offsets = await self._listener.on_partitions_revoked(assigned)
-        await self.commit(offsets)
+        await self.commit(offsets, answer_within=max(deadline - trio.current_time(), 0.1))
 
     # -- thread side -------------------------------------------------------
 
@@ -541,10 +602,11 @@ class KafkaConsumer(_ThreadOwnedClient[list[Message]], Consumer):
 
     def _handle(self, client: Any, command: _Command) -> Any:
         if command.kind == "commit":
+            offsets, timeout = command.arg
             try:
-                self._commit(client, command.arg)
+                self._commit(client, offsets, timeout)
             except CommitError as exc:
-                if _error_code(exc) in _MEMBERSHIP_LOST:
+                if _error_code(exc) in _MEMBERSHIP_LOST and not self._in_callback:
                     self._serve_revoke(client)
                 raise
             return None
@@ -562,20 +624,90 @@ class KafkaConsumer(_ThreadOwnedClient[list[Message]], Consumer):
                 ) from exc
         raise NotImplementedError(command.kind)
 
-    def _commit(self, client: Any, offsets: Mapping[TP, int]) -> None:
-        described = ", ".join(f"{tp}@{off}" for tp, off in sorted(offsets.items()))
+    def _commit(self, client: Any, offsets: Mapping[TP, int], timeout: float) -> None:
+        """Commit the offsets of partitions this member still owns; wait at most ``timeout``.
+
+        The others were revoked or lost since the offsets were read: their new
+        owner commits them, and an older offset landing after its commits
+        would move the group backwards.
+        """
+        owned = {tp: off for tp, off in offsets.items() if tp in self._assignment}
+        if len(owned) < len(offsets):
+            gone = ", ".join(f"{tp}@{off}" for tp, off in sorted(offsets.items()) if tp not in owned)
+            log.info("not committing %s: no longer assigned to this member", gone)
+        if not owned:
+            return
+        described = ", ".join(f"{tp}@{off}" for tp, off in sorted(owned.items()))
+        if self._in_callback:
+            # Inside a rebalance callback, itself inside consume(): consume()
+            # must not be called again here, so wait the only other way. (The
+            # broker answers a rebalancing member; shutdown never gets here.)
+            try:
+                result = client.commit(offsets=_rd_partitions(owned, owned), asynchronous=False)
+            except KafkaException as exc:
+                raise self._commit_error(described, exc.args[0]) from exc
+            self._check_committed(described, None, list(result or ()))
+            return
+        key = frozenset((tp.topic, tp.partition, off) for tp, off in owned.items())
+        self._commits_waiting.add(key)
         try:
-            result = client.commit(offsets=_rd_partitions(offsets, offsets), asynchronous=False)
-        except KafkaException as exc:
-            raise CommitError(
-                f"cannot commit {described} for group {self._group_id!r}: {exc.args[0]}"
-            ) from exc
-        for p in result or ():
+            try:
+                client.commit(offsets=_rd_partitions(owned, owned), asynchronous=True)
+            except KafkaException as exc:
+                raise self._commit_error(described, exc.args[0]) from exc
+            started = time.monotonic()
+            deadline = started + timeout
+            while key not in self._commit_results:
+                limit = deadline if self._close_deadline is None else min(deadline, self._close_deadline)
+                if time.monotonic() >= limit:
+                    raise CommitError(
+                        f"cannot commit {described} for group {self._group_id!r}: no answer from the "
+                        f"group coordinator within {time.monotonic() - started:.1f}s "
+                        f"(is the broker at {self._bootstrap} reachable?)",
+                        retriable=True,
+                    )
+                self._poll_keeping(client)
+            error, partitions = self._commit_results.pop(key)
+        finally:
+            self._commits_waiting.discard(key)
+        self._check_committed(described, error, partitions)
+
+    def _check_committed(self, described: str, error: Any, partitions: list[Any]) -> None:
+        if error is not None:
+            raise self._commit_error(described, error) from KafkaException(error)
+        for p in partitions:
             if p.error is not None:
-                raise CommitError(
-                    f"cannot commit {p.topic}[{p.partition}]@{p.offset} for group "
-                    f"{self._group_id!r}: {p.error}"
+                raise self._commit_error(
+                    f"{p.topic}[{p.partition}]@{p.offset}", p.error
                 ) from KafkaException(p.error)
+
+    def _commit_error(self, described: str, error: Any) -> CommitError:
+        retriable = isinstance(error, KafkaError) and (
+            error.code() in _RETRIABLE_COMMIT or (error.retriable() and not error.fatal())
+        )
+        return CommitError(
+            f"cannot commit {described} for group {self._group_id!r}: {error}", retriable=retriable
+        )
+
+    def _on_commit(self, error: Any, partitions: list[Any]) -> None:
+        # On this thread, inside consume(): the answer to an asynchronous commit.
+        key = frozenset((p.topic, p.partition, p.offset) for p in partitions or ())
+        if key in self._commits_waiting:
+            self._commit_results[key] = (error, list(partitions or ()))
+        elif len(self._commits_waiting) == 1 and not partitions:
+            # A commit refused as a whole may come back without its partitions.
+            (only,) = self._commits_waiting
+            self._commit_results[only] = (error, [])
+
+    def _poll_keeping(self, client: Any) -> None:
+        """One ``consume()`` call (it serves callbacks); keep what it fetched for trio."""
+        batch = self._fetch(client)
+        if batch is None:
+            return
+        if self._pending is None:
+            self._pending = batch
+        else:  # what was fetched before, then this; both of the current generation
+            self._pending = (batch[0], [*self._pending[1], *batch[1]])
 
     def _serve_revoke(self, client: Any) -> None:
         """Let librdkafka deliver the revoke it queued when the membership was lost.
@@ -589,13 +721,7 @@ class KafkaConsumer(_ThreadOwnedClient[list[Message]], Consumer):
         generation = self._generation
         deadline = time.monotonic() + _LOST_MEMBERSHIP_WAIT
         while self._generation == generation and time.monotonic() < deadline:
-            batch = self._fetch(client)
-            if batch is None:
-                continue
-            if self._pending is None:
-                self._pending = batch
-            else:  # what was fetched before, then this; both of the current generation
-                self._pending = (batch[0], [*self._pending[1], *batch[1]])
+            self._poll_keeping(client)
 
     def _committed(self, client: Any, tps: frozenset[TP]) -> dict[TP, int | None]:
         try:
@@ -607,6 +733,13 @@ class KafkaConsumer(_ThreadOwnedClient[list[Message]], Consumer):
         return {TP(p.topic, p.partition): (p.offset if p.offset >= 0 else None) for p in result}
 
     def _on_assign(self, client: Any, partitions: list[Any]) -> None:
+        self._in_callback += 1
+        try:
+            self._assign(client, partitions)
+        finally:
+            self._in_callback -= 1
+
+    def _assign(self, client: Any, partitions: list[Any]) -> None:
         if self._stopping:
             return
         tps = _tps(partitions)
@@ -624,24 +757,40 @@ class KafkaConsumer(_ThreadOwnedClient[list[Message]], Consumer):
         self._run_in_trio(self._listener.on_partitions_assigned, tps)
 
     def _on_revoke(self, client: Any, partitions: list[Any]) -> None:
-        self._give_up(client, partitions, commit=True)
+        self._in_callback += 1
+        try:
+            self._give_up(client, partitions, commit=True)
+        finally:
+            self._in_callback -= 1
 
     def _on_lost(self, client: Any, partitions: list[Any]) -> None:
-        self._give_up(client, partitions, commit=False)
+        self._in_callback += 1
+        try:
+            self._give_up(client, partitions, commit=False)
+        finally:
+            self._in_callback -= 1
 
     def _give_up(self, client: Any, partitions: list[Any], *, commit: bool) -> None:
         tps = _tps(partitions)
         self._retire(tps)
         self._filter_pending(tps)
+        if not commit:
+            # Lost: another member may own them already. No commit for them
+            # from now on, including one queued before this callback.
+            self._assignment = self._assignment - tps
         if tps and not self._stopping:
-            log.info("%s %s", "revoked" if commit else "lost", ", ".join(map(str, sorted(tps))))
-            ok, offsets = self._run_in_trio(self._listener.on_partitions_revoked, tps)
-            offsets = {tp: off for tp, off in offsets.items() if tp in tps} if ok else {}
-            if commit and offsets:
-                try:
-                    self._commit(client, offsets)
-                except CommitError as exc:
-                    log.error("commit on revoke failed: %s", exc)
+            if commit:
+                log.info("revoked %s", ", ".join(map(str, sorted(tps))))
+                ok, offsets = self._run_in_trio(self._listener.on_partitions_revoked, tps)
+                offsets = {tp: off for tp, off in offsets.items() if tp in tps} if ok else {}
+                if offsets:
+                    try:
+                        self._commit(client, offsets, self._request_timeout)
+                    except CommitError as exc:
+                        log.error("commit on revoke failed: %s", exc)
+            else:
+                log.warning("lost %s", ", ".join(map(str, sorted(tps))))
+                self._run_in_trio(lost_handler(self._listener), tps)
         if self._cooperative:
             client.incremental_unassign(partitions)
         else:

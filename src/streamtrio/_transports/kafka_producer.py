@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -64,6 +65,8 @@ _PRODUCE_CHUNK = 2000
 _POLL_BUSY = 0.002
 #: How long the thread waits for new messages when nothing is in flight.
 _POLL_IDLE = 0.1
+#: Time the poll thread is given past the close deadline for its last steps.
+_THREAD_CLOSE_TIME = 0.1
 #: How often partition counts are refreshed for topics the producer does not know.
 _METADATA_REFRESH = 1.0
 
@@ -75,6 +78,18 @@ _STOP = object()
 @dataclass(frozen=True, slots=True)
 class _WantMetadata:
     topic: str
+
+
+@dataclass(slots=True, eq=False)
+class _Discard:
+    """Drop what is queued for ``tps``; trio waits on ``done``."""
+
+    tps: frozenset[TP]
+    done: trio.Event = field(default_factory=trio.Event)
+    count: int = 0
+
+
+_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 
 
 @dataclass(slots=True, eq=False)
@@ -146,6 +161,12 @@ class _EpochSink:
         self.reported = 0
 
     def report(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            handled = self.owner._intercept(err, msg, self.report)
+            if handled == "resend":
+                return
+            if handled == "dropped":
+                err = None  # nobody waits for it: done
         key = msg.key()
         size = len(msg) + (len(key) if key else 0)
         if err is None:
@@ -197,6 +218,13 @@ class KafkaProducer(Producer):
         self._bootstrap = bootstrap
         self._request_timeout = request_timeout
         self._close_timeout = close_timeout
+        # time.monotonic() by which the thread must be done closing (set by _close).
+        self._thread_deadline = float("inf")
+        # Owned by the thread, during _discard: the partitions whose messages go,
+        # the purged messages of other partitions to send again.
+        self._discarding: frozenset[TP] | None = None
+        self._discarded = 0
+        self._resend: list[tuple[Any, Any]] = []
         self._queue: queue.SimpleQueue[_Item | object] = queue.SimpleQueue()
         self._token: trio.lowlevel.TrioToken | None = None
         self._closed = False
@@ -310,6 +338,18 @@ class KafkaProducer(Producer):
         if command.error is not None:
             raise command.error
 
+    async def discard_queued(self, tps: Collection[TP]) -> int:
+        """Drop the messages for ``tps`` not delivered yet (queued or in flight);
+        every other message is sent as if nothing happened. Returns how many
+        were dropped. A message dropped with a delivery callback fails; one
+        without is counted done (nothing waits for it)."""
+        if self._closed or not tps:
+            return 0
+        command = _Discard(frozenset(tps))
+        self._queue.put(command)
+        await command.done.wait()
+        return command.count
+
     async def begin_transaction(self) -> None:
         await self._txn_call("begin")
 
@@ -330,9 +370,15 @@ class KafkaProducer(Producer):
         await trio.to_thread.run_sync(self._thread_main, task_status, thread_name="streamtrio-kafka-producer")
 
     async def _close(self) -> None:
-        """Flush (bounded by the close timeout), then stop the thread."""
+        """Flush (bounded by the close timeout and ``close_by``), then stop the thread."""
+        deadline = trio.current_time() + self._close_timeout
+        if self.close_by is not None:
+            deadline = min(deadline, self.close_by)
+        # The thread's last steps (a short final flush, an abort) get what is left.
+        left = max(deadline - trio.current_time(), 0.0)
+        self._thread_deadline = time.monotonic() + left + _THREAD_CLOSE_TIME
         try:
-            with trio.move_on_after(self._close_timeout, shield=True) as scope:
+            with trio.move_on_at(deadline, shield=True) as scope:
                 try:
                     if self._fatal is not None:
                         # Fenced or fatal: nothing will be delivered; the
@@ -345,10 +391,12 @@ class KafkaProducer(Producer):
                     # It belongs to a transaction that is aborted on the thread.
                     log.warning("transactional producer %r closed: %s", self._txn_id, exc)
             if scope.cancelled_caught:
+                self.undelivered_at_close = self.statistics().queued
                 log.warning(
-                    "producer closed with %d message(s) undelivered after %gs",
-                    self.statistics().queued,
-                    self._close_timeout,
+                    "producer closing with %d message(s) undelivered: not delivered before the "
+                    "deadline (is the broker at %s reachable?); they are failed",
+                    self.undelivered_at_close,
+                    self._bootstrap,
                 )
         finally:
             self._closed = True
@@ -399,7 +447,30 @@ class KafkaProducer(Producer):
             self._loop(producer)
         finally:
             self._closed = True
-            self._final_flush(producer)
+            held = [producer]
+            del producer
+            try:
+                self._final_flush(held[0])
+            finally:
+                self._destroy(held)
+
+    def _destroy(self, held: list[Any]) -> None:
+        """Drop the client (the only reference, in ``held``) on a daemon thread, waiting
+        at most until the thread deadline.
+
+        librdkafka's destroy waits for its broker threads, which can hang
+        while a broker does not answer; past the deadline this thread returns
+        anyway and the process may exit.
+        """
+
+        def destroy() -> None:
+            held.clear()
+
+        destroyer = threading.Thread(target=destroy, name="streamtrio-kafka-producer-close", daemon=True)
+        destroyer.start()
+        destroyer.join(max(self._thread_deadline - time.monotonic(), 0.05))
+        if destroyer.is_alive():
+            log.warning("the Kafka producer did not close in time: not waiting for it")
 
     def _loop(self, producer: Any) -> None:
         get_nowait = self._queue.get_nowait
@@ -420,6 +491,8 @@ class KafkaProducer(Producer):
                     self._run_txn(producer, item)
                 elif isinstance(item, _WantMetadata):
                     self._wanted_topics.add(item.topic)
+                elif isinstance(item, _Discard):
+                    self._discard(producer, item)
                 if produced >= _PRODUCE_CHUNK:
                     break
                 try:
@@ -430,6 +503,60 @@ class KafkaProducer(Producer):
             self._send_reports()
             if self._wanted_topics:
                 self._refresh_metadata(producer)
+
+    def _discard(self, producer: Any, command: _Discard) -> None:
+        """Drop every queued or in-flight message of ``command.tps``; send the others again.
+
+        librdkafka purges all or nothing: everything not yet delivered is
+        purged, and the purge reports of messages of other partitions are
+        turned back into sends (:meth:`_intercept`), in the order they come.
+        """
+        self._discarding = command.tps
+        self._discarded = 0
+        try:
+            producer.purge(in_queue=True, in_flight=True, blocking=False)
+            producer.poll(0)
+        finally:
+            self._discarding = None
+        resend, self._resend = self._resend, []
+        for callback, msg in resend:
+            partition = msg.partition()
+            _, timestamp = msg.timestamp()
+            headers = msg.headers()
+            while True:
+                try:
+                    if partition >= 0:
+                        producer.produce(
+                            msg.topic(), msg.value(), msg.key(), partition,
+                            on_delivery=callback, timestamp=timestamp, headers=headers,
+                        )  # fmt: skip
+                    else:
+                        producer.produce(
+                            msg.topic(), msg.value(), msg.key(),
+                            on_delivery=callback, timestamp=timestamp, headers=headers,
+                        )  # fmt: skip
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        command.count = self._discarded
+        self._send_reports()
+        assert self._token is not None
+        try:
+            self._token.run_sync_soon(command.done.set)
+        except trio.RunFinishedError:
+            pass
+
+    def _intercept(self, err: KafkaError, msg: Any, callback: Any) -> str | None:
+        """A purge report during :meth:`_discard`: ``"resend"`` (it is sent again
+        later), ``"dropped"`` (one of the discarded partitions': it fails, or
+        is counted done when nobody waits for it), or ``None`` (not a purge)."""
+        if self._discarding is None or err.code() not in _PURGED:
+            return None
+        if TP(msg.topic(), msg.partition()) in self._discarding:
+            self._discarded += 1
+            return "dropped"
+        self._resend.append((callback, msg))
+        return "resend"
 
     def _poll(self, producer: Any, timeout: float) -> None:
         try:
@@ -573,6 +700,8 @@ class KafkaProducer(Producer):
     ) -> None:
         # On the poll thread, inside poll()/flush().
         if err is not None:
+            if self._intercept(err, msg, partial(self._on_delivery, on_delivery, epoch, size)) == "resend":
+                return
             self._record_failure(on_delivery, epoch, size, self._failure(err, msg.topic(), msg.partition()))
             return
         reports = self._reports
@@ -636,6 +765,9 @@ class KafkaProducer(Producer):
         except KafkaException as exc:
             log.warning("cannot refresh topic metadata: %s", exc)
 
+    def _thread_time_left(self) -> float:
+        return max(self._thread_deadline - time.monotonic(), 0.1)
+
     def _final_flush(self, producer: Any) -> None:
         # Produce what is still queued, give it a last chance, fail the rest.
         while True:
@@ -653,7 +785,7 @@ class KafkaProducer(Producer):
                     except trio.RunFinishedError:
                         pass
         try:
-            remaining = producer.flush(0.5 if self._close_timeout > 0.5 else self._close_timeout)
+            remaining = producer.flush(min(0.5, self._close_timeout, self._thread_time_left()))
         except KafkaException as exc:
             if self._txn_id is None:
                 raise
@@ -666,7 +798,9 @@ class KafkaProducer(Producer):
             # What the worker did not commit is aborted (a newer producer with
             # the same id would abort it anyway, after the transaction timeout).
             try:
-                producer.abort_transaction(min(self._close_timeout, self._request_timeout) or 0.1)
+                producer.abort_transaction(
+                    min(self._close_timeout, self._request_timeout, self._thread_time_left()) or 0.1
+                )
             except KafkaException as exc:
                 log.warning("aborting the open transaction on close: %s", exc.args[0].str())
             self._in_txn = False

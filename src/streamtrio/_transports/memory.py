@@ -164,6 +164,8 @@ class _Group:
         self.committed: dict[TP, int] = {}
         self.generation = 0
         self.rebalancing = False
+        #: commits still to refuse, and whether as retriable (a fault: see ``fail_commits``)
+        self.failing_commits: tuple[int, bool] = (0, True)
 
     def start_rebalance(self) -> None:
         self.rebalancing = True
@@ -288,6 +290,11 @@ class MemoryBroker:
         :meth:`unblock_topic`."""
         self._topics[name].blocked = self._topics[name].blocked or []
 
+    def fail_commits(self, group_id: str, times: int, *, retriable: bool = True) -> None:
+        """Refuse the next ``times`` offset commits of ``group_id``, as a moving group
+        coordinator (``retriable``) or a broken group (not retriable) would."""
+        self._group(group_id).failing_commits = (times, retriable)
+
     def unblock_topic(self, name: str) -> None:
         """Deliver what waited for ``name`` and accept writes again."""
         topic = self._topics[name]
@@ -379,7 +386,10 @@ class MemoryTransport(Transport):
             yield producer
             # Not on error exits: the messages are stored already, and a
             # delivery error must not mask the exception that ended the block.
-            with trio.move_on_after(self.settings.shutdown_timeout, shield=True):
+            deadline = trio.current_time() + self.settings.shutdown_timeout
+            if producer.close_by is not None:
+                deadline = min(deadline, producer.close_by)
+            with trio.move_on_at(deadline, shield=True) as scope:
                 try:
                     if not producer._killed:
                         await producer.flush()
@@ -388,6 +398,12 @@ class MemoryTransport(Transport):
                         raise
                     # What is left belongs to a transaction that is aborted below.
                     logger.warning("transactional producer %r closed: %s", transactional_id, exc)
+            if scope.cancelled_caught:
+                producer.undelivered_at_close = producer.statistics().queued
+                logger.warning(
+                    "producer closing with %d message(s) undelivered before the deadline",
+                    producer.undelivered_at_close,
+                )
         finally:
             producer._close_transaction()
             producer._closed = True
@@ -867,7 +883,10 @@ class MemoryConsumer(_Waiter, Consumer):
             return
         group = self._group
         try:
-            with trio.move_on_after(self._settings.rebalance_drain_timeout, shield=True):
+            deadline = trio.current_time() + self._settings.rebalance_drain_timeout
+            if self.close_by is not None:
+                deadline = min(deadline, self.close_by)
+            with trio.move_on_at(deadline, shield=True):
                 if self._assignment:
                     await self._revoke()
         finally:
@@ -982,29 +1001,48 @@ class MemoryConsumer(_Waiter, Consumer):
         self._watch()
         self._wake()
 
-    async def commit(self, offsets: Mapping[TP, int]) -> None:
+    async def commit(self, offsets: Mapping[TP, int], *, answer_within: float | None = None) -> None:
         """Commit offsets of partitions assigned to this member.
 
+        Offsets of partitions not assigned to this member (revoked since, or
+        never assigned) are not committed: they belong to their owner.
+
         Raises:
-            CommitError: a partition is not assigned to this member (it was
-                revoked, or never was), or an offset is negative.
+            CommitError: an offset is negative.
             ClosedError: the consumer left its group.
         """
         await trio.lowlevel.checkpoint()
         if self._closed:
             raise ClosedError("commit() on a consumer that left its group")
+        failing, retriable = self._group.failing_commits
+        if failing > 0:
+            self._group.failing_commits = (failing - 1, retriable)
+            reason = (
+                "NOT_COORDINATOR: the group coordinator moved" if retriable else "GROUP_AUTHORIZATION_FAILED"
+            )
+            raise CommitError(
+                f"cannot commit {', '.join(f'{tp}@{off}' for tp, off in sorted(offsets.items()))} "
+                f"for group {self._group.group_id!r}: {reason}",
+                retriable=retriable,
+            )
         self._commit_now(offsets, allowed=self._assignment)
 
     def _commit_now(self, offsets: Mapping[TP, int], *, allowed: frozenset[TP]) -> None:
+        owned: dict[TP, int] = {}
         for tp, offset in offsets.items():
-            if tp not in allowed:
-                raise CommitError(
-                    f"cannot commit {tp}: not assigned to member {self.member_id} "
-                    f"of group {self._group.group_id!r}"
-                )
             if offset < 0:
                 raise CommitError(f"cannot commit negative offset {offset} for {tp}")
-        self._group.committed.update(offsets)
+            if tp in allowed:
+                owned[tp] = offset
+            else:
+                logger.info(
+                    "not committing %s@%d: not assigned to member %s of group %r",
+                    tp,
+                    offset,
+                    self.member_id,
+                    self._group.group_id,
+                )
+        self._group.committed.update(owned)
 
     async def committed(self, tps: Collection[TP]) -> dict[TP, int | None]:
         await trio.lowlevel.checkpoint()

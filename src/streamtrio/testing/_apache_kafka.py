@@ -126,6 +126,9 @@ class ApacheKafka:
         log_path: the broker's log file.
         version: the Kafka version.
         process: the broker's process (``process.poll()`` tells whether it still runs).
+        proxied: with ``proxied_port``: ``(advertised, listening)``, the proxy's
+            address clients of the second listener are told to use, and the
+            broker's own address for that listener (where a proxy forwards to).
     """
 
     bootstrap: str
@@ -133,6 +136,7 @@ class ApacheKafka:
     log_path: Path
     version: str
     process: subprocess.Popen[bytes] = field(repr=False, compare=False)
+    proxied: tuple[str, str] | None = None
 
 
 def kafka_version() -> str:
@@ -229,11 +233,16 @@ def run_apache_kafka(
     timeout: float = _START_TIMEOUT,
     version: str | None = None,
     work_dir: Path | None = None,
+    proxied_port: int | None = None,
 ) -> Iterator[ApacheKafka]:
     """Run a fresh single-node Apache Kafka for the duration of the block.
 
     Args:
         port: the broker's port on 127.0.0.1 (0: a free one).
+        proxied_port: also open a second listener that advertises
+            ``127.0.0.1:proxied_port``: a client bootstrapped there talks to the
+            broker only through whatever listens on that port (a test's TCP
+            proxy, which can cut that client off alone).
         timeout: seconds to wait for the broker to answer a metadata request.
         version: the Kafka version (default :func:`kafka_version`); fetched if need be.
         work_dir: where the settings, data and log go (default: a temporary
@@ -256,7 +265,11 @@ def run_apache_kafka(
         controller_port = _free_loopback_port(avoid=broker_port)
         address = f"127.0.0.1:{broker_port}"
         log_path = work_dir / "server.log"
-        config = _write_config(work_dir, broker_port, controller_port, log_path)
+        proxied: tuple[str, str] | None = None
+        if proxied_port is not None:
+            inner = _free_loopback_port(avoid=controller_port)
+            proxied = (f"127.0.0.1:{proxied_port}", f"127.0.0.1:{inner}")
+        config = _write_config(work_dir, broker_port, controller_port, log_path, proxied)
         classpath = str(libs / "*")
         log4j = f"-Dlog4j2.configurationFile={work_dir / 'log4j2.properties'}"
         _format_storage(java, classpath, log4j, config, log_path)
@@ -278,13 +291,24 @@ def run_apache_kafka(
                     f"--- end of {work_dir / 'stdout.log'} ---\n{log_tail(work_dir / 'stdout.log')}"
                 )
             yield ApacheKafka(
-                bootstrap=address, pid=proc.pid, log_path=log_path, version=version, process=proc
+                bootstrap=address,
+                pid=proc.pid,
+                log_path=log_path,
+                version=version,
+                process=proc,
+                proxied=proxied,
             )
         finally:
             stop_process(proc)
 
 
-def _write_config(work_dir: Path, broker_port: int, controller_port: int, log_path: Path) -> Path:
+def _write_config(
+    work_dir: Path,
+    broker_port: int,
+    controller_port: int,
+    log_path: Path,
+    proxied: tuple[str, str] | None = None,
+) -> Path:
     settings = {
         **_SERVER_SETTINGS,
         "listeners": f"PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}",
@@ -292,6 +316,11 @@ def _write_config(work_dir: Path, broker_port: int, controller_port: int, log_pa
         "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
         "log.dirs": str(work_dir / "data"),
     }
+    if proxied is not None:
+        advertised, listening = proxied
+        settings["listeners"] += f",PROXIED://{listening}"
+        settings["advertised.listeners"] += f",PROXIED://{advertised}"
+        settings["listener.security.protocol.map"] += ",PROXIED:PLAINTEXT"
     config = work_dir / "server.properties"
     config.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
     (work_dir / "log4j2.properties").write_text(_LOG4J2.format(log_path=log_path))

@@ -1,0 +1,48 @@
+"""The chaos suite: verified workloads under faults (see docs/guarantees.md).
+
+Each scenario runs a short version by default; ``STREAMTRIO_CHAOS_LONG=1``
+runs the long one. The scenarios need Apache Kafka (they start their own
+broker, with a second listener behind a TCP proxy they can cut).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streamtrio.testing._apache_kafka import ApacheKafka, kafka_unavailable_reason, run_apache_kafka
+from streamtrio.testing._broker import TEST_BROKER_ENV, choose_broker_kind
+
+_HERE = Path(__file__).parent
+
+LONG = os.environ.get("STREAMTRIO_CHAOS_LONG", "") not in ("", "0")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _HERE in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.kafka)
+            item.add_marker(pytest.mark.slow)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def proxied_kafka() -> Iterator[ApacheKafka]:
+    """An Apache Kafka of this module's own, with a second listener a proxy can cut."""
+    if os.environ.get(TEST_BROKER_ENV, "").strip():
+        pytest.skip(f"{TEST_BROKER_ENV} names an external broker; the chaos suite runs its own")
+    kind, _notice = choose_broker_kind()
+    if kind != "kafka":
+        pytest.skip(f"the chaos suite needs Apache Kafka ({kafka_unavailable_reason()})")
+    with run_apache_kafka(proxied_port=_free_port()) as kafka:
+        yield kafka

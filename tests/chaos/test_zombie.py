@@ -1,0 +1,133 @@
+"""The zombie: one worker cut off from the broker while the rest of the group carries on.
+
+Two workers count keys into a table (at_least_once). One of them reaches the
+broker only through a TCP proxy; the proxy cuts it off for longer than the
+session timeout, so the other worker takes its partitions over and keeps
+counting, then the cut heals. The cut-off worker must land nothing for the
+partitions it lost: the changelog of every key never goes backwards, and
+every table value ends at or above the number of events of its key.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import trio
+
+from streamtrio.testing._apache_kafka import ApacheKafka
+
+from ..kafka._util import (
+    APPS,
+    BackgroundProducer,
+    WorkerProcess,
+    committed_async,
+    create_topic,
+    read_topic,
+    unique,
+)
+from ._proxy import TcpProxy
+from .conftest import LONG
+
+STOPPER = APPS / "stopper.py"
+PARTITIONS = 4
+#: the app's broker_session_timeout is 6 s: the cut outlasts it several times
+CUT_SECONDS = 30.0 if LONG else 20.0
+
+
+def _worker(name: str, app_id: str, topic: str, bootstrap: str, tmp_path: Path) -> WorkerProcess:
+    return WorkerProcess(
+        name,
+        STOPPER,
+        bootstrap,
+        tmp_path,
+        {
+            "STOPPER_APP_ID": app_id,
+            "STOPPER_TOPIC": topic,
+            "STOPPER_PARTITIONS": str(PARTITIONS),
+            "STOPPER_OUT": str(tmp_path / f"{name}.out"),
+            "STOPPER_MODE": "count",
+            "STOPPER_SHUTDOWN_TIMEOUT": "10",
+        },
+    )
+
+
+def changelog_regressions(records: list[Any]) -> tuple[int, dict[bytes, int]]:
+    """(how many times a key's value went down, the last value of each key), in log order."""
+    by_partition: dict[int, list[Any]] = defaultdict(list)
+    for m in records:
+        by_partition[m.partition()].append(m)
+    regressions = 0
+    last: dict[bytes, int] = {}
+    for messages in by_partition.values():
+        for m in sorted(messages, key=lambda m: m.offset()):
+            if m.value() is None:
+                continue
+            value = msgpack.unpackb(m.value())
+            key = msgpack.unpackb(m.key())
+            if key in last and value < last[key]:
+                regressions += 1
+            last[key] = value
+    return regressions, last
+
+
+async def test_a_cut_off_worker_never_lands_table_values_after_the_new_owner(
+    proxied_kafka: ApacheKafka, tmp_path: Path
+) -> None:
+    assert proxied_kafka.proxied is not None
+    advertised, listening = proxied_kafka.proxied
+    bootstrap = proxied_kafka.bootstrap
+    app_id, topic = unique("zombie"), unique("zombie-events")
+    await trio.to_thread.run_sync(create_topic, bootstrap, topic, PARTITIONS)
+    proxy = TcpProxy(int(advertised.rpartition(":")[2]), listening)
+    producer = BackgroundProducer(bootstrap, topic, batch=40, interval=0.2).start()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.serve)
+        zombie = _worker("zombie", app_id, topic, advertised, tmp_path)
+        other = _worker("other", app_id, topic, bootstrap, tmp_path)
+        try:
+            await zombie.wait_for_log("streamtrio._worker: assigned", timeout=60)
+            await other.wait_for_log("streamtrio._worker: assigned", timeout=60, count=1)
+            # Both process: each has taken some events since the last rebalance.
+            await trio.sleep(5)
+            proxy.cut()
+            await other.wait_for_log("streamtrio._worker: assigned", timeout=60, count=2)
+            await trio.sleep(CUT_SECONDS)
+            proxy.heal()
+            await zombie.wait_for_log("lost", timeout=60)
+            await trio.sleep(10)
+            produced = await trio.to_thread.run_sync(producer.stop)
+
+            async def caught_up() -> bool:
+                done = await committed_async(bootstrap, app_id, topic, PARTITIONS)
+                return done == produced.ends()
+
+            with trio.fail_after(120):
+                while not await caught_up():
+                    await trio.sleep(0.5)
+            for worker in (zombie, other):
+                worker.signal(signal.SIGTERM)
+            for worker in (zombie, other):
+                await worker.wait_async(30)
+        finally:
+            zombie.kill()
+            other.kill()
+            await trio.to_thread.run_sync(producer.stop)
+        nursery.cancel_scope.cancel()
+
+    truth = Counter(
+        f"key-{int(value) % 997}" for values in produced.values.values() for value in values.values()
+    )
+    records = await trio.to_thread.run_sync(
+        read_topic, bootstrap, f"{app_id}-counts-changelog", PARTITIONS
+    )
+    regressions, final = changelog_regressions(records)
+    below = {key: (final.get(key, 0), count) for key, count in truth.items() if final.get(key, 0) < count}
+    log = zombie.log()
+    assert regressions == 0 and not below, (
+        f"{regressions} changelog regressions; {len(below)} keys below the truth "
+        f"(e.g. {list(below.items())[:5]})\n{log[-4000:]}"
+    )

@@ -1,0 +1,56 @@
+"""A worker that lost partitions writes nothing more for them (ARCHITECTURE rule 8).
+
+The transport tells the worker with ``on_partitions_lost`` (librdkafka's lost
+callback: the session timed out, the member was fenced). Here the worker is
+told directly, on the memory transport, while an agent holds an event; the
+Kafka scenario (a worker cut off by a proxy) is in tests/chaos/test_zombie.py.
+"""
+
+from __future__ import annotations
+
+import msgpack
+import trio
+
+import streamtrio
+from streamtrio import TP
+
+from .conftest import wait_for
+from .test_worker import AppFactory
+
+
+async def test_after_a_loss_the_event_in_flight_writes_and_commits_nothing(
+    streamtrio_app_factory: AppFactory,
+) -> None:
+    broker = streamtrio_app_factory.broker
+    app = streamtrio_app_factory(commit_interval=0.05)
+    numbers = app.topic("numbers", key_type=str, value_type=int, partitions=1)
+    counts = app.Table("counts", default=int, partitions=1)
+    gate = trio.Event()
+    seen: list[int] = []
+
+    @app.agent(numbers)
+    async def count(stream: streamtrio.Stream[int]) -> None:
+        async for event in stream.events():
+            if event.value == 3:
+                await gate.wait()
+            counts[event.key] += 1
+            seen.append(event.value)
+
+    changelog = f"{app.conf.appid}-counts-changelog"
+    async with trio.open_nursery() as nursery:
+        worker: streamtrio.Worker = await nursery.start(streamtrio.serve, app)
+        for value in (1, 2, 3):
+            await numbers.send(key="k", value=value)
+        await wait_for(lambda: broker.committed(app.conf.appid).get(TP("numbers", 0)) == 2)
+        await wait_for(lambda: [m.value for m in broker.messages(changelog, 0)][-1:] == [msgpack.packb(2)])
+        before = [m.value for m in broker.messages(changelog, 0)]
+        # The event at offset 2 is in flight when the partition is lost.
+        await worker.on_partitions_lost(frozenset({TP("numbers", 0)}))
+        gate.set()
+        await wait_for(lambda: seen == [1, 2, 3])
+        await trio.sleep(0.3)  # several commit intervals
+        assert broker.committed(app.conf.appid)[TP("numbers", 0)] == 2
+        assert [m.value for m in broker.messages(changelog, 0)] == before
+        assert app.tables.discarded_writes == 1
+        assert TP("numbers", 0) not in worker.assigned
+        worker.stop()

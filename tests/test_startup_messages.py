@@ -1,0 +1,54 @@
+"""Start-up talks: a worker that cannot reach its broker says so while it waits.
+
+No broker is needed: the worker is pointed at a closed port. (Waiting for an
+assignment is in tests/kafka/test_startup_kafka.py.)
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import pytest
+
+import streamtrio
+from streamtrio._exceptions import BrokerUnavailableError
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port  # closed again: nothing listens there
+
+
+async def test_an_unreachable_broker_is_reported_every_five_seconds_until_the_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="streamtrio")
+    port = _closed_port()
+    app = streamtrio.App(
+        "unreachable",
+        broker=f"kafka://127.0.0.1:{port}",
+        store="memory://",
+        web_enabled=False,
+        broker_request_timeout=11.0,
+    )
+    numbers = app.topic("numbers", value_type=int)
+
+    @app.agent(numbers)
+    async def work(stream: streamtrio.Stream[int]) -> None:
+        async for _ in stream:
+            pass
+
+    with pytest.raises(BrokerUnavailableError, match=f"127.0.0.1:{port} within 11s"):
+        await streamtrio.serve(app)
+    lines = [r.getMessage() for r in caplog.records]
+    assert f"connecting to kafka://127.0.0.1:{port}" in lines
+    attempts = [line for line in lines if line.startswith(f"connecting to kafka://127.0.0.1:{port} (attempt")]
+    assert [a.split(",")[0] for a in attempts] == [
+        f"connecting to kafka://127.0.0.1:{port} (attempt 1",
+        f"connecting to kafka://127.0.0.1:{port} (attempt 2",
+    ], lines
+    assert "5s of broker_request_timeout=11s" in attempts[0]
+    assert "10s of broker_request_timeout=11s" in attempts[1]
