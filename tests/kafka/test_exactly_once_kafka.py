@@ -362,3 +362,52 @@ async def test_measure_exactly_once_cost_on_kafka(kafka_bootstrap: str, tmp_path
             rates[guarantee] = len(words) / (time.perf_counter() - began)
             worker.stop()
     log.warning("exactly_once cost on kafka (test broker): %s", {k: round(v) for k, v in rates.items()})
+
+
+@pytest.mark.slow
+@pytest.mark.real_kafka  # the stall is the broker holding read_committed readers at the open transaction
+async def test_after_a_worker_dies_mid_transaction_readers_wait_about_ten_seconds_not_a_minute(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    # Two workers with different transactional ids share the group; one dies
+    # by SIGKILL with a transaction open. Until the broker aborts it
+    # (transaction.timeout.ms: librdkafka's default 60 s; here max(10 s,
+    # 3 commit intervals)) read_committed readers of the sink are held at it,
+    # so the outputs the other worker produces meanwhile stay invisible.
+    app_id, source, sink = unique("eos-stall"), unique("words"), unique("out")
+    await trio.to_thread.run_sync(create_topics, kafka_bootstrap, source, sink)
+    words = corpus(8000)
+    ends = await trio.to_thread.run_sync(produce_words, kafka_bootstrap, source, words)
+    env = {"EOS_APP_ID": app_id, "EOS_TOPIC": source, "EOS_OUT": sink, "EOS_PARTITIONS": str(PARTITIONS)}
+    slow = {"EOS_DELAY": "0.001"}
+    doomed = WorkerProcess(
+        "doomed", EOS_COUNTER, kafka_bootstrap, tmp_path, {**env, **slow, "EOS_DATADIR": str(tmp_path / "a")}
+    )
+    heir = WorkerProcess(
+        "heir", EOS_COUNTER, kafka_bootstrap, tmp_path, {**env, **slow, "EOS_DATADIR": str(tmp_path / "b")}
+    )
+    try:
+        await doomed.wait_for_log("streamtrio._worker: assigned", timeout=60)
+        await heir.wait_for_log("streamtrio._worker: assigned", timeout=60)
+        with trio.move_on_after(60):
+            while True:
+                done = await trio.to_thread.run_sync(committed, kafka_bootstrap, app_id, source)
+                if sum(done.values()) >= 2000:
+                    break
+                await trio.sleep(0.2)
+        doomed.kill()
+        killed_at = time.monotonic()
+        expected = positions(ends)
+        with trio.fail_after(150):
+            while not expected <= set(
+                outputs(await trio.to_thread.run_sync(read_topic, kafka_bootstrap, sink))
+            ):
+                await trio.sleep(0.5)
+        took = time.monotonic() - killed_at
+    finally:
+        doomed.kill()
+        code = await trio.to_thread.run_sync(heir.terminate, 45.0)
+    assert code == 0, heir.log()[-4000:]
+    print(f"from the kill to every output visible to read_committed readers: {took:.1f}s")
+    # The session timeout (2 s) + the transaction timeout (10 s) + the rest of the work.
+    assert took < 30, f"read_committed readers waited {took:.1f}s after the kill:\n{heir.log()[-3000:]}"
