@@ -379,6 +379,8 @@ class App:
 
     if TYPE_CHECKING:
         from ._tables.manager import TableManager as _TableManager
+        from ._tables.sets import SetGlobalTable as _SetGlobalTable
+        from ._tables.sets import SetTable as _SetTable
         from ._tables.table import GlobalTable as _GlobalTable
         from ._tables.table import Table as _Table
 
@@ -455,8 +457,71 @@ class App:
         assert isinstance(table, GlobalTable)
         return table
 
+    def SetTable(  # Faust's name
+        self,
+        name: str,
+        *,
+        key_type: type | None = None,
+        value_type: type | None = None,
+        partitions: int | None = None,
+        changelog_topic: Topic[Any] | str | None = None,
+        store: str | None = None,
+        help: str | None = None,
+        on_recover: Callable[[], Any] | None = None,
+        on_changelog_event: Callable[[Any], Any] | None = None,
+        recovery_buffer_size: int = 1000,
+        standby_buffer_size: int | None = None,
+        extra_topic_configs: Mapping[str, Any] | None = None,
+        use_partitioner: bool = False,
+        key_serializer: str | Codec | None = None,
+        value_serializer: str | Codec | None = None,
+        start_manager: bool = False,
+        manager_topic_name: str | None = None,
+        manager_topic_suffix: str | None = None,
+    ) -> _SetTable:
+        """A changelog-backed table whose values are sets (``value_type``: the members' type).
+
+        ``table[key].add(x)``, ``.discard(x)`` and ``table[key] |= {...}`` are
+        written to the changelog like assignments. See ``docs/tables.md``.
+        """
+        from ._tables.sets import SetTable
+
+        table = self._add_table(SetTable, locals())
+        assert isinstance(table, SetTable)
+        return table
+
+    def SetGlobalTable(  # Faust's name
+        self,
+        name: str,
+        *,
+        key_type: type | None = None,
+        value_type: type | None = None,
+        partitions: int | None = None,
+        changelog_topic: Topic[Any] | str | None = None,
+        store: str | None = None,
+        help: str | None = None,
+        on_recover: Callable[[], Any] | None = None,
+        on_changelog_event: Callable[[Any], Any] | None = None,
+        recovery_buffer_size: int = 1000,
+        standby_buffer_size: int | None = None,
+        extra_topic_configs: Mapping[str, Any] | None = None,
+        use_partitioner: bool = False,
+        key_serializer: str | Codec | None = None,
+        value_serializer: str | Codec | None = None,
+        start_manager: bool = False,
+        manager_topic_name: str | None = None,
+        manager_topic_suffix: str | None = None,
+    ) -> _SetGlobalTable:
+        """A :meth:`SetTable` every worker holds in full."""
+        from ._tables.sets import SetGlobalTable
+
+        table = self._add_table(SetGlobalTable, locals())
+        assert isinstance(table, SetGlobalTable)
+        return table
+
     def _add_table(self, cls: type[_Table], args: dict[str, Any]) -> _Table:
-        options = {k: v for k, v in args.items() if k not in ("self", "name", "Table", "GlobalTable")}
+        skip = ("self", "name", "Table", "GlobalTable", "SetTable", "SetGlobalTable")
+        options = {k: v for k, v in args.items() if k not in skip}
         name = args["name"]
         if options.get("store") is not None:
             options["store"] = _store_url(options["store"], f"table {name!r}")
