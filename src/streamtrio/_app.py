@@ -21,7 +21,7 @@ from ._exceptions import ClosedError, ConfigurationError, DeadLetterError, Produ
 from ._rpc import ReplyConsumer
 from ._settings import Settings, _store_url, parse_duration
 from ._signals import Lifecycle, Signal
-from ._stream import ChannelSource, Event, IterableSource, Stream, output_started
+from ._stream import ChannelSource, Event, IterableSource, Processor, Stream, output_started
 from ._timers import Crontab, Service, Task, Timer, crontab_task
 from ._topic import Channel, FutureMessage, Topic
 from ._transports.base import Producer, Transport
@@ -146,6 +146,8 @@ class App:
         self._transport_obj: Transport | None = None
         #: streams whose agent is executing a step (exactly_once commits wait for 0)
         self._steps = 0
+        #: topics streamed outside agents (``topic.stream()``): the worker joins the group
+        self._streamed_topics: list[Topic[Any]] = []
         self._init_web()
         # last: its assign hook runs after the tables have recovered
         self._components.append(self._lifecycle)
@@ -686,18 +688,39 @@ class App:
         )
 
     def stream(
-        self, channel: Channel[Any] | Iterable[Any] | AsyncIterator[Any], **kwargs: Any
+        self,
+        channel: Channel[Any] | Iterable[Any] | AsyncIterator[Any],
+        *,
+        processors: Iterable[Processor[Any]] | None = None,
+        **kwargs: Any,
     ) -> Stream[Any]:
-        """A stream over an in-process channel or a plain (async) iterable.
+        """A stream over a topic, an in-process channel or a plain (async) iterable.
 
-        Topics are consumed by agents (which the worker subscribes and commits);
-        use ``@app.agent(topic)`` for them.
+        A topic stream is read by the task that iterates it (``@app.task``),
+        with an agent's acks and commits: it subscribes the topic on the
+        running worker at its first step and gets the messages of the
+        partitions this worker is assigned. Create it before the worker
+        starts (module level) when no agent consumes a topic, so that the
+        worker joins the consumer group. See ``docs/agents.md``.
+
+        Args:
+            channel: a topic, a channel, or an iterable (handy in tests).
+            processors: functions (sync or async) applied to each value in turn.
+            **kwargs: Faust's other stream options, accepted and unused.
         """
         if isinstance(channel, Topic):
-            raise TypeError("app.stream() takes a channel or an iterable; consume topics with @app.agent")
+            from ._topic_stream import WorkerTopicSource
+
+            if channel not in self._streamed_topics:
+                self._streamed_topics.append(channel)
+            label = f"stream({channel.label})"
+            source = WorkerTopicSource(self, channel, label)
+            return Stream(source, app=self, label=label, processors=processors)
         if isinstance(channel, Channel):
-            return Stream(ChannelSource(channel._subscribe()), app=self, label=channel.label)
-        return Stream(IterableSource(self, channel), app=self, label="iterable")
+            return Stream(
+                ChannelSource(channel._subscribe()), app=self, label=channel.label, processors=processors
+            )
+        return Stream(IterableSource(self, channel), app=self, label="iterable", processors=processors)
 
     # -- runtime access -------------------------------------------------------------
 
@@ -764,8 +787,10 @@ class App:
 
     def _needs_group(self) -> bool:
         """Whether a worker joins the consumer group (topic agents or leader timers)."""
-        return any(isinstance(a.channel, Topic) for a in self.agents.values()) or any(
-            t.on_leader for t in self._timers
+        return (
+            any(isinstance(a.channel, Topic) for a in self.agents.values())
+            or any(t.on_leader for t in self._timers)
+            or bool(self._streamed_topics)
         )
 
     def _declared_topics(self) -> list[Topic[Any]]:

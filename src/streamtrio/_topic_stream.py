@@ -1,0 +1,87 @@
+"""Streams over topics outside agents: ``topic.stream()`` and ``app.stream(topic)``.
+
+Faust lets a task iterate a topic::
+
+    @app.task
+    async def audit():
+        async for order in orders_topic.stream():
+            ...
+
+Here the task iterating the stream is its actor. The stream subscribes the
+topic on the running worker at its first ``async for`` step (the group
+rebalances once) and gets every message of the partitions this worker is
+assigned, beside any agent of the same topic. Acks follow the agent rules:
+an event is acked when the next one is asked for (or ``event.ack()`` after
+``noack()``, or at the end of an ``async with event:`` block), and is done,
+so committable, only once every output it produced is delivered. The
+commit of a partition is the smallest frontier over its subscribers, so
+the task holds commits back exactly as an agent would. A failed output
+stops the worker (an agent's ``on_error="stop"``); so does an exception in
+the task, and the event it held stays uncommitted.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ._exceptions import AgentError, ClosedError
+from ._stream import Event, TopicSource
+
+if TYPE_CHECKING:
+    from ._app import App
+    from ._topic import Topic
+    from ._worker import Worker
+
+__all__ = ["WorkerTopicSource"]
+
+T = TypeVar("T")
+
+
+class WorkerTopicSource(Generic[T]):
+    """Events of ``topic``, subscribed on the app's running worker at the first take."""
+
+    #: not restricted to one partition (see Stream.active_partitions)
+    tp = None
+
+    def __init__(self, app: App, topic: Topic[T], label: str) -> None:
+        self.app = app
+        self.topic = topic
+        self.label = label
+        self._inner: TopicSource[T] | None = None
+        self._worker: Worker | None = None
+
+    def take_nowait(self) -> Event[T] | None:
+        return self._inner.take_nowait() if self._inner is not None else None
+
+    async def take(self) -> Event[T]:
+        if self._inner is None:
+            self._inner = await self._subscribe()
+        return await self._inner.take()
+
+    def release(self, event: Event[T], error: BaseException, *, retry: bool) -> None:
+        if self._inner is not None:
+            self._inner.release(event, error, retry=retry)
+
+    async def _subscribe(self) -> TopicSource[T]:
+        worker = self.app._worker
+        if worker is None or worker.consumer is None:
+            raise ClosedError(
+                f"stream over {self.topic.label!r}: a topic stream is read from a running worker "
+                "that consumes; create it before the worker starts (module level: "
+                "`s = topic.stream()`, then `async for value in s` in an @app.task), "
+                "or consume the topic with an @app.agent"
+            )
+        self._worker = worker
+        inbox = await worker.add_subscription(self.topic)
+        inbox.on_failure = self._output_failed
+        return TopicSource(self.app, inbox, self.topic.schema, agent=self.label)
+
+    def _output_failed(self, event: Event[Any], error: BaseException) -> None:
+        """An output of ``event`` failed: it is never done, and the worker stops."""
+        event._failed = True
+        if event._lane is not None:
+            event._lane.abandon(event.message.offset)  # a drain does not wait for it
+        failure = AgentError(f"{self.label}: an output of the event at {event._describe()} failed: {error}")
+        failure.__cause__ = error
+        if self._worker is not None:
+            self._worker.crash(failure)
