@@ -271,3 +271,24 @@ async def test_asyncio_in_an_agent_names_the_trio_replacement(app_factory: AppFa
     await produce(app, "src", [1])
     with pytest.raises(streamtrio.AgentError, match=r"no running event loop.*trio\.sleep"):
         await streamtrio.serve(app)
+
+
+async def test_a_task_raising_on_a_stream_event_stops_the_worker_uncommitted(
+    app_factory: AppFactory, broker: MemoryBroker
+) -> None:
+    app = app_factory(commit_interval=0.01)
+    orders = app.topic("orders", value_type=int, partitions=1)
+    stream = orders.stream()
+
+    @app.task
+    async def audit() -> None:
+        async for value in stream:
+            if value == 2:
+                raise ValueError("audit failed on 2")
+
+    await produce(app, "orders", [0, 1, 2, 3])
+    began = trio.current_time()
+    with pytest.raises(streamtrio.WorkerError, match="audit failed on 2"):
+        await streamtrio.serve(app)
+    assert trio.current_time() - began < app.conf.shutdown_timeout
+    assert committed(broker, "orders") == 2  # 0 and 1 done; 2 failed, nothing after it

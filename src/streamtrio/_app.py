@@ -714,8 +714,9 @@ class App:
             if channel not in self._streamed_topics:
                 self._streamed_topics.append(channel)
             label = f"stream({channel.label})"
-            source = WorkerTopicSource(self, channel, label)
-            return Stream(source, app=self, label=label, processors=processors)
+            source: WorkerTopicSource[Any] = WorkerTopicSource(self, channel, label)
+            source.stream = Stream(source, app=self, label=label, processors=processors)
+            return source.stream
         if isinstance(channel, Channel):
             return Stream(
                 ChannelSource(channel._subscribe()), app=self, label=channel.label, processors=processors

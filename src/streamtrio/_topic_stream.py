@@ -17,15 +17,19 @@ so committable, only once every output it produced is delivered. The
 commit of a partition is the smallest frontier over its subscribers, so
 the task holds commits back exactly as an agent would. A failed output
 stops the worker (an agent's ``on_error="stop"``); so does an exception in
-the task, and the event it held stays uncommitted.
+the task, and the event it held stays uncommitted. A stopping worker does
+not wait for the events of a task that no longer runs (they stay unacked:
+processed again after the restart).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ._exceptions import AgentError, ClosedError
-from ._stream import Event, TopicSource
+import trio
+
+from ._exceptions import AgentError, ClosedError, WorkerError
+from ._stream import Event, Stream, TopicSource
 
 if TYPE_CHECKING:
     from ._app import App
@@ -49,6 +53,8 @@ class WorkerTopicSource(Generic[T]):
         self.label = label
         self._inner: TopicSource[T] | None = None
         self._worker: Worker | None = None
+        #: the stream this source feeds (set by App.stream)
+        self.stream: Stream[T] | None = None
 
     def take_nowait(self) -> Event[T] | None:
         return self._inner.take_nowait() if self._inner is not None else None
@@ -74,7 +80,24 @@ class WorkerTopicSource(Generic[T]):
         self._worker = worker
         inbox = await worker.add_subscription(self.topic)
         inbox.on_failure = self._output_failed
+        task = trio.lowlevel.current_task()
+        if task.parent_nursery is not None:
+            task.parent_nursery.start_soon(self._release_when_stopped, worker, task)
         return TopicSource(self.app, inbox, self.topic.schema, agent=self.label)
+
+    async def _release_when_stopped(self, worker: Worker, task: trio.lowlevel.Task) -> None:
+        """Once the worker stops, release what the iterating task still holds if
+        that task has ended (it raised, or left its loop): the drain then does not
+        wait for events nobody will ack. They stay unacked, so uncommitted."""
+        stop = worker._stop
+        if stop is None:
+            return
+        await stop.wait()
+        # Polled only while the worker stops, as the worker polls its lanes then.
+        while task.coro.cr_frame is not None:  # noqa: ASYNC110 - no event tells a task ended
+            await trio.sleep(0.005)
+        if self.stream is not None:
+            self.stream.release_held(WorkerError(f"{self.label}: its task ended"), retry=False)
 
     def _output_failed(self, event: Event[Any], error: BaseException) -> None:
         """An output of ``event`` failed: it is never done, and the worker stops."""
