@@ -102,3 +102,32 @@ async def test_set_table_assignment_and_errors(app_factory: AppFactory) -> None:
         assert members["t"] == {(1, 2)}
         with pytest.raises(TypeError, match="SetTable"):
             members["k"] = "abc"
+
+
+async def test_set_global_table_is_read_by_every_worker(app_factory: AppFactory) -> None:
+    def make() -> tuple[streamtrio.App, Any, list[int]]:
+        app = app_factory("sets-global", commit_interval=0.05)
+        grants = app.topic("grants", key_type=str, value_type=str, partitions=2)
+        roles = app.SetGlobalTable("roles", value_type=str, partitions=2)
+        done = [0]
+
+        @app.agent(grants)
+        async def grant(stream: streamtrio.Stream[str]) -> None:
+            async for user, role in stream.items():
+                roles[user] |= {role}
+                done[0] += 1
+
+        return app, roles, done
+
+    app, roles, done = make()
+    async with running(app):
+        async with app.open_client():
+            for user, role in [("ann", "admin"), ("ann", "dev"), ("bob", "dev")]:
+                await app.send("grants", key=user, value=role)
+        await wait_for(lambda: done[0] == 3)
+        assert roles["ann"] == {"admin", "dev"}
+    other, roles2, _ = make()
+    async with running(other):
+        await other.tables.wait_until_recovery_completed()
+        assert isinstance(roles2, streamtrio.SetGlobalTable)
+        assert dict(roles2.items()) == {"ann": {"admin", "dev"}, "bob": {"dev"}}
