@@ -17,7 +17,7 @@ from streamtrio.testing import open_test_app
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FaustCompatibilityWarning)
-    from .faust_apps import orders
+    from .faust_apps import orders, page_views
 
 
 async def test_orders_app_runs_unchanged(autojump_clock: trio.testing.MockClock) -> None:
@@ -51,6 +51,56 @@ async def test_orders_app_runs_unchanged(autojump_clock: trio.testing.MockClock)
         assert orders.service_events.count("beat") >= 59
         assert orders.service_events.count("loop") >= 11
     assert orders.service_events[-1] == "stop"
+
+
+async def test_page_views_app_runs_unchanged() -> None:
+    app = page_views.app
+    async with open_test_app(app) as test_app:
+        worker = test_app.worker
+        await wait_until(lambda: len(worker._dynamic_topics) == 2)  # both task streams subscribed
+        # keyed by page: a table key lives in the partition of the events that write it
+        views = [
+            ("home", "Home", " ann"),
+            ("home", "HOME", "bob "),
+            ("about", "About", "ann"),
+            ("home", "home", "ann"),
+        ]
+        for key, page, user in views:
+            await test_app.send(page_views.views_topic, page_views.PageView(page=page, user=user), key=key)
+        md = await page_views.like("ann", "home")
+        assert md.topic == "faust-page-likes"
+        await page_views.like("ann", "about")
+        await page_views.like("bob", "home")
+        await test_app.send(page_views.audit_topic, page_views.PageView(page="Contact", user="cy"))
+        await test_app.drain()
+        await wait_until(lambda: len(page_views.tapped) == 4 and len(page_views.audited) == 1)
+
+        assert dict(page_views.visitors.items()) == {"home": {"ann", "bob"}, "about": {"ann"}}
+        assert dict(page_views.liked.items()) == {"ann": {"home", "about"}, "bob": {"home"}}
+        assert sorted(k for k, *_ in page_views.where) == ["about", "home", "home", "home"]
+        assert all(topic == "faust-page-views-in" for _, topic, _, _ in page_views.where)
+        by_partition: dict[int, list[int]] = {}
+        for _, _, partition, offset in page_views.where:
+            by_partition.setdefault(partition, []).append(offset)
+        assert all(offsets == list(range(len(offsets))) for offsets in by_partition.values())
+        # None for a plain agent; its one partition for an isolated one
+        assert page_views.partitions_seen[:4] == [None] * 4
+        isolated = page_views.partitions_seen[4:]
+        assert len(isolated) == 3 and all(len(tps) == 1 for tps in isolated)
+        assert sorted(page_views.tapped) == ["About", "HOME", "Home", "home"]  # no processors there
+        assert page_views.audited == [("contact", "faust-page-audit")]
+        counts = [n async for n in page_views.page_count.kvmap({p: p for p in ("home", "about", "none")})]
+        assert counts == [2, 1, 0]
+        await test_app.commit()
+        committed = test_app.committed()
+        assert sum(off for tp, off in committed.items() if tp.topic == "faust-page-views-in") == 4
+        assert sum(off for tp, off in committed.items() if tp.topic == "faust-page-audit") == 1
+
+
+async def wait_until(predicate: Any) -> None:
+    with trio.fail_after(10):
+        while not predicate():
+            await trio.sleep(0.01)
 
 
 def test_faust_type_aliases_and_uuid() -> None:

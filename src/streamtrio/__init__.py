@@ -40,6 +40,7 @@ from ._settings import FaustCompatibilityWarning, Settings
 from ._signals import Signal
 from ._stream import Event, Stream, current_event
 from ._tables.manager import TableManager, TableManagerStatistics
+from ._tables.sets import ChangeloggedSet, SetGlobalTable, SetTable
 from ._tables.table import GlobalTable, Table
 from ._tables.windowed import WindowSet, WindowWrapper
 from ._tables.windows import HoppingWindow, SlidingWindow, TumblingWindow, Window
@@ -79,6 +80,7 @@ __all__ = [
     "AppT",
     "AskTimeoutError",
     "BrokerUnavailableError",
+    "ChangeloggedSet",
     "Channel",
     "ChannelT",
     "ClosedError",
@@ -112,6 +114,8 @@ __all__ = [
     "Schema",
     "Service",
     "ServiceT",
+    "SetGlobalTable",
+    "SetTable",
     "Settings",
     "Signal",
     "SlidingWindow",

@@ -38,6 +38,7 @@ from ._stream import (
     _ActorSource,
     current_event,
 )
+from ._timers import asyncio_hint
 from ._topic import Channel, Topic
 from ._types import TP, Headers, RecordMetadata
 
@@ -175,13 +176,16 @@ class Agent(Generic[T]):
         items: Mapping[Any, Any] | Iterable[tuple[Any, Any]] | AsyncIterable[tuple[Any, Any]],
         *,
         timeout: float | None = None,  # noqa: ASYNC109
-    ) -> AsyncIterator[tuple[Any, Any]]:
-        """Ask for every (key, value) concurrently; yield (key, reply) in input order."""
+    ) -> AsyncIterator[Any]:
+        """Ask for every (key, value) concurrently; yield the replies in input order.
+
+        As in Faust, the replies alone are yielded (pair them with the input
+        with ``zip`` if needed); Faust yields them as they arrive, here in the
+        order of ``items``.
+        """
         pairs: list[tuple[Any, Any]] = await collect(items.items() if isinstance(items, Mapping) else items)
-        index = 0
         async for reply in chunked_replies(self.app._rpc, self, pairs, self._timeout(timeout)):
-            yield pairs[index][0], reply
-            index += 1
+            yield reply
 
     async def join(
         self,
@@ -455,10 +459,11 @@ class Agent(Generic[T]):
                 if self.on_error == "restart":
                     held = stream.release_held(exc, retry=True)
                     log.error(
-                        "agent %s raised on %s; restarting in %.1fs",
+                        "agent %s raised on %s; restarting in %.1fs%s",
                         label,
                         _describe(held),
                         backoff,
+                        asyncio_hint(exc),
                         exc_info=exc,
                     )
                     await trio.sleep(backoff)
@@ -473,7 +478,10 @@ class Agent(Generic[T]):
                 held = stream.release_held(exc, retry=False)
                 if isinstance(source, _ActorSource):
                     source.abandon_pending(exc)
-                error = AgentError(f"agent {label} raised {type(exc).__name__}: {exc} (on {_describe(held)})")
+                error = AgentError(
+                    f"agent {label} raised {type(exc).__name__}: {exc} "
+                    f"(on {_describe(held)}){asyncio_hint(exc)}"
+                )
                 error.__cause__ = exc
                 worker.crash(error)
                 return

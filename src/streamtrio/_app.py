@@ -21,7 +21,7 @@ from ._exceptions import ClosedError, ConfigurationError, DeadLetterError, Produ
 from ._rpc import ReplyConsumer
 from ._settings import Settings, _store_url, parse_duration
 from ._signals import Lifecycle, Signal
-from ._stream import ChannelSource, Event, IterableSource, Stream, output_started
+from ._stream import ChannelSource, Event, IterableSource, Processor, Stream, output_started
 from ._timers import Crontab, Service, Task, Timer, crontab_task
 from ._topic import Channel, FutureMessage, Topic
 from ._transports.base import Producer, Transport
@@ -146,6 +146,8 @@ class App:
         self._transport_obj: Transport | None = None
         #: streams whose agent is executing a step (exactly_once commits wait for 0)
         self._steps = 0
+        #: topics streamed outside agents (``topic.stream()``): the worker joins the group
+        self._streamed_topics: list[Topic[Any]] = []
         self._init_web()
         # last: its assign hook runs after the tables have recovered
         self._components.append(self._lifecycle)
@@ -379,6 +381,8 @@ class App:
 
     if TYPE_CHECKING:
         from ._tables.manager import TableManager as _TableManager
+        from ._tables.sets import SetGlobalTable as _SetGlobalTable
+        from ._tables.sets import SetTable as _SetTable
         from ._tables.table import GlobalTable as _GlobalTable
         from ._tables.table import Table as _Table
 
@@ -455,8 +459,71 @@ class App:
         assert isinstance(table, GlobalTable)
         return table
 
+    def SetTable(  # Faust's name
+        self,
+        name: str,
+        *,
+        key_type: type | None = None,
+        value_type: type | None = None,
+        partitions: int | None = None,
+        changelog_topic: Topic[Any] | str | None = None,
+        store: str | None = None,
+        help: str | None = None,
+        on_recover: Callable[[], Any] | None = None,
+        on_changelog_event: Callable[[Any], Any] | None = None,
+        recovery_buffer_size: int = 1000,
+        standby_buffer_size: int | None = None,
+        extra_topic_configs: Mapping[str, Any] | None = None,
+        use_partitioner: bool = False,
+        key_serializer: str | Codec | None = None,
+        value_serializer: str | Codec | None = None,
+        start_manager: bool = False,
+        manager_topic_name: str | None = None,
+        manager_topic_suffix: str | None = None,
+    ) -> _SetTable:
+        """A changelog-backed table whose values are sets (``value_type``: the members' type).
+
+        ``table[key].add(x)``, ``.discard(x)`` and ``table[key] |= {...}`` are
+        written to the changelog like assignments. See ``docs/tables.md``.
+        """
+        from ._tables.sets import SetTable
+
+        table = self._add_table(SetTable, locals())
+        assert isinstance(table, SetTable)
+        return table
+
+    def SetGlobalTable(  # Faust's name
+        self,
+        name: str,
+        *,
+        key_type: type | None = None,
+        value_type: type | None = None,
+        partitions: int | None = None,
+        changelog_topic: Topic[Any] | str | None = None,
+        store: str | None = None,
+        help: str | None = None,
+        on_recover: Callable[[], Any] | None = None,
+        on_changelog_event: Callable[[Any], Any] | None = None,
+        recovery_buffer_size: int = 1000,
+        standby_buffer_size: int | None = None,
+        extra_topic_configs: Mapping[str, Any] | None = None,
+        use_partitioner: bool = False,
+        key_serializer: str | Codec | None = None,
+        value_serializer: str | Codec | None = None,
+        start_manager: bool = False,
+        manager_topic_name: str | None = None,
+        manager_topic_suffix: str | None = None,
+    ) -> _SetGlobalTable:
+        """A :meth:`SetTable` every worker holds in full."""
+        from ._tables.sets import SetGlobalTable
+
+        table = self._add_table(SetGlobalTable, locals())
+        assert isinstance(table, SetGlobalTable)
+        return table
+
     def _add_table(self, cls: type[_Table], args: dict[str, Any]) -> _Table:
-        options = {k: v for k, v in args.items() if k not in ("self", "name", "Table", "GlobalTable")}
+        skip = ("self", "name", "Table", "GlobalTable", "SetTable", "SetGlobalTable")
+        options = {k: v for k, v in args.items() if k not in skip}
         name = args["name"]
         if options.get("store") is not None:
             options["store"] = _store_url(options["store"], f"table {name!r}")
@@ -621,18 +688,40 @@ class App:
         )
 
     def stream(
-        self, channel: Channel[Any] | Iterable[Any] | AsyncIterator[Any], **kwargs: Any
+        self,
+        channel: Channel[Any] | Iterable[Any] | AsyncIterator[Any],
+        *,
+        processors: Iterable[Processor[Any]] | None = None,
+        **kwargs: Any,
     ) -> Stream[Any]:
-        """A stream over an in-process channel or a plain (async) iterable.
+        """A stream over a topic, an in-process channel or a plain (async) iterable.
 
-        Topics are consumed by agents (which the worker subscribes and commits);
-        use ``@app.agent(topic)`` for them.
+        A topic stream is read by the task that iterates it (``@app.task``),
+        with an agent's acks and commits: it subscribes the topic on the
+        running worker at its first step and gets the messages of the
+        partitions this worker is assigned. Create it before the worker
+        starts (module level) when no agent consumes a topic, so that the
+        worker joins the consumer group. See ``docs/agents.md``.
+
+        Args:
+            channel: a topic, a channel, or an iterable (handy in tests).
+            processors: functions (sync or async) applied to each value in turn.
+            **kwargs: Faust's other stream options, accepted and unused.
         """
         if isinstance(channel, Topic):
-            raise TypeError("app.stream() takes a channel or an iterable; consume topics with @app.agent")
+            from ._topic_stream import WorkerTopicSource
+
+            if channel not in self._streamed_topics:
+                self._streamed_topics.append(channel)
+            label = f"stream({channel.label})"
+            source: WorkerTopicSource[Any] = WorkerTopicSource(self, channel, label)
+            source.stream = Stream(source, app=self, label=label, processors=processors)
+            return source.stream
         if isinstance(channel, Channel):
-            return Stream(ChannelSource(channel._subscribe()), app=self, label=channel.label)
-        return Stream(IterableSource(self, channel), app=self, label="iterable")
+            return Stream(
+                ChannelSource(channel._subscribe()), app=self, label=channel.label, processors=processors
+            )
+        return Stream(IterableSource(self, channel), app=self, label="iterable", processors=processors)
 
     # -- runtime access -------------------------------------------------------------
 
@@ -699,8 +788,10 @@ class App:
 
     def _needs_group(self) -> bool:
         """Whether a worker joins the consumer group (topic agents or leader timers)."""
-        return any(isinstance(a.channel, Topic) for a in self.agents.values()) or any(
-            t.on_leader for t in self._timers
+        return (
+            any(isinstance(a.channel, Topic) for a in self.agents.values())
+            or any(t.on_leader for t in self._timers)
+            or bool(self._streamed_topics)
         )
 
     def _declared_topics(self) -> list[Topic[Any]]:

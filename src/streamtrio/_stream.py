@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ._codecs import Schema
     from ._topic import Channel
 
-__all__ = ["Event", "Stream", "current_event"]
+__all__ = ["Event", "Processor", "Stream", "current_event"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,9 @@ def current_event() -> Event[Any] | None:
     """The event the calling actor is processing, if any."""
     return _current_event.get()
 
+
+#: A function applied to each value of a stream, sync or async (Faust's processors).
+Processor = Callable[[T], "T | Awaitable[T]"]
 
 #: Called with the event whose delivery failed and the error (the agent's policy).
 FailureHandler = Callable[["Event[Any]", BaseException], None]
@@ -135,6 +138,22 @@ class Event(Generic[T]):
         if not self._outputs:
             self._complete()
         return True
+
+    async def __aenter__(self) -> Event[T]:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        """``async with event:`` acks the event when the block ends without an error.
+
+        Acking is the agent's part only: the event is done (and committable)
+        once every output it produced is delivered too. A block that raises
+        leaves the event unacked, so the agent's ``on_error`` policy applies
+        to it (Faust acks it anyway, which would commit past a failure).
+        """
+        if exc_type is None:
+            self.ack()
 
     def _complete(self) -> None:
         if self._retired or self._failed:
@@ -522,10 +541,13 @@ class Stream(Generic[T]):
         label: str = "",
         agent: Agent[Any] | None = None,
         actor: int = 0,
+        processors: Iterable[Processor[Any]] | None = None,
     ) -> None:
         self.app = app
         self.label = label
         self._source = source
+        #: applied to each value as it is taken (``add_processor``)
+        self._processors: list[Processor[Any]] = list(processors or ())
         self._held: list[Event[T]] = []
         self._since_checkpoint = 0
         self._auto_ack = True
@@ -582,7 +604,19 @@ class Stream(Generic[T]):
         event._stream = self
         _current_event.set(event)
         self._begin_step()
+        if self._processors:
+            # The event is held already: a processor that raises fails it
+            # like the agent raising (its on_error policy applies).
+            await self._process(event)
         return event
+
+    async def _process(self, event: Event[T]) -> None:
+        value: Any = event.value
+        for processor in self._processors:
+            value = processor(value)
+            if inspect.isawaitable(value):
+                value = await value
+        event.value = value
 
     def _take_ready(self) -> Event[T] | None:
         """Like :meth:`_take_event` without awaiting: the next event if one is ready.
@@ -592,7 +626,7 @@ class Stream(Generic[T]):
         events) free of an extra coroutine per event.
         """
         count = self._since_checkpoint + 1
-        if count >= _CHECKPOINT_EVERY:
+        if count >= _CHECKPOINT_EVERY or self._processors:
             return None
         try:
             event = self._source.take_nowait()
@@ -639,6 +673,38 @@ class Stream(Generic[T]):
             child.close()
         self._auto_ack = True
         self._ack_held()
+
+    def add_processor(self, processor: Processor[T]) -> None:
+        """Apply ``processor`` (sync or async, value in, value out) to every value taken from now on.
+
+        Processors run in the order added, before the agent sees the value.
+        An exception in one fails the event like an exception in the agent.
+        """
+        self._processors.append(processor)
+
+    @property
+    def current_event(self) -> Event[T] | None:
+        """The event of the value being processed (the newest one held).
+
+        For an agent iterating a ``group_by``/``through`` stream of this one,
+        the derived stream's event. ``streamtrio.current_event()`` gives the
+        same from anywhere in the actor.
+        """
+        if self._held:
+            return self._held[-1]
+        for child in self._children:
+            event = child.current_event
+            if event is not None:
+                return event
+        return None
+
+    @property
+    def active_partitions(self) -> set[TP] | None:
+        """The partitions this stream is restricted to (``isolated_partitions``
+        actors: their one partition), or ``None``: every partition its
+        source is assigned, as in Faust."""
+        tp = getattr(self._source, "tp", None)
+        return None if tp is None else {tp}
 
     def through(self, channel: Channel[Any] | str) -> Stream[T]:
         """Send every event on to ``channel`` (a topic, topic name or channel) and

@@ -16,7 +16,7 @@ from ._codecs import Codec, Schema, default_serializer
 from ._exceptions import ClosedError, ProducerError
 from ._lanes import Inbox
 from ._settings import parse_duration
-from ._stream import Event, output_started
+from ._stream import Event, Stream, output_started
 from ._types import Headers, Message, RecordMetadata, TopicSpec
 
 if TYPE_CHECKING:
@@ -220,6 +220,13 @@ class Channel(Generic[T]):
 
     async def send_and_wait(self, **kwargs: Any) -> RecordMetadata:
         return await self.send(**kwargs)
+
+    def stream(self, **kwargs: Any) -> Stream[T]:
+        """A stream over this channel or topic: ``app.stream(self, **kwargs)``.
+
+        Iterate it in a task (``@app.task``); see :meth:`App.stream`.
+        """
+        return self.app.stream(self, **kwargs)
 
     def derive(self, **kwargs: Any) -> Channel[T]:
         return Channel(
