@@ -314,6 +314,7 @@ class TopicSource(Generic[T]):
         return event
 
     def _bad_message(self, event: Event[T], exc: DecodeError) -> Event[T] | None:
+        self.app.monitor.decode_error(event.message.topic, self.policy)
         if self.policy == "raise":
             _current_event.set(event)
             raise _HeldDecodeError(event, exc)
