@@ -158,47 +158,86 @@ def run_command(
 def send_command(
     app: App,
     topic: Annotated[str, typer.Argument(help="Topic name.")],
-    value: Annotated[str | None, typer.Argument(help="The value (JSON for json topics).")] = None,
-    key: Annotated[str | None, typer.Option("--key", "-k", help="The key.")] = None,
+    value: Annotated[
+        str | None, typer.Argument(help="The value (JSON when the topic's values are JSON).")
+    ] = None,
+    value_opt: Annotated[
+        str | None, typer.Option("--value", "-v", help="The value, as an option instead of VALUE.")
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option("--key", "-k", help="The key (JSON when the topic's keys are JSON).")
+    ] = None,
     partition: Annotated[int | None, typer.Option(help="Partition (default: by key).")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="Send one message per non-empty line of this file.")
+    ] = None,
+    count: Annotated[
+        int, typer.Option("--count", "-n", min=1, help="Send the message(s) this many times.")
+    ] = 1,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="Send the key and value text as bytes, without the topic's schema.")
+    ] = False,
+    topic_not_in_app: Annotated[
+        bool,
+        typer.Option("--topic-not-in-app", help="Send to a topic the app does not declare (as raw bytes)."),
+    ] = False,
 ) -> None:
-    """Send one message through the topic's serializers; print where it landed."""
-    target = app._topic_named(topic)
+    """Send messages encoded with the topic's schema; print where each landed.
+
+    What a worker would refuse (not JSON, a Record with a missing field, a
+    value its codec cannot read) is refused before anything is sent.
+    """
+    from ._cli_send import Refused, declared_topic, encode_messages, raw_topic
+
+    declared = declared_topic(app, topic)
+    if declared is None and not topic_not_in_app:
+        names = sorted({n for t in app._declared_topics() if not t.internal for n in t.topics})
+        raise Refused(
+            f"app {app.id!r} declares no topic {topic!r} (its topics: {', '.join(names) or 'none'}); "
+            "pass --topic-not-in-app to send raw bytes to it anyway"
+        )
+    given = [v for v in (value, value_opt) if v is not None]
+    if len(given) > 1:
+        raise Refused("give the value once: as VALUE or as --value, not both")
+    values: list[str | None]
+    if file is not None:
+        if given:
+            raise Refused("give the values with --file or on the command line, not both")
+        try:
+            lines = file.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise Refused(f"--file {str(file)!r}: {exc.strerror or exc}") from exc
+        values = [line for line in lines if line.strip()]
+        if not values:
+            raise Refused(f"--file {str(file)!r} has no message (every line is empty)")
+    else:
+        values = [given[0] if given else None]
+    messages = encode_messages(declared, topic, key=key, values=values, raw=raw) * count
     if app.conf.broker.startswith("memory://"):
         typer.echo(
-            "warning: memory:// lives inside one process; this message ends with this command",
+            "warning: memory:// lives inside one process; these messages end with this command",
             err=True,
         )
+    partitions = declared.partitions if declared is not None else None
+    target = raw_topic(app, topic, partitions)
 
-    def parse(text: str | None, serializer: Any, kind: type | None) -> Any:
-        if text is None:
-            return None
-        data: Any = text
-        if serializer != "raw":
-            try:
-                data = json.loads(text)
-            except ValueError:
-                data = text
-        from_data = getattr(kind, "from_data", None)
-        if from_data is not None and isinstance(data, dict):
-            return from_data(data)
-        return data
-
-    async def go() -> dict[str, Any]:
+    async def go() -> list[dict[str, Any]]:
+        landed = []
         async with app.open_client():
-            md = await target.send(
-                key=parse(key, target.key_serializer, target.key_type),
-                value=parse(value, target.value_serializer, target.value_type),
-                partition=partition,
-            )
-            return {
-                "topic": md.topic,
-                "partition": md.partition,
-                "offset": md.offset,
-                "timestamp": md.timestamp,
-            }
+            for message in messages:
+                md = await target.send(key=message.key, value=message.value, partition=partition)
+                landed.append(
+                    {
+                        "topic": md.topic,
+                        "partition": md.partition,
+                        "offset": md.offset,
+                        "timestamp": md.timestamp,
+                    }
+                )
+        return landed
 
-    typer.echo(json.dumps(trio.run(go)))
+    for where in trio.run(go):
+        typer.echo(json.dumps(where))
 
 
 def topics_command(app: App) -> None:
