@@ -317,7 +317,7 @@ class TopicSource(Generic[T]):
         self.app.monitor.decode_error(event.message.topic, self.policy)
         if self.policy == "raise":
             _current_event.set(event)
-            raise _HeldDecodeError(event, exc)
+            raise _HeldDecodeError(event, exc.with_policy_hint())
         if self.policy == "skip":
             self.skipped += 1
             log.warning("agent %s skipped a message: %s (skipped so far: %d)", self.agent, exc, self.skipped)
