@@ -767,7 +767,9 @@ class App:
                 )
         else:
             lines.append("  agents    none")
-        names = sorted({n for t in self._declared_topics() for n in t.topics})
+        # The app's own topics; internal ones (group leader, cluster map, changelogs) at debug level.
+        verbose = log.isEnabledFor(logging.DEBUG)
+        names = sorted({n for t in self._declared_topics() if verbose or not t.internal for n in t.topics})
         if names:
             lines.append(f"  topics    {', '.join(names)}")
         for timer in self._timers:

@@ -304,7 +304,8 @@ class Worker:
         if self.exactly_once:
             log.info("revoked %s (offsets committed in the transaction)", _tps(revoked))
         else:
-            log.info("revoked %s (committing %s)", _tps(revoked), {str(k): v for k, v in todo.items()})
+            committing = ", ".join(f"{tp}: {offset}" for tp, offset in sorted(todo.items()))
+            log.info("revoked %s%s", _tps(revoked), f" (committing {committing})" if committing else "")
         return todo
 
     async def _wait_idle(self, lanes: Collection[Lane[Any]], grace: float, why: str) -> None:

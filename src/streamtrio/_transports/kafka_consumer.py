@@ -620,7 +620,7 @@ class KafkaConsumer(_ThreadOwnedClient[list[Message]], Consumer):
         # tables are ready.
         if partitions:
             client.pause(partitions)
-        log.info("assigned %s", ", ".join(map(str, sorted(tps))) or "nothing")
+        log.debug("assigned %s", ", ".join(map(str, sorted(tps))) or "nothing")
         self._run_in_trio(self._listener.on_partitions_assigned, tps)
 
     def _on_revoke(self, client: Any, partitions: list[Any]) -> None:

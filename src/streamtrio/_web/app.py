@@ -88,6 +88,22 @@ def to_response(result: Any) -> Any:
     return result
 
 
+class _NoStartupBanner(logging.Filter):
+    """Hypercorn's "Running on ... (CTRL + C to quit)": the worker says where it serves."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Running on")
+
+
+_HYPERCORN_LOG = logging.getLogger("streamtrio.web.hypercorn")
+_HYPERCORN_LOG.addFilter(_NoStartupBanner())
+
+
+def hypercorn_log() -> logging.Logger:
+    """The logger Hypercorn's error log goes to (its start-up line dropped)."""
+    return _HYPERCORN_LOG
+
+
 class WebServer:
     """Worker component serving the app's pages (``app.web``).
 
@@ -217,7 +233,7 @@ class WebServer:
         where = f"{conf.web_bind}:{conf.web_port}"
         config.bind = [where]
         config.accesslog = None
-        config.errorlog = logging.getLogger("streamtrio.web.hypercorn")
+        config.errorlog = hypercorn_log()
         config.graceful_timeout = GRACEFUL_TIMEOUT
         try:
             sockets = config.create_sockets()

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .._exceptions import WorkerError
+from .app import hypercorn_log
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -225,7 +226,7 @@ class MetricsServer:
         where = f"{conf.web_bind}:{conf.metrics_port}"
         config.bind = [where]
         config.accesslog = None
-        config.errorlog = logging.getLogger("streamtrio.web.hypercorn")
+        config.errorlog = hypercorn_log()
         config.graceful_timeout = 1.0
         try:
             sockets = config.create_sockets()
