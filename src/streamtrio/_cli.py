@@ -47,7 +47,9 @@ def argument(*param_decls: str, **attrs: Any) -> Callable[[Any], Any]:
     return click.argument(*param_decls, **attrs)
 
 
-AppSpec = Annotated[str, typer.Argument(help="The app: path/to/file.py[:NAME] or package.module[:NAME].")]
+AppSpec = Annotated[
+    str, typer.Argument(metavar="APP", help="The app: path/to/file.py[:NAME] or package.module[:NAME].")
+]
 
 
 def load_app(spec: str) -> App:
@@ -157,9 +159,10 @@ def run_command(
 
 def send_command(
     app: App,
-    topic: Annotated[str, typer.Argument(help="Topic name.")],
+    topic: Annotated[str, typer.Argument(metavar="TOPIC", help="Topic name.")],
     value: Annotated[
-        str | None, typer.Argument(help="The value (JSON when the topic's values are JSON).")
+        str | None,
+        typer.Argument(metavar="VALUE", help="The value (JSON when the topic's values are JSON)."),
     ] = None,
     value_opt: Annotated[
         str | None, typer.Option("--value", "-v", help="The value, as an option instead of VALUE.")
@@ -247,7 +250,11 @@ def topics_command(app: App) -> None:
         for name in topic.topics:
             spec = topic.spec(name)
             role = "source" if name in sources else ("internal" if topic.internal else "topic")
-            typer.echo(f"{name}\t{spec.partitions} partitions\t{role}")
+            typer.echo(f"{name}\t{_partitions(spec.partitions)}\t{role}")
+
+
+def _partitions(count: int) -> str:
+    return f"{count} partition" if count == 1 else f"{count} partitions"
 
 
 def agents_command(app: App) -> None:
@@ -260,10 +267,13 @@ def agents_command(app: App) -> None:
 
 def tables_command(app: App) -> None:
     """List the app's tables with their changelog topics and partitions."""
+    if not app.tables:
+        typer.echo(f"app {app.id!r} has no tables", err=True)
+        return
     for table in app.tables.values():
         info = table.info()
         line = f"{info['name']}\t{info['type']}\t-> {info['changelog_topic']}"
-        line += f"\t{info['partitions']} partitions"
+        line += f"\t{_partitions(info['partitions'])}"
         if info["help"]:
             line += f"\t{info['help']}"
         typer.echo(line)
@@ -391,6 +401,8 @@ def build_cli(bound: App | None = None) -> typer.Typer:
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,
+        # click's plain help: no "<bool>" beside flags, no boxes in a pipe
+        rich_markup_mode=None,
     )
     for name, fun, help_text in _COMMANDS:
         cli.command(name=name, help=help_text)(_bind(fun, bound))
