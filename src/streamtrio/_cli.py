@@ -108,16 +108,20 @@ def _apps_in(module: Any) -> list[str]:
     return [name for name, value in vars(module).items() if isinstance(value, App)]
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, console: Any = None) -> None:
+    """Log to standard error (through ``console``, a rich Console showing live progress, if given)."""
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ConfigurationError(f"--loglevel: unknown level {level!r} (debug, info, warning, error)")
-    logging.basicConfig(
-        level=numeric,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
+    fmt = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    if console is None:
+        logging.basicConfig(level=numeric, format=fmt, stream=sys.stderr, force=True)
+        return
+    from ._progress import ConsoleLogHandler
+
+    handler = ConsoleLogHandler(console)
+    handler.setFormatter(logging.Formatter(fmt))
+    logging.basicConfig(level=numeric, handlers=[handler], force=True)
 
 
 # -- commands (each takes the App first; build_cli binds or loads it) ------------
@@ -137,9 +141,19 @@ def run_command(
         str | None, typer.Option("--web-host", "-h", help="Host name other workers use to reach this one.")
     ] = None,
     without_web: Annotated[bool, typer.Option("--without-web", help="Serve no web views.")] = False,
+    no_progress: Annotated[
+        bool,
+        typer.Option(
+            "--no-progress", help="No live progress display in a terminal (plain log lines instead)."
+        ),
+    ] = False,
 ) -> None:
     """Start a worker: consume, run agents, commit. Ctrl-C stops it gracefully."""
-    _setup_logging(loglevel)
+    from ._progress import StartupProgress
+
+    progress = StartupProgress(app, live=False if no_progress else None)
+    _setup_logging(loglevel, progress.console if progress.live else None)
+    app._components.append(progress)
     overrides: dict[str, Any] = {}
     if broker is not None:
         overrides["broker"] = broker
