@@ -8,6 +8,7 @@ agent holds the partition.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -95,6 +96,8 @@ async def test_metrics_count_what_happened(
         assert value(samples, "streamtrio_assigned_partitions") == PARTITIONS
         assert value(samples, "streamtrio_table_keys", table="totals") == len(KEYS)
         assert value(samples, "streamtrio_recovery_remaining_records") == 0
+        assert value(samples, "streamtrio_recovery_remaining_partitions") == 0
+        assert value(samples, "streamtrio_recovery_replayed_records_total", table="totals") == 0
         assert value(samples, "streamtrio_producer_queued_messages") == 0
         assert value(samples, "streamtrio_events_in_flight") == 0
         assert total(samples, "streamtrio_decode_errors_total") == 0
@@ -198,3 +201,25 @@ async def test_metrics_port_serves_metrics_without_the_web_server(
             while total(await scrape(client, base), "streamtrio_events_total", agent="work") != 5:
                 await trio.sleep(0.02)
         assert (await client.get(f"{base}/stats/")).status_code == 404
+
+
+async def test_recovery_replayed_records_per_table(
+    app_factory: AppFactory, broker: MemoryBroker, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    first = orders_app(app_factory, table=True)
+    async with running(first):
+        await produce(first, [(key, 1) for key in KEYS])
+        await wait_for(lambda: len(first.latest) == len(KEYS))  # type: ignore[attr-defined]
+    changelog = sum(broker.end_offset(TP("webapp-totals-changelog", p)) for p in range(PARTITIONS))
+    assert changelog >= len(KEYS)
+    # Another data dir: a fresh store, which replays the whole changelog.
+    second = orders_app(app_factory, table=True, datadir=str(tmp_path / "second"), table_standby_replicas=0)
+    async with running(second):
+        await second.tables.wait_until_recovery_completed()
+        url = second.web.url
+        assert url is not None
+        samples = await scrape(client, url)
+    assert value(samples, "streamtrio_recovery_replayed_records_total", table="totals") == changelog
+    assert value(samples, "streamtrio_standby_applied_records_total", table="totals") == 0
+    assert value(samples, "streamtrio_table_keys", table="totals") == len(KEYS)
+    assert value(samples, "streamtrio_recovery_remaining_records") == 0

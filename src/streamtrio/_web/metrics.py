@@ -145,28 +145,54 @@ def _histogram(name: str, documentation: str, histogram: Any) -> Metric:
 
 
 def _table_metrics(app: App) -> Iterable[Metric]:
-    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
     keys = GaugeMetricFamily(
         "streamtrio_table_keys",
         "Keys of a table held for the partitions this worker serves",
         labels=["table"],
     )
+    replayed = CounterMetricFamily(
+        "streamtrio_recovery_replayed_records",
+        "Changelog records replayed by table recovery on this worker",
+        labels=["table"],
+    )
+    followed = CounterMetricFamily(
+        "streamtrio_standby_applied_records",
+        "Changelog records applied by the standby follower (standby partitions, GlobalTables)",
+        labels=["table"],
+    )
     remaining = GaugeMetricFamily(
         "streamtrio_recovery_remaining_records",
-        "Changelog records the running table recovery still has to replay (0 when none runs)",
+        "Changelog records the running recovery still has to replay (0: none runs; "
+        "absent while the changelogs' end is unknown)",
+    )
+    partitions = GaugeMetricFamily(
+        "streamtrio_recovery_remaining_partitions",
+        "Changelog partitions the running recovery has not replayed to their end (0: none runs)",
     )
     manager = getattr(app, "_table_manager", None)
-    left = 0
+    left: int | None = 0
+    parts = 0
     if manager and manager.running:
+        st = manager.statistics()
         for name, table in sorted(manager.items()):
             keys.add_metric([name], len(table))
-        progress = manager.statistics().recovery
-        if progress is not None and not progress.finished and progress.total is not None:
-            left = progress.total - progress.done
-    remaining.add_metric([], left)
+            changelog = table.changelog_topic_name
+            replayed.add_metric([name], sum(n for tp, n in st.recovered.items() if tp.topic == changelog))
+            followed.add_metric([name], sum(n for tp, n in st.followed.items() if tp.topic == changelog))
+        progress = st.recovery
+        if progress is not None and not progress.finished:
+            left = None if progress.total is None else progress.total - progress.done
+            parts = progress.remaining
+    if left is not None:
+        remaining.add_metric([], left)
+    partitions.add_metric([], parts)
     yield keys
+    yield replayed
+    yield followed
     yield remaining
+    yield partitions
 
 
 _registries: weakref.WeakKeyDictionary[App, CollectorRegistry] = weakref.WeakKeyDictionary()
