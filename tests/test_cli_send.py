@@ -95,6 +95,14 @@ def test_str_values_need_no_quotes_and_raw_sends_bytes_as_given(app: streamtrio.
     assert sent == {(None, b"not json at all"), (b"k", None)}
 
 
+def test_an_untyped_json_topic_takes_text_as_a_string(app: streamtrio.App) -> None:
+    topic = app.topic("anything", partitions=1)  # value_type=None, json values
+    assert send(app, "anything", "plain words")[0] == 0
+    assert send(app, "anything", '{"a": 1}')[0] == 0
+    values = [topic.schema.loads_value(m.value) for m in on_broker(app, "anything")]
+    assert values == ["plain words", {"a": 1}]
+
+
 def test_undeclared_topic_with_the_flag_gets_raw_bytes(app: streamtrio.App) -> None:
     code, _out, err = send(app, "elsewhere", "payload", "--topic-not-in-app")
     assert code == 0, err

@@ -56,8 +56,8 @@ def _to_object(text: str, schema: Schema, role: str, topic: str) -> Any:
     try:
         data = json.loads(text)
     except ValueError as exc:
-        if kind is str:
-            return text  # a str key or value needs no quotes on the command line
+        if kind is str or kind is None:
+            return text  # a str (or untyped) key or value needs no quotes on the command line
         raise Refused(
             f"the {role} {text!r} is not JSON ({exc}): topic {topic!r} takes "
             f"{_type_name(kind)} {role}s encoded with {codec.name!r}"
