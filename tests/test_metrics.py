@@ -99,6 +99,11 @@ async def test_metrics_count_what_happened(
         assert value(samples, "streamtrio_recovery_remaining_partitions") == 0
         assert value(samples, "streamtrio_recovery_replayed_records_total", table="totals") == 0
         assert value(samples, "streamtrio_producer_queued_messages") == 0
+        changelog = sum(broker.end_offset(TP("webapp-totals-changelog", p)) for p in range(PARTITIONS))
+        assert changelog > 0
+        # the changelog records, plus the worker's claims on the cluster-map topic
+        assert value(samples, "streamtrio_producer_delivered_messages_total") >= changelog
+        assert value(samples, "streamtrio_producer_failed_messages_total") == 0
         assert value(samples, "streamtrio_events_in_flight") == 0
         assert total(samples, "streamtrio_decode_errors_total") == 0
         assert total(samples, "streamtrio_agent_errors_total") == 0

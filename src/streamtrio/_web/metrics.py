@@ -117,9 +117,20 @@ class _Collector:
         queued = GaugeMetricFamily(
             "streamtrio_producer_queued_messages", "Messages produced and not delivered yet"
         )
+        delivered = CounterMetricFamily(
+            "streamtrio_producer_delivered_messages", "Messages the producer delivered (all topics)"
+        )
+        failed = CounterMetricFamily(
+            "streamtrio_producer_failed_messages", "Messages whose delivery failed (all topics)"
+        )
         producer = worker.producer if worker is not None else None
-        queued.add_metric([], producer.statistics().queued if producer is not None else 0)
+        pst = producer.statistics() if producer is not None else None
+        queued.add_metric([], pst.queued if pst is not None else 0)
+        delivered.add_metric([], pst.delivered if pst is not None else 0)
+        failed.add_metric([], pst.failed if pst is not None else 0)
         yield queued
+        yield delivered
+        yield failed
 
         decode = CounterMetricFamily(
             "streamtrio_decode_errors",
