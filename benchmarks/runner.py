@@ -210,8 +210,8 @@ def streamtrio_extras(outcomes: list[Outcome], raw: float | None) -> str:
             else:
                 lines.append(f"- changelog replay: FAILED ({o.reason})")
     lines.append(
-        "- exactly-once vs at-least-once: not measured; streamtrio has no exactly-once "
-        "processing yet (processing_guarantee='exactly_once' is tracked as its own issue)"
+        "- exactly-once vs at-least-once: not measured by this run "
+        "(processing_guarantee='exactly_once' exists; see docs/guarantees.md)"
     )
     return "\n".join(lines)
 

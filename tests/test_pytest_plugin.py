@@ -111,7 +111,30 @@ def test_a_wrong_expectation_fails(inner: pytest.Pytester) -> None:
     )
     result = inner.runpytest_subprocess()
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.re_match_lines([r".*AssertionError: assert \[42\] == \[21\]"])
+    result.stdout.re_match_lines([r"E\s+assert \[42\] == \[21\]"])
+
+
+def test_a_failing_assert_in_a_test_context_is_reported_unwrapped(inner: pytest.Pytester) -> None:
+    """Not as ``ExceptionGroup: Exceptions from Trio nursery`` around it (pytest-trio's nursery)."""
+    inner.makepyfile(userapp=APP_MODULE)
+    inner.makepyfile(
+        test_unwrapped="""
+        from userapp import double
+
+        async def test_wrong_in_the_block():
+            async with double.test_context() as ctx:
+                await ctx.put(21, key="k")
+                assert ctx.results == [21]
+
+        async def test_plain_async_assert():
+            assert 1 == 2
+        """
+    )
+    result = inner.runpytest_subprocess()
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["E * assert [[]42[]] == [[]21[]]", "E * assert 1 == 2"])
+    assert "ExceptionGroup" not in result.stdout.str()
+    assert "Exceptions from Trio nursery" not in result.stdout.str()
 
 
 def test_an_agent_error_fails_the_test_with_the_original_error(inner: pytest.Pytester) -> None:

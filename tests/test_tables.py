@@ -101,7 +101,7 @@ async def test_word_count_exact_then_restart_replays_nothing_then_fresh_dir_repl
 
     # Graceful restart, same data dir: nothing replayed beyond the persisted offset.
     app2, counts2 = word_count_app(app_factory, store="lmdb://", datadir=str(datadir), lmdb_sync=False)
-    caplog.set_level(logging.INFO, logger="streamtrio._tables.recovery")
+    caplog.set_level(logging.DEBUG, logger="streamtrio._tables.recovery")  # 0 records: a debug line
     async with running(app2):
         await app2.tables.wait_until_recovery_completed()
         assert recovered(app2) == dict.fromkeys(ends, 0)

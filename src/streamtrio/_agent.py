@@ -325,6 +325,7 @@ class Agent(Generic[T]):
         handed to a channel agent) failed: the ``on_error`` policy applies."""
         worker = self._worker
         where = event._describe()
+        self.app.monitor.agent_error(self.name)
         if isinstance(error, ProducerFencedError):
             # The worker's producer is fenced (exactly_once): no event of this
             # worker can finish any more; it stops for that reason.
@@ -456,6 +457,7 @@ class Agent(Generic[T]):
                 stream._end_step()
                 raise
             except Exception as exc:
+                self.app.monitor.agent_error(self.name)
                 if self.on_error == "restart":
                     held = stream.release_held(exc, retry=True)
                     log.error(

@@ -17,6 +17,7 @@ import trio
 
 from ._agent import Agent, AgentFun, SinkT
 from ._codecs import Codec, Schema
+from ._dead_letters import DeadLetters
 from ._exceptions import ClosedError, ConfigurationError, DeadLetterError, ProducerError
 from ._rpc import ReplyConsumer
 from ._settings import Settings, _store_url, parse_duration
@@ -128,6 +129,8 @@ class App:
         self._components: list[Component] = []
         self._rpc = ReplyConsumer(self)
         self._components.append(self._rpc)
+        self._dead_letters = DeadLetters(self)
+        self._components.append(self._dead_letters)
         #: True between a revoke and the end of the following assignment (Faust's app.rebalancing)
         self.rebalancing = False
         # Faust's App signals: @app.on_rebalance_complete.connect
@@ -807,22 +810,8 @@ class App:
                     value_serializer="raw",
                 )
             )
-        needs_dlq = self.conf.value_decode_error == "dead_letter" or any(
-            a.on_error == "dead_letter" for a in self.agents.values()
-        )
-        if needs_dlq:
-            for agent in self.agents.values():
-                if isinstance(agent.channel, Topic) and agent.channel.pattern is None:
-                    for name in agent.channel.topics:
-                        topics.append(self._dead_letter_topic(name))
+        # Dead-letter topics are created when first needed (see _dead_letters.py).
         return topics
-
-    def _dead_letter_topic(self, source: str) -> Topic[Any]:
-        name = self.conf.dead_letter_topic or f"{source}-dlq"
-        for topic in self._topics:
-            if topic.topics == (name,):
-                return topic
-        return Topic(self, topics=[name], key_serializer="raw", value_serializer="raw", internal=True)
 
     def _dead_letter(
         self, message: Message, error: BaseException, *, reason: str, event: Event[Any] | None = None
@@ -854,15 +843,7 @@ class App:
             if done is not None:
                 done(failure)
 
-        self._require_producer().send_nowait(
-            topic,
-            message.key,
-            message.value,
-            partition=None,
-            timestamp=message.timestamp,
-            headers=headers,
-            on_delivery=delivered,
-        )
+        self._dead_letters.send_nowait(topic, message, headers, delivered, event=event)
         log.warning("dead-lettered %s to %s (%s): %s", where, topic, reason, error)
 
     def _banner(self) -> str:
@@ -877,7 +858,9 @@ class App:
                 )
         else:
             lines.append("  agents    none")
-        names = sorted({n for t in self._declared_topics() for n in t.topics})
+        # The app's own topics; internal ones (group leader, cluster map, changelogs) at debug level.
+        verbose = log.isEnabledFor(logging.DEBUG)
+        names = sorted({n for t in self._declared_topics() if verbose or not t.internal for n in t.topics})
         if names:
             lines.append(f"  topics    {', '.join(names)}")
         for timer in self._timers:

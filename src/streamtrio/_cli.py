@@ -47,7 +47,9 @@ def argument(*param_decls: str, **attrs: Any) -> Callable[[Any], Any]:
     return click.argument(*param_decls, **attrs)
 
 
-AppSpec = Annotated[str, typer.Argument(help="The app: path/to/file.py[:NAME] or package.module[:NAME].")]
+AppSpec = Annotated[
+    str, typer.Argument(metavar="APP", help="The app: path/to/file.py[:NAME] or package.module[:NAME].")
+]
 
 
 def load_app(spec: str) -> App:
@@ -106,16 +108,20 @@ def _apps_in(module: Any) -> list[str]:
     return [name for name, value in vars(module).items() if isinstance(value, App)]
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, console: Any = None) -> None:
+    """Log to standard error (through ``console``, a rich Console showing live progress, if given)."""
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ConfigurationError(f"--loglevel: unknown level {level!r} (debug, info, warning, error)")
-    logging.basicConfig(
-        level=numeric,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
+    fmt = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    if console is None:
+        logging.basicConfig(level=numeric, format=fmt, stream=sys.stderr, force=True)
+        return
+    from ._progress import ConsoleLogHandler
+
+    handler = ConsoleLogHandler(console)
+    handler.setFormatter(logging.Formatter(fmt))
+    logging.basicConfig(level=numeric, handlers=[handler], force=True)
 
 
 # -- commands (each takes the App first; build_cli binds or loads it) ------------
@@ -135,9 +141,19 @@ def run_command(
         str | None, typer.Option("--web-host", "-h", help="Host name other workers use to reach this one.")
     ] = None,
     without_web: Annotated[bool, typer.Option("--without-web", help="Serve no web views.")] = False,
+    no_progress: Annotated[
+        bool,
+        typer.Option(
+            "--no-progress", help="No live progress display in a terminal (plain log lines instead)."
+        ),
+    ] = False,
 ) -> None:
     """Start a worker: consume, run agents, commit. Ctrl-C stops it gracefully."""
-    _setup_logging(loglevel)
+    from ._progress import StartupProgress
+
+    progress = StartupProgress(app, live=False if no_progress else None)
+    _setup_logging(loglevel, progress.console if progress.live else None)
+    app._components.append(progress)
     overrides: dict[str, Any] = {}
     if broker is not None:
         overrides["broker"] = broker
@@ -157,48 +173,88 @@ def run_command(
 
 def send_command(
     app: App,
-    topic: Annotated[str, typer.Argument(help="Topic name.")],
-    value: Annotated[str | None, typer.Argument(help="The value (JSON for json topics).")] = None,
-    key: Annotated[str | None, typer.Option("--key", "-k", help="The key.")] = None,
+    topic: Annotated[str, typer.Argument(metavar="TOPIC", help="Topic name.")],
+    value: Annotated[
+        str | None,
+        typer.Argument(metavar="VALUE", help="The value (JSON when the topic's values are JSON)."),
+    ] = None,
+    value_opt: Annotated[
+        str | None, typer.Option("--value", "-v", help="The value, as an option instead of VALUE.")
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option("--key", "-k", help="The key (JSON when the topic's keys are JSON).")
+    ] = None,
     partition: Annotated[int | None, typer.Option(help="Partition (default: by key).")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="Send one message per non-empty line of this file.")
+    ] = None,
+    count: Annotated[
+        int, typer.Option("--count", "-n", min=1, help="Send the message(s) this many times.")
+    ] = 1,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="Send the key and value text as bytes, without the topic's schema.")
+    ] = False,
+    topic_not_in_app: Annotated[
+        bool,
+        typer.Option("--topic-not-in-app", help="Send to a topic the app does not declare (as raw bytes)."),
+    ] = False,
 ) -> None:
-    """Send one message through the topic's serializers; print where it landed."""
-    target = app._topic_named(topic)
+    """Send messages encoded with the topic's schema; print where each landed.
+
+    What a worker would refuse (not JSON, a Record with a missing field, a
+    value its codec cannot read) is refused before anything is sent.
+    """
+    from ._cli_send import Refused, declared_topic, encode_messages, raw_topic
+
+    declared = declared_topic(app, topic)
+    if declared is None and not topic_not_in_app:
+        names = sorted({n for t in app._declared_topics() if not t.internal for n in t.topics})
+        raise Refused(
+            f"app {app.id!r} declares no topic {topic!r} (its topics: {', '.join(names) or 'none'}); "
+            "pass --topic-not-in-app to send raw bytes to it anyway"
+        )
+    given = [v for v in (value, value_opt) if v is not None]
+    if len(given) > 1:
+        raise Refused("give the value once: as VALUE or as --value, not both")
+    values: list[str | None]
+    if file is not None:
+        if given:
+            raise Refused("give the values with --file or on the command line, not both")
+        try:
+            lines = file.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise Refused(f"--file {str(file)!r}: {exc.strerror or exc}") from exc
+        values = [line for line in lines if line.strip()]
+        if not values:
+            raise Refused(f"--file {str(file)!r} has no message (every line is empty)")
+    else:
+        values = [given[0] if given else None]
+    messages = encode_messages(declared, topic, key=key, values=values, raw=raw) * count
     if app.conf.broker.startswith("memory://"):
         typer.echo(
-            "warning: memory:// lives inside one process; this message ends with this command",
+            "warning: memory:// lives inside one process; these messages end with this command",
             err=True,
         )
+    partitions = declared.partitions if declared is not None else None
+    target = raw_topic(app, topic, partitions)
 
-    def parse(text: str | None, serializer: Any, kind: type | None) -> Any:
-        if text is None:
-            return None
-        data: Any = text
-        if serializer != "raw":
-            try:
-                data = json.loads(text)
-            except ValueError:
-                data = text
-        from_data = getattr(kind, "from_data", None)
-        if from_data is not None and isinstance(data, dict):
-            return from_data(data)
-        return data
-
-    async def go() -> dict[str, Any]:
+    async def go() -> list[dict[str, Any]]:
+        landed = []
         async with app.open_client():
-            md = await target.send(
-                key=parse(key, target.key_serializer, target.key_type),
-                value=parse(value, target.value_serializer, target.value_type),
-                partition=partition,
-            )
-            return {
-                "topic": md.topic,
-                "partition": md.partition,
-                "offset": md.offset,
-                "timestamp": md.timestamp,
-            }
+            for message in messages:
+                md = await target.send(key=message.key, value=message.value, partition=partition)
+                landed.append(
+                    {
+                        "topic": md.topic,
+                        "partition": md.partition,
+                        "offset": md.offset,
+                        "timestamp": md.timestamp,
+                    }
+                )
+        return landed
 
-    typer.echo(json.dumps(trio.run(go)))
+    for where in trio.run(go):
+        typer.echo(json.dumps(where))
 
 
 def topics_command(app: App) -> None:
@@ -208,7 +264,11 @@ def topics_command(app: App) -> None:
         for name in topic.topics:
             spec = topic.spec(name)
             role = "source" if name in sources else ("internal" if topic.internal else "topic")
-            typer.echo(f"{name}\t{spec.partitions} partitions\t{role}")
+            typer.echo(f"{name}\t{_partitions(spec.partitions)}\t{role}")
+
+
+def _partitions(count: int) -> str:
+    return f"{count} partition" if count == 1 else f"{count} partitions"
 
 
 def agents_command(app: App) -> None:
@@ -221,10 +281,13 @@ def agents_command(app: App) -> None:
 
 def tables_command(app: App) -> None:
     """List the app's tables with their changelog topics and partitions."""
+    if not app.tables:
+        typer.echo(f"app {app.id!r} has no tables", err=True)
+        return
     for table in app.tables.values():
         info = table.info()
         line = f"{info['name']}\t{info['type']}\t-> {info['changelog_topic']}"
-        line += f"\t{info['partitions']} partitions"
+        line += f"\t{_partitions(info['partitions'])}"
         if info["help"]:
             line += f"\t{info['help']}"
         typer.echo(line)
@@ -352,6 +415,8 @@ def build_cli(bound: App | None = None) -> typer.Typer:
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,
+        # click's plain help: no "<bool>" beside flags, no boxes in a pipe
+        rich_markup_mode=None,
     )
     for name, fun, help_text in _COMMANDS:
         cli.command(name=name, help=help_text)(_bind(fun, bound))

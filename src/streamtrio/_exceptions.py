@@ -110,6 +110,17 @@ class DecodeError(CodecError, ValueError):
             )
         super().__init__(message)
 
+    def with_policy_hint(self) -> DecodeError:
+        """This error, its message saying which setting moves a worker past such messages."""
+        hint = (
+            '; set value_decode_error="skip" (log and count such messages) or "dead_letter" '
+            "(move them to the dead-letter topic) to go on past them"
+        )
+        text = str(self)
+        if not text.endswith(hint):
+            self.args = (text + hint,)
+        return self
+
 
 class ValidationError(StreamtrioError, ValueError):
     """A Record was built with a missing field or a value of the wrong type."""
@@ -127,8 +138,26 @@ class BrokerUnavailableError(TransportError):
     """The broker could not be reached within the configured time."""
 
 
+#: What to change when a message is too large, added to the error that says so.
+_TOO_LARGE_HINT = (
+    " (the limit is the producer's and the broker's message.max.bytes and the topic's "
+    "max.message.bytes: raise the producer's with producer_config={'message.max.bytes': N}, "
+    "the topic's with app.topic(..., config={'max.message.bytes': N}), or send smaller messages)"
+)
+
+
 class ProducerError(TransportError):
-    """A message could not be delivered."""
+    """A message could not be delivered.
+
+    A message refused for its size (``MSG_SIZE_TOO_LARGE``, from librdkafka or
+    the memory broker) says which settings raise the limit.
+    """
+
+    def __init__(self, *args: object) -> None:
+        text = args[0] if args and isinstance(args[0], str) else ""
+        if "MSG_SIZE_TOO_LARGE" in text and _TOO_LARGE_HINT not in text:
+            args = (text + _TOO_LARGE_HINT, *args[1:])
+        super().__init__(*args)
 
 
 class DeadLetterError(ProducerError):

@@ -18,7 +18,14 @@ from typing import Any
 
 from ._exceptions import ConfigurationError
 
-__all__ = ["FAUST_SETTINGS", "SETTINGS", "FaustCompatibilityWarning", "Settings", "parse_duration"]
+__all__ = [
+    "FAUST_SETTINGS",
+    "SETTINGS",
+    "FaustCompatibilityWarning",
+    "Settings",
+    "UnknownEnvironmentSettingWarning",
+    "parse_duration",
+]
 
 _ENV_PREFIX = "STREAMTRIO_"
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -117,6 +124,14 @@ def _options() -> dict[str, _Option]:
         _Option("web_host", "localhost", "str", "Host name other workers use to reach this one"),
         _Option("web_bind", "0.0.0.0", "str", "Address the web server binds"),
         _Option("web_port", 6066, "int", "Web server port (0 picks a free one)", minimum=0),
+        _Option(
+            "metrics_port",
+            None,
+            "int",
+            "Port of a server for GET /metrics alone, for apps with web_enabled=False "
+            "(0 picks a free one; with the web server on, /metrics is served there)",
+            minimum=0,
+        ),
         _Option("web_canonical_url", None, "str", "URL other workers use to reach this one"),
         _Option("key_serializer", "raw", "str", "Default codec for keys: raw, json or msgpack"),
         _Option("value_serializer", "json", "str", "Default codec for values: raw, json or msgpack"),
@@ -460,6 +475,37 @@ def _coerce(opt: _Option, value: Any, source: str) -> Any:
     return result
 
 
+#: ``STREAMTRIO_*`` variables that are not settings (the test suite's and the broker fetcher's).
+_ENV_NOT_SETTINGS = ("STREAMTRIO_TEST_", "STREAMTRIO_KAFKA_")
+
+
+class UnknownEnvironmentSettingWarning(UserWarning):
+    """A ``STREAMTRIO_*`` environment variable names no setting (a misspelling?)."""
+
+
+def _check_env_names() -> None:
+    """Warn, once per variable, about ``STREAMTRIO_*`` variables that name no setting."""
+    import difflib
+
+    known = {_ENV_PREFIX + name.upper() for name in SETTINGS}
+    for var in sorted(os.environ):
+        if not var.startswith(_ENV_PREFIX) or var in known or var.startswith(_ENV_NOT_SETTINGS):
+            continue
+        if var in _warned_env:
+            continue
+        _warned_env.add(var)
+        close = difflib.get_close_matches(var, sorted(known), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        warnings.warn(
+            f"environment variable {var} names no streamtrio setting and is ignored{hint}",
+            UnknownEnvironmentSettingWarning,
+            stacklevel=4,
+        )
+
+
+_warned_env: set[str] = set()
+
+
 class Settings:
     """The validated settings of one app. Read them as attributes (``app.conf.broker``)."""
 
@@ -472,6 +518,7 @@ class Settings:
         self.update(options, source="App() keyword arguments")
 
     def _from_env(self) -> None:
+        _check_env_names()
         for name, opt in SETTINGS.items():
             raw = os.environ.get(_ENV_PREFIX + name.upper())
             if raw is None:

@@ -333,9 +333,10 @@ class TopicSource(Generic[T]):
         return event
 
     def _bad_message(self, event: Event[T], exc: DecodeError) -> Event[T] | None:
+        self.app.monitor.decode_error(event.message.topic, self.policy)
         if self.policy == "raise":
             _current_event.set(event)
-            raise _HeldDecodeError(event, exc)
+            raise _HeldDecodeError(event, exc.with_policy_hint())
         if self.policy == "skip":
             self.skipped += 1
             log.warning("agent %s skipped a message: %s (skipped so far: %d)", self.agent, exc, self.skipped)

@@ -359,7 +359,7 @@ class Worker:
         if self.exactly_once:
             log.info("revoked %s (offsets committed in the transaction)", _tps(revoked))
         else:
-            log.info("revoked %s (committing %s)", _tps(revoked), {str(k): v for k, v in todo.items()})
+            log.info("revoked %s%s", _tps(revoked), f" (committing {_offsets(todo)})" if todo else "")
         return todo
 
     async def on_partitions_lost(self, lost: frozenset[TP]) -> None:

@@ -81,13 +81,33 @@ def test_send_prints_where_the_message_landed_and_it_is_on_the_topic(kafka_boots
     assert [(v["item"], v["amount"]) for v in values] == [("tea", 3), ("tea", 4)]
 
 
+def test_send_refuses_what_the_worker_would_refuse_and_sends_nothing(kafka_bootstrap: str) -> None:
+    app_id = unique("cli-refuse")
+    topic = f"{app_id}-orders"
+    env = app_env(kafka_bootstrap, app_id)
+    for args, says in (
+        ([topic, "tea"], "is not JSON"),
+        ([topic, json.dumps({"item": "tea"})], "amount"),
+        ([topic], "no value to send"),
+        ([f"{app_id}-elsewhere", "x"], "--topic-not-in-app"),
+    ):
+        result = cli("send", str(ORDERS), *args, env=env)
+        assert result.returncode == 2, (args, result.stderr)
+        assert says in result.stderr
+    assert partition_count(kafka_bootstrap, f"{app_id}-elsewhere") is None
+    result = cli("send", str(ORDERS), topic, json.dumps({"item": "tea", "amount": 2}), env=env)
+    assert result.returncode == 0, result.stderr
+    [message] = read_topic(kafka_bootstrap, topic, PARTITIONS)
+    assert json.loads(message.value())["amount"] == 2  # the refused ones never reached the topic
+
+
 def test_topics_lists_the_apps_topics_with_partitions(kafka_bootstrap: str) -> None:
     app_id = unique("cli-topics")
     result = cli("topics", str(ORDERS), env=app_env(kafka_bootstrap, app_id))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert f"{app_id}-orders\t{PARTITIONS} partitions\tsource" in lines
-    assert f"{app_id}-__assignor-__leader\t1 partitions\tinternal" in lines
+    assert f"{app_id}-__assignor-__leader\t1 partition\tinternal" in lines
 
 
 def closed_port() -> int:

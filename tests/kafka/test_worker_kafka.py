@@ -420,7 +420,7 @@ async def test_agent_slower_than_max_poll_interval_keeps_its_membership(
             for r in caplog.records
             if r.name.startswith("streamtrio") and r.getMessage().startswith(("assigned", "revoked", "lost"))
         ]
-        assert rebalances == ["assigned", "assigned"]  # the consumer's line and the worker's
+        assert rebalances == ["assigned"]  # the worker's line (the consumer's is at debug level)
         assert not [r for r in caplog.records if "MAX_POLL" in r.getMessage()]
     assert sorted(seen) == sorted(produced.pairs()) and len(seen) == total
     for p in range(partitions):

@@ -265,7 +265,8 @@ async def replay(
                 remaining.discard(tp)
                 tracker.remaining = len(remaining)
                 result.seconds[tp] = now - began
-                log.info(
+                log.log(
+                    logging.INFO if result.records[tp] else logging.DEBUG,
                     "table %r partition %d recovered: %d records replayed from %s[%d] in %.2fs",
                     targets[tp][0].name,
                     tp.partition,

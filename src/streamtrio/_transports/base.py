@@ -321,6 +321,20 @@ class Consumer(ABC):
 
     close_by: float | None = None
 
+    #: Gives the high watermarks the client last saw (set by a transport that
+    #: learns them from its client's statistics).
+    _watermarks: Callable[[], Mapping[TP, int]] | None = None
+
+    def high_watermarks(self) -> dict[TP, int]:
+        """The end offset (high watermark) of each assigned partition, as last seen.
+
+        Never a request to the broker: a transport reports what its client
+        already knows (librdkafka's statistics for ``kafka://``). A partition
+        whose end is not known yet is missing.
+        """
+        source = self._watermarks
+        return dict(source()) if source is not None else {}
+
     @abstractmethod
     async def getmany(self) -> list[Message]:
         """Wait for the next batch of messages.

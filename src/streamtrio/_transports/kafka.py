@@ -30,6 +30,7 @@ from .kafka_admin import (
 )
 from .kafka_consumer import KafkaConsumer, KafkaReader
 from .kafka_producer import KafkaProducer
+from .watermarks import Watermarks
 
 if TYPE_CHECKING:
     from .._settings import Settings
@@ -112,14 +113,18 @@ class KafkaTransport(Transport):
             BrokerUnavailableError: no answer within ``broker_request_timeout``.
             ConfigurationError: an unknown or invalid librdkafka option.
         """
+        config = consumer_config(self.settings, self.bootstrap_servers, group_id)
+        watermarks = Watermarks()
+        watermarks.install(config)
         consumer = KafkaConsumer(
-            consumer_config(self.settings, self.bootstrap_servers, group_id),
+            config,
             topics=list(topics),
             listener=listener,
             bootstrap=self.bootstrap_servers,
             request_timeout=self.settings.broker_request_timeout,
             max_batch=self.settings.consumer_max_batch,
         )
+        consumer._watermarks = watermarks.get
         leave_timeout = max(_MIN_LEAVE_TIMEOUT, self.settings.rebalance_drain_timeout)
         try:
             async with trio.open_nursery() as nursery:

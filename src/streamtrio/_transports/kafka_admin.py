@@ -384,7 +384,7 @@ class KafkaAdmin:
         created = await trio.to_thread.run_sync(wait, thread_name="streamtrio-kafka-admin")
         if created:
             await self._wait_visible({name: missing[name].partitions for name in created})
-            log.info("created topics %s", ", ".join(created))
+            log.debug("created topics %s", ", ".join(created))
         return created
 
     async def _wait_visible(self, expected: dict[str, int]) -> None:

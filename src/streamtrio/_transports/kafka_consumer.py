@@ -753,7 +753,7 @@ class KafkaConsumer(_ThreadOwnedClient[list[Message]], Consumer):
         # tables are ready.
         if partitions:
             client.pause(partitions)
-        log.info("assigned %s", ", ".join(map(str, sorted(tps))) or "nothing")
+        log.debug("assigned %s", ", ".join(map(str, sorted(tps))) or "nothing")
         self._run_in_trio(self._listener.on_partitions_assigned, tps)
 
     def _on_revoke(self, client: Any, partitions: list[Any]) -> None:
@@ -780,7 +780,7 @@ class KafkaConsumer(_ThreadOwnedClient[list[Message]], Consumer):
             self._assignment = self._assignment - tps
         if tps and not self._stopping:
             if commit:
-                log.info("revoked %s", ", ".join(map(str, sorted(tps))))
+                log.debug("revoked %s", ", ".join(map(str, sorted(tps))))
                 ok, offsets = self._run_in_trio(self._listener.on_partitions_revoked, tps)
                 offsets = {tp: off for tp, off in offsets.items() if tp in tps} if ok else {}
                 if offsets:
@@ -789,7 +789,7 @@ class KafkaConsumer(_ThreadOwnedClient[list[Message]], Consumer):
                     except CommitError as exc:
                         log.error("commit on revoke failed: %s", exc)
             else:
-                log.warning("lost %s", ", ".join(map(str, sorted(tps))))
+                log.debug("lost %s", ", ".join(map(str, sorted(tps))))
                 self._run_in_trio(lost_handler(self._listener), tps)
         if self._cooperative:
             client.incremental_unassign(partitions)

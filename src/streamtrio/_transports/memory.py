@@ -1049,6 +1049,9 @@ class MemoryConsumer(_Waiter, Consumer):
         committed = self._group.committed
         return {tp: committed.get(tp) for tp in tps}
 
+    def high_watermarks(self) -> dict[TP, int]:
+        return {tp: self._broker.end_offset(tp) for tp in self._assignment}
+
     def assignment(self) -> frozenset[TP]:
         return self._assignment
 

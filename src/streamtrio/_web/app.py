@@ -6,8 +6,9 @@ ready, runs Hypercorn in its own nursery, and owns ``app.http_client``. It is
 cancelled after the consumer has left the group, so ``/router/`` and routed
 views keep answering during the final rebalance.
 
-Settings: ``web_enabled`` (no server at all when false; ``app.http_client``
-still works), ``web_bind`` and ``web_port`` (``0`` picks a free port),
+Settings: ``web_enabled`` (no server at all when false, unless ``metrics_port``
+asks for one serving ``/metrics`` alone; ``app.http_client`` still works),
+``web_bind`` and ``web_port`` (``0`` picks a free port),
 ``web_host`` and ``web_canonical_url`` (the URL other workers use; by default
 ``http://<web_host>:<bound port>``).
 """
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
     from .._app import App
     from .._worker import Worker
+    from .metrics import MetricsServer
 
 __all__ = ["WebServer", "error_response", "to_response"]
 
@@ -86,6 +88,22 @@ def to_response(result: Any) -> Any:
     return result
 
 
+class _NoStartupBanner(logging.Filter):
+    """Hypercorn's "Running on ... (CTRL + C to quit)": the worker says where it serves."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Running on")
+
+
+_HYPERCORN_LOG = logging.getLogger("streamtrio.web.hypercorn")
+_HYPERCORN_LOG.addFilter(_NoStartupBanner())
+
+
+def hypercorn_log() -> logging.Logger:
+    """The logger Hypercorn's error log goes to (its start-up line dropped)."""
+    return _HYPERCORN_LOG
+
+
 class WebServer:
     """Worker component serving the app's pages (``app.web``).
 
@@ -105,14 +123,25 @@ class WebServer:
         #: (path, view, name) in registration order; see App.page
         self.pages: list[tuple[str, Any, str | None]] = []
         self._http_client: httpx.AsyncClient | None = None
+        self._serving = False
+        #: serves /metrics on ``metrics_port`` when the web server is disabled
+        self.metrics_server: MetricsServer | None = None
         self._worker: Worker | None = None
         self.on_build: list[Callable[[QuartTrio], None]] = []
 
     @property
     def http_client(self) -> httpx.AsyncClient:
+        """The worker's HTTP client, made at first use (httpx and its SSL context cost
+        about 0.2 s to set up; a worker that never calls another pays nothing)."""
         client = self._http_client
         if client is None:
-            raise ClosedError(f"app {self.app.id!r}: http_client is open only while a worker runs the app")
+            if not self._serving:
+                raise ClosedError(
+                    f"app {self.app.id!r}: http_client is open only while a worker runs the app"
+                )
+            import httpx
+
+            client = self._http_client = httpx.AsyncClient(timeout=self.app.conf.broker_request_timeout)
         return client
 
     # -- building the Quart app --------------------------------------------------------
@@ -150,38 +179,43 @@ class WebServer:
         self._worker = worker
 
     async def serve(self, worker: Worker, *, task_status: trio.TaskStatus[None]) -> None:
-        """Open ``http_client``, bind and serve until cancelled.
+        """Bind and serve until cancelled (``/metrics`` alone on ``metrics_port`` when the
+        web server is disabled); ``http_client`` works meanwhile.
 
         Raises:
             WorkerError: the port cannot be bound (names host:port).
         """
-        import httpx
-
         conf = self.app.conf
-        async with httpx.AsyncClient(timeout=conf.broker_request_timeout) as client:
-            self._http_client = client
-            try:
-                if conf.web_enabled:
-                    from hypercorn.trio.run import worker_serve
-                    from hypercorn.utils import wrap_app
+        self._serving = True
+        try:
+            if conf.web_enabled:
+                from hypercorn.trio.run import worker_serve
+                from hypercorn.utils import wrap_app
 
-                    config, sockets = self._listen()
-                    self.quart = quart = self.build()
-                    wrapped = wrap_app(quart, config.wsgi_max_body_size, None)
-                    async with trio.open_nursery() as nursery:
-                        self.bound = await nursery.start(
-                            partial(worker_serve, wrapped, config, sockets=sockets)
-                        )
-                        self.url = self._canonical_url(self.bound)
-                        log.info("web server on %s (reached as %s)", ", ".join(self.bound), self.url)
-                        task_status.started()
-                else:
+                config, sockets = self._listen()
+                self.quart = quart = self.build()
+                wrapped = wrap_app(quart, config.wsgi_max_body_size, None)
+                async with trio.open_nursery() as nursery:
+                    self.bound = await nursery.start(partial(worker_serve, wrapped, config, sockets=sockets))
+                    self.url = self._canonical_url(self.bound)
+                    log.info("web server on %s (reached as %s)", ", ".join(self.bound), self.url)
                     task_status.started()
-                    await trio.sleep_forever()
-            finally:
-                self._http_client = None
-                self.url = None
-                self.quart = None
+            elif conf.metrics_port is not None:
+                from .metrics import MetricsServer
+
+                self.metrics_server = MetricsServer(self.app)
+                await self.metrics_server.serve(worker, task_status=task_status)
+            else:
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._serving = False
+            self.url = None
+            self.quart = None
+            client, self._http_client = self._http_client, None
+            if client is not None:
+                with trio.move_on_after(GRACEFUL_TIMEOUT, shield=True):
+                    await client.aclose()
 
     def _listen(self) -> tuple[Any, Any]:
         """The Hypercorn config and its listening sockets.
@@ -199,7 +233,7 @@ class WebServer:
         where = f"{conf.web_bind}:{conf.web_port}"
         config.bind = [where]
         config.accesslog = None
-        config.errorlog = logging.getLogger("streamtrio.web.hypercorn")
+        config.errorlog = hypercorn_log()
         config.graceful_timeout = GRACEFUL_TIMEOUT
         try:
             sockets = config.create_sockets()

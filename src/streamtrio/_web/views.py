@@ -8,7 +8,9 @@
 ``GET /health``             200 while the worker runs (503 when stopping)
 ``GET /ready``              200 once the worker is ready: group joined,
                             partitions assigned and tables recovered
-``GET /stats/``             events/s per topic and agent, commit lag per partition
+``GET /stats/``             events/s per topic and agent, commit and consumer lag
+                            per partition
+``GET /metrics``            the same numbers and more in the Prometheus text format
 =========================== ==================================================
 """
 
@@ -145,4 +147,13 @@ def register_builtin_views(quart: QuartTrio, app: App) -> None:
     quart.add_url_rule("/table/<name>/<key>/", "streamtrio.table_key", table_key_view, methods=["GET"])
     quart.add_url_rule("/health", "streamtrio.health", health, methods=["GET"])
     quart.add_url_rule("/ready", "streamtrio.ready", ready, methods=["GET"])
+    async def metrics() -> Response:
+        from quart import Response, request
+
+        from .metrics import render
+
+        body, content_type = render(app, request.headers.get("Accept"))
+        return Response(body, content_type=content_type)
+
     quart.add_url_rule("/stats/", "streamtrio.stats", stats, methods=["GET"])
+    quart.add_url_rule("/metrics", "streamtrio.metrics", metrics, methods=["GET"])

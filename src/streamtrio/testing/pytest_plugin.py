@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -38,6 +38,7 @@ from .._app import App
 from ._app import TestApp, open_test_app
 from ._broker import TestBrokerError, open_test_broker
 from ._factory import AppFactory
+from ._harness import raise_single
 from ._kafka import KafkaTestBroker, broker_unavailable_reason
 from ._leaks import LeakCheck
 
@@ -48,6 +49,23 @@ _KAFKA_MARKER = (
 _REAL_KAFKA_MARKER = (
     "real_kafka: holds on Apache Kafka only; skipped when the kafka_broker fixture's broker is Tansu"
 )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, object]:
+    """Report a failing trio test's own exception, not the nursery group around it.
+
+    pytest-trio runs each test in a nursery, so with trio's strict exception
+    groups an ``assert`` that fails inside ``async with ctx`` (or anywhere in
+    an async test) would be reported as ``ExceptionGroup: Exceptions from Trio
+    nursery``. A group holding one exception is unwrapped, as the test
+    contexts unwrap the agents' errors; a group of several stays whole.
+    """
+    try:
+        return (yield)
+    except BaseExceptionGroup as group:
+        raise_single(group)
+        raise
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
