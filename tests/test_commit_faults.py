@@ -92,3 +92,40 @@ async def test_a_commit_waiting_for_deliveries_says_so_within_ten_seconds(
         assert broker.committed(app.conf.appid).get(TP("numbers", 0), 0) == 0
         broker.unblock_topic("out")
         await wait_for(lambda: broker.committed(app.conf.appid).get(TP("numbers", 0)) == 1, timeout=5)
+
+
+async def test_a_partition_whose_commits_stand_still_while_it_grows_is_reported(
+    streamtrio_app_factory: AppFactory,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = streamtrio_app_factory(commit_interval=1.0)
+    numbers = app.topic("numbers", value_type=int, partitions=1)
+    seen: list[int] = []
+
+    @app.agent(numbers)
+    async def work(stream: streamtrio.Stream[int]) -> None:
+        async for value in stream:
+            seen.append(value)
+
+    tp = TP("numbers", 0)
+    async with running(app) as worker:
+        await numbers.send(value=0)
+        await wait_for(lambda: seen == [0])
+        await wait_for(lambda: worker.committer is not None and worker.committer.committed.get(tp) == 1)
+        # Nothing is fetched from it any more (a partition left paused).
+        assert worker.consumer is not None
+        worker.consumer.pause_nowait([tp])
+        for value in range(1, 6):
+            await numbers.send(value=value)
+            await trio.sleep(10)
+        assert worker.committer is not None
+        assert worker.committer.statistics().behind == {tp: 1}
+        warnings = [r.getMessage() for r in caplog.records if "has not moved" in r.getMessage()]
+        assert len(warnings) == 1, warnings
+        assert warnings[0].startswith("partition numbers[0]: the committed offset 1 has not moved for 3")
+        assert "grew to 5 (lag 4)" in warnings[0]
+        worker.consumer.resume_nowait([tp])
+        await wait_for(lambda: len(seen) == 6, timeout=30)
+        await trio.sleep(3)
+        assert worker.committer.statistics().behind == {}

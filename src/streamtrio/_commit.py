@@ -20,6 +20,7 @@ transaction rather than by the consumer.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -81,6 +82,9 @@ class CommitStatistics:
         pauses: times intake was held for a transaction commit (exactly_once).
         pause_total: seconds intake was held for transaction commits in all.
         pause_max: the longest such hold, in seconds.
+        behind: partitions whose committed offset has not moved for
+            ``STALL_AFTER`` seconds while their end moved on (their lag grew),
+            with the committed offset they are stuck at.
     """
 
     committed: dict[TP, int]
@@ -93,6 +97,7 @@ class CommitStatistics:
     pauses: int = 0
     pause_total: float = 0.0
     pause_max: float = 0.0
+    behind: dict[TP, int] = dataclasses.field(default_factory=dict)
 
 
 class Committer:
@@ -137,6 +142,9 @@ class Committer:
         # thread): a revoke running meanwhile must not wait for the lock.
         self._committing_offsets = False
         self._progress: dict[TP, tuple[int, float]] = {}
+        # per partition: (committed offset, since when, the end offset then)
+        self._commit_progress: dict[TP, tuple[int, float, int]] = {}
+        self._behind: dict[TP, int] = {}
         self._stalled: dict[TP, int] = {}
 
     async def prepare(
@@ -282,6 +290,8 @@ class Committer:
             self.committed.pop(tp, None)
             self._progress.pop(tp, None)
             self._stalled.pop(tp, None)
+            self._commit_progress.pop(tp, None)
+            self._behind.pop(tp, None)
 
     def _check_stalls(self) -> None:
         now = trio.current_time()
@@ -304,6 +314,38 @@ class Committer:
                     now - previous[1],
                 )
 
+    def _check_behind(self) -> None:
+        """Say so when a partition's committed offset stands still while its end moves on:
+        nothing is processed from it (a partition left paused, a fetcher that
+        does not get its messages, an agent that never asks for events)."""
+        if self._consumer is None:
+            return
+        ends = self._consumer.high_watermarks()
+        now = trio.current_time()
+        frontiers = self._frontiers(None)
+        for tp, end in ends.items():
+            done = self.committed.get(tp, frontiers.get(tp))
+            if done is None:
+                continue
+            seen = self._commit_progress.get(tp)
+            if seen is None or seen[0] != done:
+                self._commit_progress[tp] = (done, now, end)
+                if self._behind.pop(tp, None) is not None:
+                    log.warning("partition %s is committed again (offset %d)", tp, done)
+                continue
+            if tp not in self._behind and end > seen[2] and now - seen[1] >= STALL_AFTER:
+                self._behind[tp] = done
+                log.warning(
+                    "partition %s: the committed offset %d has not moved for %.0fs while the "
+                    "partition grew to %d (lag %d): nothing is processed from it (a paused "
+                    "partition, a fetcher that gets nothing, or an agent that never asks for events)",
+                    tp,
+                    done,
+                    now - seen[1],
+                    end,
+                    end - done,
+                )
+
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Commit every ``interval`` seconds until cancelled."""
         task_status.started()
@@ -311,6 +353,7 @@ class Committer:
             await trio.sleep(self._interval)
             await self.commit()
             self._check_stalls()
+            self._check_behind()
 
     def statistics(self) -> CommitStatistics:
         return CommitStatistics(
@@ -318,4 +361,5 @@ class Committer:
             commits=self._commits,
             last_commit_at=self._last_commit_at,
             stalled=dict(self._stalled),
+            behind=dict(self._behind),
         )

@@ -342,6 +342,7 @@ class Monitor:
                         else None
                     ),
                     "stalled": {str(tp): off for tp, off in cstats.stalled.items()},
+                    "behind": {str(tp): off for tp, off in cstats.behind.items()},
                 }
             since = worker.unassigned_since
             membership = {
