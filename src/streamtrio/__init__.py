@@ -41,6 +41,7 @@ from ._signals import Signal
 from ._stream import Event, Stream, current_event
 from ._tables.manager import TableManager, TableManagerStatistics
 from ._tables.table import GlobalTable, Table
+from ._tables.timers import KeyTimer
 from ._tables.windowed import WindowSet, WindowWrapper
 from ._tables.windows import HoppingWindow, SlidingWindow, TumblingWindow, Window
 from ._topic import Channel, FutureMessage, Topic
@@ -97,6 +98,7 @@ __all__ = [
     "FutureMessage",
     "GlobalTable",
     "HoppingWindow",
+    "KeyTimer",
     "LaneStatistics",
     "Message",
     "ModelT",

@@ -43,6 +43,7 @@ from .._settings import parse_duration
 from .._stream import current_event
 from .base import MAX_KEY_SIZE, StorePartition
 from .table import _MISSING, DELETED, Table, TablePartition
+from .timers import TIMER_PREFIX
 from .windows import STREAM_TIME_KEY, Duration, Window, WindowRange, from_us, timestamp_of, to_us
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def window_key(kbytes: bytes, start: int, end: int) -> bytes:
 
 def split_window_key(raw: bytes) -> tuple[bytes, int, int] | None:
     """``(key bytes, start, end)`` of a stored window key, or ``None`` for another key."""
-    if len(raw) <= _SUFFIX:
+    if len(raw) <= _SUFFIX or raw.startswith(TIMER_PREFIX):
         return None
     start, end = _BOUNDS.unpack_from(raw, len(raw) - _SUFFIX)
     return raw[:-_SUFFIX], start - _OFFSET, end - _OFFSET

@@ -1,0 +1,484 @@
+"""Durable per-key timers of a table: ``table.schedule(key, when)`` and ``@table.on_timer``.
+
+A timer is a reserved key of the table partition its key belongs to::
+
+    b"\\x00~T" + clock (b"e" event time, b"w" wall clock) + when (8 bytes) + encoded key
+
+with the timer's value (msgpack) as its value. So timers are written through
+the table's dirty layer, produced to its changelog at each commit, persisted
+in LMDB with the table's data and its changelog offsets, replayed by recovery
+and followed by standbys: they move with their partition like any key.
+
+Each partition has a *stream time*: the newest timestamp of the events that
+used the table on that partition (a read, a write or ``schedule``). It is
+stored under another reserved key whenever it advances, so a restarted or new
+owner starts from it. An event-time timer fires once the stream time reaches
+its ``when``; a wall-clock timer once the worker's clock (epoch seconds at the
+start plus trio time since, so ``MockClock`` drives it) does, even if no event
+arrives.
+
+Firing one timer is one unit of work:
+
+1. wait until no commit holds the agents' inputs, then count as an executing
+   step (``app._steps``): an exactly_once commit waits for it, so a firing is
+   never split over two transactions;
+2. call ``on_timer(timer)`` with the current event set to a *firing event*
+   (on the timer's partition, so table writes go there and ``send_soon``
+   outputs are counted for it);
+3. delete the timer key (a tombstone in the changelog), then end the step.
+
+A firing is *owed* to the event that moved stream time past the timer (for a
+wall-clock timer, to no event): that event's offset is committable only once
+the firing's callback returned and its outputs are delivered. The timer's
+deletion reaches the changelog in the same commit as (or before) that offset.
+Hence: under at_least_once a crash before that commit fires the timer again
+after the restart (at least once); under exactly_once the firing's writes,
+outputs and the deletion are in one transaction, so only one firing is ever
+visible (at most once per firing point, and exactly once unless the
+partition's data is lost).
+"""
+
+from __future__ import annotations
+
+import heapq
+import inspect
+import logging
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgpack
+import trio
+
+from .._exceptions import ConfigurationError, EncodeError, TableError
+from .._stream import Event, _current_event, output_started
+from .._types import Message
+from .base import MAX_KEY_SIZE, StorePartition
+from .windows import from_us, timestamp_of, to_us
+
+if TYPE_CHECKING:
+    from .._worker import Worker
+    from .table import Table, TablePartition
+
+__all__ = ["KeyTimer", "TimerService"]
+
+log = logging.getLogger(__name__)
+
+#: Every reserved key of a table partition starts with this (never a user key's
+#: encoding in practice: msgpack, json and raw strings do not begin with it).
+RESERVED = b"\x00~"
+TIMER_PREFIX = RESERVED + b"T"
+_TIMER_END = RESERVED + b"U"
+#: The stored stream time of a partition with timers.
+STREAM_KEY = RESERVED + b"clock"
+_CLOCKS = {"event": b"e", "wall": b"w"}
+_CLOCK_NAMES = {v[0]: k for k, v in _CLOCKS.items()}
+_OFFSET = 1 << 63
+_WHEN = struct.Struct(">Q")
+_STREAM = struct.Struct(">q")
+_HEAD = len(TIMER_PREFIX) + 1 + _WHEN.size
+
+Clock = Literal["event", "wall"]
+#: ``on_timer(timer)``, sync or async.
+TimerCallback = Callable[["KeyTimer"], "Awaitable[None] | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyTimer:
+    """A timer as ``on_timer`` sees it (and :meth:`Table.timers` lists it).
+
+    Attributes:
+        key: the table key it was scheduled for.
+        when: when it fires, epoch seconds.
+        clock: ``"event"`` (stream time) or ``"wall"`` (the worker's clock).
+        value: the value given to ``schedule``.
+        partition: the table partition it belongs to.
+    """
+
+    key: Any
+    when: float
+    clock: Clock
+    value: Any
+    partition: int
+
+
+def timer_key(clock: Clock, when: int, kbytes: bytes) -> bytes:
+    return TIMER_PREFIX + _CLOCKS[clock] + _WHEN.pack(when + _OFFSET) + kbytes
+
+
+def split_timer_key(raw: bytes) -> tuple[Clock, int, bytes] | None:
+    """``(clock, when µs, key bytes)`` of a stored timer key, else ``None``."""
+    if not raw.startswith(TIMER_PREFIX) or len(raw) <= _HEAD:
+        return None
+    clock = _CLOCK_NAMES.get(raw[len(TIMER_PREFIX)])
+    if clock is None:
+        return None
+    (when,) = _WHEN.unpack_from(raw, len(TIMER_PREFIX) + 1)
+    return clock, when - _OFFSET, raw[_HEAD:]  # type: ignore[return-value]
+
+
+@dataclass(eq=False)
+class _PartState:
+    view: StorePartition
+    #: stream time (µs) or None before the first event
+    stream: int | None = None
+    #: (when, stored key) per clock
+    event_heap: list[tuple[int, bytes]] = field(default_factory=list)
+    wall_heap: list[tuple[int, bytes]] = field(default_factory=list)
+    #: completions owed to the events that made timers due (called after the firings)
+    owed: list[Callable[[BaseException | None], None]] = field(default_factory=list)
+
+
+class _FiringEvent(Event[Any]):
+    """The current event while ``on_timer`` runs: counts its outputs; a failed one stops the worker."""
+
+    __slots__ = ("_on_failure",)
+    _on_failure: Callable[[BaseException], None]
+
+    def _output_done(self, error: BaseException | None) -> None:
+        self._outputs -= 1
+        if error is not None and not self._failed:
+            self._failed = True
+            self._on_failure(error)
+        if not self._outputs and self._acked:
+            self._complete()
+
+
+class _Latch:
+    """Calls the completions owed to the triggering events once every firing of a pass is done."""
+
+    __slots__ = ("count", "owed")
+
+    def __init__(self, owed: list[Callable[[BaseException | None], None]]) -> None:
+        self.owed = owed
+        self.count = 1  # the pass itself; released when it ends
+
+    def hold(self) -> Callable[[BaseException | None], None]:
+        self.count += 1
+        return self.release
+
+    def release(self, error: BaseException | None = None) -> None:
+        self.count -= 1
+        if not self.count:
+            owed, self.owed = self.owed, []
+            for done in owed:
+                done(error)
+
+
+class TimerService:
+    """The timers of one table (``table._timers``): index, stream time and the firing loop."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self.callbacks: list[TimerCallback] = []
+        self.fired = 0
+        self._parts: dict[int, _PartState] = {}
+        self._wakeup = trio.Event()
+        self._base: tuple[float, float] | None = None
+
+    # -- clocks --------------------------------------------------------------------------
+
+    def wall_time(self) -> float:
+        """Epoch seconds: ``time.time()`` at the worker's start plus trio time since."""
+        base = self._base
+        if base is None:
+            return time.time()
+        return base[0] + (trio.current_time() - base[1])
+
+    def _trio_time_of(self, when_us: int) -> float:
+        base = self._base
+        assert base is not None
+        return base[1] + (from_us(when_us) - base[0])
+
+    def stream_time(self, partition: int) -> float | None:
+        state = self._parts.get(partition)
+        return None if state is None or state.stream is None else from_us(state.stream)
+
+    def reset(self) -> None:
+        """Forget the in-memory index (rebuilt from the store): start, or a rolled-back transaction."""
+        for state in self._parts.values():
+            self._pay(state, None)
+        self._parts = {}
+        self._wakeup.set()
+
+    # -- the index -------------------------------------------------------------------------
+
+    def state(self, n: int, part: TablePartition) -> _PartState | None:
+        view = part.view
+        if view is None:
+            return None
+        state = self._parts.get(n)
+        if state is None or state.view is not view:
+            if state is not None:
+                self._pay(state, None)
+            state = self._parts[n] = self._build(part, view, list(view.range(TIMER_PREFIX, _TIMER_END)))
+        return state
+
+    def _build(
+        self, part: TablePartition, view: StorePartition, rows: list[tuple[bytes, bytes]]
+    ) -> _PartState:
+        state = _PartState(view=view)
+        raw_stream = view.get(STREAM_KEY)
+        if raw_stream is not None:
+            state.stream = _STREAM.unpack(raw_stream)[0]
+        found = {raw for raw, _ in rows}
+        overlay = part.merged_overlay()
+        for raw, (_key, _value, vbytes) in overlay.items():
+            if raw == STREAM_KEY and vbytes is not None:
+                state.stream = _STREAM.unpack(vbytes)[0]
+            elif raw.startswith(TIMER_PREFIX):
+                if vbytes is None:
+                    found.discard(raw)
+                else:
+                    found.add(raw)
+        for raw in found:
+            split = split_timer_key(raw)
+            if split is not None:
+                (state.event_heap if split[0] == "event" else state.wall_heap).append((split[1], raw))
+        heapq.heapify(state.event_heap)
+        heapq.heapify(state.wall_heap)
+        return state
+
+    async def _prepare(self, n: int, part: TablePartition) -> None:
+        """Build a partition's index with the store scan on the store's thread."""
+        view = part.view
+        if view is None or (n in self._parts and self._parts[n].view is view):
+            return
+        rows = await view.store.run(lambda: list(view.range(TIMER_PREFIX, _TIMER_END)))
+        if part.view is view and not (n in self._parts and self._parts[n].view is view):
+            self._parts[n] = self._build(part, view, rows)
+
+    # -- from the table ----------------------------------------------------------------------
+
+    def observe(self, n: int, part: TablePartition, event: Event[Any]) -> None:
+        """An event of partition ``n`` used the table: advance its stream time."""
+        if isinstance(event, _FiringEvent):
+            return
+        state = self.state(n, part)
+        if state is None:
+            return
+        t = to_us(event.message.timestamp)
+        if state.stream is not None and t <= state.stream:
+            return
+        state.stream = t
+        self.table._put(part, STREAM_KEY, STREAM_KEY, t, _STREAM.pack(t))
+        heap = state.event_heap
+        if heap and heap[0][0] <= t:
+            self._owe(state, event)
+
+    def _owe(self, state: _PartState, event: Event[Any] | None) -> None:
+        if event is not None and not isinstance(event, _FiringEvent):
+            done = output_started(event)
+            if done is not None:
+                state.owed.append(done)
+        self._wakeup.set()
+
+    @staticmethod
+    def _pay(state: _PartState, error: BaseException | None) -> None:
+        owed, state.owed = state.owed, []
+        for done in owed:
+            done(error)
+
+    def schedule(self, key: Any, when: float | datetime, value: Any, clock: Clock) -> None:
+        table = self.table
+        if clock not in _CLOCKS:
+            raise ConfigurationError(f"table {table.name!r}: clock must be 'event' or 'wall', got {clock!r}")
+        raw, kbytes = self._key(key, when, clock)
+        try:
+            vbytes = msgpack.packb(value)
+        except Exception as exc:
+            raise EncodeError(
+                f"table {table.name!r}: a timer value must be msgpack-serialisable, got {value!r:.80}: {exc}"
+            ) from exc
+        n, part = table._timer_partition(kbytes)
+        table._put(part, raw, raw, value, vbytes)
+        state = self.state(n, part)
+        if state is None:
+            return
+        split = split_timer_key(raw)
+        assert split is not None
+        when_us = split[1]
+        if clock == "event":
+            heapq.heappush(state.event_heap, (when_us, raw))
+            if state.stream is not None and when_us <= state.stream:
+                self._owe(state, _current_event.get())
+        else:
+            heapq.heappush(state.wall_heap, (when_us, raw))
+            self._wakeup.set()
+
+    def cancel(self, key: Any, when: float | datetime, clock: Clock) -> bool:
+        from .table import _MISSING, DELETED
+
+        table = self.table
+        raw, kbytes = self._key(key, when, clock)
+        _n, part = table._timer_partition(kbytes)
+        if table._get_in(part, raw) is _MISSING:
+            return False
+        table._put(part, raw, raw, DELETED, None)
+        return True  # its heap entry is skipped when it comes up
+
+    def _key(self, key: Any, when: float | datetime, clock: Clock) -> tuple[bytes, bytes]:
+        kbytes = self.table._encode_key(key)
+        if len(kbytes) > MAX_KEY_SIZE - _HEAD:
+            raise EncodeError(
+                f"table {self.table.name!r}: key {key!r:.80} encodes to {len(kbytes)} bytes; "
+                f"a key with timers must be at most {MAX_KEY_SIZE - _HEAD} bytes"
+            )
+        return timer_key(clock, to_us(timestamp_of(when)), kbytes), kbytes
+
+    def pending(self, key: Any = None) -> list[KeyTimer]:
+        """The timers not fired yet in the partitions this worker serves, earliest first."""
+        from .table import DELETED
+
+        table = self.table
+        wanted = None if key is None else table._encode_key(key)
+        found: list[KeyTimer] = []
+        for n in table.served_partitions():
+            part = table._parts[n]
+            overlay = {raw: e for raw, e in part.merged_overlay().items() if raw.startswith(TIMER_PREFIX)}
+            rows: dict[bytes, Any] = {raw: e[1] for raw, e in overlay.items() if e[1] is not DELETED}
+            assert part.view is not None
+            for raw, vbytes in part.view.range(TIMER_PREFIX, _TIMER_END):
+                if raw not in overlay:
+                    rows[raw] = msgpack.unpackb(vbytes)
+            for raw, value in rows.items():
+                split = split_timer_key(raw)
+                if split is None or (wanted is not None and split[2] != wanted):
+                    continue
+                found.append(KeyTimer(self._decode(split[2]), from_us(split[1]), split[0], value, n))
+        found.sort(key=lambda t: (t.when, t.clock, t.partition))
+        return found
+
+    def _decode(self, kbytes: bytes) -> Any:
+        return self.table.schema.loads_key(kbytes, topic=self.table.changelog_topic_name)
+
+    # -- firing -------------------------------------------------------------------------------
+
+    async def serve(self, worker: Worker) -> None:
+        """Fire due timers until cancelled (started by the table manager)."""
+        self._parts = {}
+        self._base = (time.time(), trio.current_time())
+        poll = min(1.0, float(worker.app.conf.table_cleanup_interval))
+        table = self.table
+        while True:
+            wakeup = self._wakeup = trio.Event()
+            for n in table.served_partitions():
+                await self._prepare(n, table._parts[n])
+            for n in list(self._parts):
+                part = table._parts.get(n)
+                if part is None or part.view is not self._parts[n].view:
+                    self._pay(self._parts.pop(n), None)
+            fired = await self._fire_due(worker)
+            if fired is None:
+                return
+            if fired:
+                continue
+            deadline = trio.current_time() + poll
+            for state in self._parts.values():
+                if state.wall_heap:
+                    deadline = min(deadline, self._trio_time_of(state.wall_heap[0][0]))
+            with trio.move_on_at(deadline):
+                await wakeup.wait()
+
+    async def _fire_due(self, worker: Worker) -> int | None:
+        """Fire every due timer once; the count, or ``None`` if the worker was told to crash."""
+        from .table import _MISSING
+
+        table = self.table
+        count = 0
+        now = to_us(self.wall_time())
+        for n, state in list(self._parts.items()):
+            part = table._parts.get(n)
+            if part is None or part.view is not state.view:
+                continue
+            latch = None
+            if state.owed:
+                latch = _Latch(state.owed)
+                state.owed = []
+            while True:
+                if state.event_heap and state.stream is not None and state.event_heap[0][0] <= state.stream:
+                    _when, raw = heapq.heappop(state.event_heap)
+                elif state.wall_heap and state.wall_heap[0][0] <= now:
+                    _when, raw = heapq.heappop(state.wall_heap)
+                else:
+                    break
+                value = table._get_in(part, raw)
+                if value is _MISSING:
+                    continue  # cancelled, or fired already (a duplicate heap entry)
+                ok = await self._fire(worker, n, part, state, raw, value, latch)
+                if not ok:
+                    return None
+                count += 1
+                if table._parts.get(n) is not part or part.view is not state.view:
+                    break  # revoked meanwhile: the new owner fires the rest
+            if latch is not None:
+                latch.release()
+        return count
+
+    async def _fire(
+        self,
+        worker: Worker,
+        n: int,
+        part: TablePartition,
+        state: _PartState,
+        raw: bytes,
+        value: Any,
+        latch: _Latch | None,
+    ) -> bool:
+        from .table import DELETED
+
+        table = self.table
+        app = table.app
+        split = split_timer_key(raw)
+        assert split is not None
+        clock, when, kbytes = split
+        timer = KeyTimer(self._decode(kbytes), from_us(when), clock, value, n)
+        source = next((tp for tp in sorted(table._manager.sources) if tp.partition == n), None)
+        if source is None:
+            return True  # no longer a source partition of this worker
+        # Never start inside a commit that holds the inputs (exactly_once: one transaction per firing).
+        while any(inbox.holds for _topic, inbox in worker._topic_inboxes):  # noqa: ASYNC110
+            await trio.sleep(0.001)
+        if table._parts.get(n) is not part or part.view is not state.view:
+            return True
+        message = Message(source.topic, n, -1, None, None, from_us(when))
+        event = _FiringEvent(app, timer.key, value, None, message)
+
+        def failed(error: BaseException) -> None:
+            what = f"table {table.name!r}: an output of timer {timer!r:.160} failed: {error}"
+            worker.crash(TableError(what))
+
+        event._on_failure = failed
+        if latch is not None:
+            event._parent = latch.hold()
+        app._steps += 1
+        token = _current_event.set(event)
+        try:
+            for callback in self.callbacks:
+                result = callback(timer)
+                if inspect.isawaitable(result):
+                    await result
+            if table._parts.get(n) is part and part.view is state.view:
+                table._put(part, raw, raw, DELETED, None)
+                self.fired += 1
+        except Exception as exc:
+            error = TableError(f"table {table.name!r}: on_timer failed for {timer!r:.160}: {exc!r}")
+            error.__cause__ = exc
+            worker.crash(error)
+            return False
+        finally:
+            _current_event.reset(token)
+            app._steps -= 1
+        event.ack()
+        return True
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "timers_fired": self.fired,
+            "timer_stream_time": {
+                n: from_us(s.stream) for n, s in sorted(self._parts.items()) if s.stream is not None
+            },
+        }
