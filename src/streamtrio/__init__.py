@@ -40,6 +40,7 @@ from ._settings import FaustCompatibilityWarning, Settings
 from ._signals import Signal
 from ._stream import Event, Stream, current_event
 from ._tables.manager import TableManager, TableManagerStatistics
+from ._tables.session import SessionSet, SessionWindow, SessionWrapper
 from ._tables.table import GlobalTable, Table
 from ._tables.timers import KeyTimer
 from ._tables.windowed import WindowSet, WindowWrapper
@@ -114,6 +115,9 @@ __all__ = [
     "Schema",
     "Service",
     "ServiceT",
+    "SessionSet",
+    "SessionWindow",
+    "SessionWrapper",
     "Settings",
     "Signal",
     "SlidingWindow",

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .._app import App
     from .._stream import Event
     from .manager import TableManager
+    from .session import Sessions, SessionWrapper
     from .timers import Clock, KeyTimer, TimerCallback, TimerService
     from .windowed import Windowing, WindowWrapper
     from .windows import Window
@@ -268,6 +269,8 @@ class Table(MutableMapping[Any, Any]):
         self._windowing: Windowing | None = None
         #: the durable per-key timers, once ``on_timer`` was called
         self._timers: TimerService | None = None
+        #: the session state, once ``session`` was called
+        self._sessions: Sessions | None = None
 
     # -- timers -------------------------------------------------------------------
 
@@ -349,6 +352,8 @@ class Table(MutableMapping[Any, Any]):
             self._windowing.reset()
         if self._timers is not None:
             self._timers.reset()
+        if self._sessions is not None:
+            self._sessions.reset()
 
     # -- windows ------------------------------------------------------------------
 
@@ -370,6 +375,8 @@ class Table(MutableMapping[Any, Any]):
             raise ConfigurationError(f"table {self.name!r}: using_window needs a Window, got {window!r}")
         if self.is_global:
             raise ConfigurationError(f"global table {self.name!r} cannot be windowed; use app.Table")
+        if self._sessions is not None:
+            raise ConfigurationError(f"table {self.name!r} has session windows; use one table per window")
         if self._windowing is None:
             self._windowing = Windowing(self, window)
         elif self._windowing.window is not window:
@@ -402,6 +409,35 @@ class Table(MutableMapping[Any, Any]):
         from .windows import HoppingWindow
 
         return self.using_window(HoppingWindow(size, step, expires), key_index=key_index)
+
+    def session(
+        self,
+        gap: float | timedelta | str,
+        expires: float | timedelta | str | None = None,
+        *,
+        merge: Callable[[Any, Any], Any] | None = None,
+    ) -> SessionWrapper:
+        """Session windows: per key, events closer than ``gap`` form one session.
+
+        A session closes (``on_window_close`` runs once) when stream time
+        passes ``end + gap + expires``; ``merge(a, b)`` combines the values of
+        sessions a late event bridges (default ``+``). See ``docs/windows.md``.
+
+        Raises:
+            ConfigurationError: a GlobalTable, or the table has another window.
+        """
+        from .session import Sessions, SessionWindow, SessionWrapper, check_merge
+
+        if self.is_global:
+            raise ConfigurationError(f"global table {self.name!r} cannot be windowed; use app.Table")
+        if self._windowing is not None:
+            raise ConfigurationError(
+                f"table {self.name!r} is already windowed with {self._windowing.window!r}; "
+                "use one table per window"
+            )
+        if self._sessions is None:
+            self._sessions = Sessions(self, SessionWindow(gap, expires), check_merge(merge))
+        return SessionWrapper(self)
 
     async def on_window_close(self, key: Any, value: Any) -> None:
         """Called once per closed window; calls the table's ``on_window_close`` callback."""
@@ -466,6 +502,8 @@ class Table(MutableMapping[Any, Any]):
             info.update(self._windowing.info())
         if self._timers is not None:
             info.update(self._timers.info())
+        if self._sessions is not None:
+            info.update(self._sessions.info())
         return info
 
     def as_ansitable(
@@ -533,6 +571,8 @@ class Table(MutableMapping[Any, Any]):
     def _decode_key(self, raw: bytes) -> Any:
         if self._windowing is not None:
             return self._windowing.decode_key(raw)
+        if self._sessions is not None:
+            return self._sessions.decode_key(raw)
         return self.schema.loads_key(raw, topic=self.changelog_topic_name)
 
     def _decode_value(self, raw: bytes) -> Any:

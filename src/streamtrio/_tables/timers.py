@@ -74,14 +74,15 @@ TIMER_PREFIX = RESERVED + b"T"
 _TIMER_END = RESERVED + b"U"
 #: The stored stream time of a partition with timers.
 STREAM_KEY = RESERVED + b"clock"
-_CLOCKS = {"event": b"e", "wall": b"w"}
+#: "close" timers are event-time timers of the windowing (session close): not the user's.
+_CLOCKS = {"event": b"e", "wall": b"w", "close": b"c"}
 _CLOCK_NAMES = {v[0]: k for k, v in _CLOCKS.items()}
 _OFFSET = 1 << 63
 _WHEN = struct.Struct(">Q")
 _STREAM = struct.Struct(">q")
 _HEAD = len(TIMER_PREFIX) + 1 + _WHEN.size
 
-Clock = Literal["event", "wall"]
+Clock = Literal["event", "wall", "close"]
 #: ``on_timer(timer)``, sync or async.
 TimerCallback = Callable[["KeyTimer"], "Awaitable[None] | None"]
 
@@ -174,6 +175,8 @@ class TimerService:
     def __init__(self, table: Table) -> None:
         self.table = table
         self.callbacks: list[TimerCallback] = []
+        #: fires the "close" timers (session windows)
+        self.closer: TimerCallback | None = None
         self.fired = 0
         self._parts: dict[int, _PartState] = {}
         self._wakeup = trio.Event()
@@ -237,7 +240,7 @@ class TimerService:
         for raw in found:
             split = split_timer_key(raw)
             if split is not None:
-                (state.event_heap if split[0] == "event" else state.wall_heap).append((split[1], raw))
+                (state.wall_heap if split[0] == "wall" else state.event_heap).append((split[1], raw))
         heapq.heapify(state.event_heap)
         heapq.heapify(state.wall_heap)
         return state
@@ -284,9 +287,14 @@ class TimerService:
 
     def schedule(self, key: Any, when: float | datetime, value: Any, clock: Clock) -> None:
         table = self.table
-        if clock not in _CLOCKS:
+        if clock not in ("event", "wall"):
             raise ConfigurationError(f"table {table.name!r}: clock must be 'event' or 'wall', got {clock!r}")
-        raw, kbytes = self._key(key, when, clock)
+        raw, kbytes = self._key(key, to_us(timestamp_of(when)), clock)
+        self.schedule_raw(raw, kbytes, value, clock)
+
+    def schedule_raw(self, raw: bytes, kbytes: bytes, value: Any, clock: Clock) -> None:
+        """Store the timer ``raw`` of ``kbytes`` (in the event's partition, else the key's)."""
+        table = self.table
         try:
             vbytes = msgpack.packb(value)
         except Exception as exc:
@@ -301,7 +309,7 @@ class TimerService:
         split = split_timer_key(raw)
         assert split is not None
         when_us = split[1]
-        if clock == "event":
+        if clock != "wall":
             heapq.heappush(state.event_heap, (when_us, raw))
             if state.stream is not None and when_us <= state.stream:
                 self._owe(state, _current_event.get())
@@ -310,24 +318,38 @@ class TimerService:
             self._wakeup.set()
 
     def cancel(self, key: Any, when: float | datetime, clock: Clock) -> bool:
+        raw, kbytes = self._key(key, to_us(timestamp_of(when)), clock)
+        return self.cancel_raw(raw, kbytes)
+
+    def cancel_raw(self, raw: bytes, kbytes: bytes) -> bool:
         from .table import _MISSING, DELETED
 
         table = self.table
-        raw, kbytes = self._key(key, when, clock)
         _n, part = table._timer_partition(kbytes)
-        if table._get_in(part, raw) is _MISSING:
+        if self._value(part, raw) is _MISSING:
             return False
         table._put(part, raw, raw, DELETED, None)
         return True  # its heap entry is skipped when it comes up
 
-    def _key(self, key: Any, when: float | datetime, clock: Clock) -> tuple[bytes, bytes]:
+    @staticmethod
+    def _value(part: TablePartition, raw: bytes) -> Any:
+        """The value of a timer (msgpack, whatever the table's codec), or ``_MISSING``."""
+        from .table import _MISSING, DELETED
+
+        entry = part.overlay(raw)
+        if entry is not None:
+            return _MISSING if entry[1] is DELETED else entry[1]
+        stored = None if part.view is None else part.view.get(raw)
+        return _MISSING if stored is None else msgpack.unpackb(stored)
+
+    def _key(self, key: Any, when: int, clock: Clock) -> tuple[bytes, bytes]:
         kbytes = self.table._encode_key(key)
         if len(kbytes) > MAX_KEY_SIZE - _HEAD:
             raise EncodeError(
                 f"table {self.table.name!r}: key {key!r:.80} encodes to {len(kbytes)} bytes; "
                 f"a key with timers must be at most {MAX_KEY_SIZE - _HEAD} bytes"
             )
-        return timer_key(clock, to_us(timestamp_of(when)), kbytes), kbytes
+        return timer_key(clock, when, kbytes), kbytes
 
     def pending(self, key: Any = None) -> list[KeyTimer]:
         """The timers not fired yet in the partitions this worker serves, earliest first."""
@@ -346,7 +368,7 @@ class TimerService:
                     rows[raw] = msgpack.unpackb(vbytes)
             for raw, value in rows.items():
                 split = split_timer_key(raw)
-                if split is None or (wanted is not None and split[2] != wanted):
+                if split is None or split[0] == "close" or (wanted is not None and split[2] != wanted):
                     continue
                 found.append(KeyTimer(self._decode(split[2]), from_us(split[1]), split[0], value, n))
         found.sort(key=lambda t: (t.when, t.clock, t.partition))
@@ -405,7 +427,7 @@ class TimerService:
                     _when, raw = heapq.heappop(state.wall_heap)
                 else:
                     break
-                value = table._get_in(part, raw)
+                value = self._value(part, raw)
                 if value is _MISSING:
                     continue  # cancelled, or fired already (a duplicate heap entry)
                 ok = await self._fire(worker, n, part, state, raw, value, latch)
@@ -457,7 +479,9 @@ class TimerService:
         app._steps += 1
         token = _current_event.set(event)
         try:
-            for callback in self.callbacks:
+            for callback in self.callbacks if clock != "close" else [self.closer]:
+                if callback is None:
+                    continue
                 result = callback(timer)
                 if inspect.isawaitable(result):
                     await result
