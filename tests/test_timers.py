@@ -305,3 +305,62 @@ async def test_schedule_needs_an_on_timer_callback_and_global_tables_have_none(
         table.schedule("k", T0)
     with pytest.raises(streamtrio.ConfigurationError, match="cannot have timers"):
         app.GlobalTable("g").on_timer(lambda timer: None)
+
+
+async def test_a_window_close_and_its_deletion_are_in_one_transaction_under_exactly_once(
+    app_factory: AppFactory, broker: MemoryBroker, tmp_path: Path
+) -> None:
+    """on_window_close awaits past commits; a kill -9 after some closes never shows one twice."""
+    windows = 40
+    scope = trio.CancelScope()
+    closes = [0]
+
+    def make(kill_at: int | None) -> tuple[streamtrio.App, list[int]]:
+        app = app_factory(
+            processing_guarantee="exactly_once",
+            commit_interval=0.01,
+            table_cleanup_interval=0.05,
+            store="lmdb://",
+            datadir=str(tmp_path),
+            lmdb_sync=False,
+        )
+        clicks = app.topic("clicks", key_type=str, value_type=int, partitions=1)
+        out = app.topic("closed", key_type=str, value_type=str, partitions=1)
+
+        async def on_close(key: Any, value: Any) -> None:
+            out.send_soon(key=key[0], value=f"{key[1][0]}")
+            await trio.sleep(0.03)  # longer than commit_interval: a commit comes meanwhile
+            closes[0] += 1
+            if kill_at is not None and closes[0] == kill_at:
+                kill(app._worker, scope)  # type: ignore[arg-type]
+
+        table = app.Table(
+            "w", default=int, key_type=str, value_type=int, partitions=1, on_window_close=on_close
+        )
+        windowed = table.tumbling(1.0, expires=0.0)
+        processed = [0]
+
+        @app.agent(clicks)
+        async def count(stream: streamtrio.Stream[int]) -> None:
+            async for event in stream.events():
+                windowed[event.key] += 1
+                processed[0] += 1
+
+        return app, processed
+
+    app, _ = make(kill_at=windows // 2)
+    with scope:
+        async with running(app):
+            # old timestamps, one window each; the last event's stream time closes all but the last
+            await produce(app, [("k", float(i), 1) for i in range(windows)] + [("k", windows + 5.0, 1)])
+            await trio.sleep_forever()
+
+    def outputs() -> list[str]:
+        return [cast(bytes, m.value).decode() for m in broker.committed_messages("closed", 0)]
+
+    app2, _ = make(kill_at=None)
+    async with running(app2):
+        # every window closes, the last one once stream time follows the clock (idle partition)
+        await wait_for(lambda: len(set(outputs())) == windows + 1, timeout=60)
+        await trio.sleep(0.5)
+    assert len(outputs()) == windows + 1  # none reported twice

@@ -45,7 +45,8 @@ import inspect
 import logging
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -60,6 +61,7 @@ from .base import MAX_KEY_SIZE, StorePartition
 from .windows import from_us, timestamp_of, to_us
 
 if TYPE_CHECKING:
+    from .._app import App
     from .._worker import Worker
     from .table import Table, TablePartition
 
@@ -131,6 +133,21 @@ class _PartState:
     wall_heap: list[tuple[int, bytes]] = field(default_factory=list)
     #: completions owed to the events that made timers due (called after the firings)
     owed: list[Callable[[BaseException | None], None]] = field(default_factory=list)
+
+
+@asynccontextmanager
+async def firing_step(app: App, worker: Worker | None) -> AsyncIterator[None]:
+    """Run the block as one agent step: started only while no commit holds the inputs,
+    and waited for by an exactly_once commit, so its writes and outputs land in one
+    transaction."""
+    if worker is not None:
+        while any(inbox.holds for _topic, inbox in worker._topic_inboxes):  # noqa: ASYNC110
+            await trio.sleep(0.001)
+    app._steps += 1
+    try:
+        yield
+    finally:
+        app._steps -= 1
 
 
 class _FiringEvent(Event[Any]):
@@ -461,41 +478,38 @@ class TimerService:
         source = next((tp for tp in sorted(table._manager.sources) if tp.partition == n), None)
         if source is None:
             return True  # no longer a source partition of this worker
-        # Never start inside a commit that holds the inputs (exactly_once: one transaction per firing).
-        while any(inbox.holds for _topic, inbox in worker._topic_inboxes):  # noqa: ASYNC110
-            await trio.sleep(0.001)
-        if table._parts.get(n) is not part or part.view is not state.view:
-            return True
-        message = Message(source.topic, n, -1, None, None, from_us(when))
-        event = _FiringEvent(app, timer.key, value, None, message)
+        # Never inside a commit that holds the inputs (exactly_once: one transaction per firing).
+        async with firing_step(app, worker):
+            if table._parts.get(n) is not part or part.view is not state.view:
+                return True
+            message = Message(source.topic, n, -1, None, None, from_us(when))
+            event = _FiringEvent(app, timer.key, value, None, message)
 
-        def failed(error: BaseException) -> None:
-            what = f"table {table.name!r}: an output of timer {timer!r:.160} failed: {error}"
-            worker.crash(TableError(what))
+            def failed(error: BaseException) -> None:
+                what = f"table {table.name!r}: an output of timer {timer!r:.160} failed: {error}"
+                worker.crash(TableError(what))
 
-        event._on_failure = failed
-        if latch is not None:
-            event._parent = latch.hold()
-        app._steps += 1
-        token = _current_event.set(event)
-        try:
-            for callback in self.callbacks if clock != "close" else [self.closer]:
-                if callback is None:
-                    continue
-                result = callback(timer)
-                if inspect.isawaitable(result):
-                    await result
-            if table._parts.get(n) is part and part.view is state.view:
-                table._put(part, raw, raw, DELETED, None)
-                self.fired += 1
-        except Exception as exc:
-            error = TableError(f"table {table.name!r}: on_timer failed for {timer!r:.160}: {exc!r}")
-            error.__cause__ = exc
-            worker.crash(error)
-            return False
-        finally:
-            _current_event.reset(token)
-            app._steps -= 1
+            event._on_failure = failed
+            if latch is not None:
+                event._parent = latch.hold()
+            token = _current_event.set(event)
+            try:
+                for callback in self.callbacks if clock != "close" else [self.closer]:
+                    if callback is None:
+                        continue
+                    result = callback(timer)
+                    if inspect.isawaitable(result):
+                        await result
+                if table._parts.get(n) is part and part.view is state.view:
+                    table._put(part, raw, raw, DELETED, None)
+                    self.fired += 1
+            except Exception as exc:
+                error = TableError(f"table {table.name!r}: on_timer failed for {timer!r:.160}: {exc!r}")
+                error.__cause__ = exc
+                worker.crash(error)
+                return False
+            finally:
+                _current_event.reset(token)
         event.ack()
         return True
 

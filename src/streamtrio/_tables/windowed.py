@@ -43,7 +43,7 @@ from .._settings import parse_duration
 from .._stream import current_event
 from .base import MAX_KEY_SIZE, StorePartition
 from .table import _MISSING, DELETED, Table, TablePartition
-from .timers import TIMER_PREFIX
+from .timers import TIMER_PREFIX, firing_step
 from .windows import STREAM_TIME_KEY, Duration, Window, WindowRange, from_us, timestamp_of, to_us
 
 if TYPE_CHECKING:
@@ -402,25 +402,28 @@ class Windowing:
             closing.append((n, start, end, kbytes, raw, value, report))
         views = {n: table._parts[n].view for n in reached}
         for n, start, end, kbytes, raw, value, report in closing:
-            if report:
-                key = (self._plain_key(kbytes), (from_us(start), from_us(end)))
-                try:
-                    await table.on_window_close(key, value)
-                except Exception as exc:
-                    error = TableError(
-                        f"table {table.name!r}: on_window_close failed for window {key!r:.120}: {exc!r}"
-                    )
-                    error.__cause__ = exc
-                    if worker is not None:
-                        worker.crash(error)
-                        return False
-                    raise error from exc
-            owner = table._parts.get(n)
-            if owner is None or owner.view is not views[n]:
-                continue  # revoked while a callback ran: the new owner closes it
-            self.closed += 1
-            if not window._aggregates:
-                self._delete(n, owner, raw, kbytes, start)
+            # One window's callback and deletion form one step: never split over two
+            # transactions (exactly_once), so a crash cannot report a window twice.
+            async with firing_step(table.app, worker):
+                if report:
+                    key = (self._plain_key(kbytes), (from_us(start), from_us(end)))
+                    try:
+                        await table.on_window_close(key, value)
+                    except Exception as exc:
+                        error = TableError(
+                            f"table {table.name!r}: on_window_close failed for window {key!r:.120}: {exc!r}"
+                        )
+                        error.__cause__ = exc
+                        if worker is not None:
+                            worker.crash(error)
+                            return False
+                        raise error from exc
+                owner = table._parts.get(n)
+                if owner is None or owner.view is not views[n]:
+                    continue  # revoked while a callback ran: the new owner closes it
+                self.closed += 1
+                if not window._aggregates:
+                    self._delete(n, owner, raw, kbytes, start)
         for n, raw, start in dropping:
             owner = table._parts.get(n)
             if owner is not None and owner.view is views[n]:
