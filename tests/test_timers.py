@@ -8,6 +8,7 @@ partition reaches it), never from the timer service's own state.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -271,6 +272,8 @@ async def test_kill_9_while_timers_fire_then_restart_is_exact_under_exactly_once
         await wait_for(lambda: broker.committed(app2.id) == ends, timeout=60)
         pending = {(t.key, t.when) for t in seen2.timers()}
         counts = {k: v for k, v in seen2.items() if k.startswith("fired:")}
+        per_key = {k: v for k, v in seen2.items() if not k.startswith("fired:")}
+    assert per_key == Counter(k for k, _, _ in events)  # the events' own writes: exactly once
     # What a read_committed reader sees: each due timer fired exactly once.
     outputs = [cast(bytes, m.value) for p in range(partitions) for m in broker.committed_messages("fired", p)]
     by_partition: dict[int, list[tuple[str, float, int]]] = {}

@@ -17,25 +17,28 @@ its ``when``; a wall-clock timer once the worker's clock (epoch seconds at the
 start plus trio time since, so ``MockClock`` drives it) does, even if no event
 arrives.
 
-Firing one timer is one unit of work:
+Firing one timer is a unit of work of its own, tied to no source offset:
 
 1. wait until no commit holds the agents' inputs, then count as an executing
-   step (``app._steps``): an exactly_once commit waits for it, so a firing is
-   never split over two transactions;
+   agent step (``app._steps``): an exactly_once commit waits for it, so a
+   firing is never split over two transactions;
 2. call ``on_timer(timer)`` with the current event set to a *firing event*
    (on the timer's partition, so table writes go there and ``send_soon``
-   outputs are counted for it);
-3. delete the timer key (a tombstone in the changelog), then end the step.
+   outputs are counted for it; a failed output stops the worker);
+3. delete the timer key (a tombstone in the changelog): under exactly_once at
+   once, in the same step, so the callback's writes and outputs and the
+   deletion are one transaction; under at_least_once once the firing's
+   outputs are delivered, so the deletion never reaches the changelog before
+   them.
 
-A firing is *owed* to the event that moved stream time past the timer (for a
-wall-clock timer, to no event): that event's offset is committable only once
-the firing's callback returned and its outputs are delivered. The timer's
-deletion reaches the changelog in the same commit as (or before) that offset.
-Hence: under at_least_once a crash before that commit fires the timer again
-after the restart (at least once); under exactly_once the firing's writes,
-outputs and the deletion are in one transaction, so only one firing is ever
-visible (at most once per firing point, and exactly once unless the
-partition's data is lost).
+The firing is not owed to the event that made it due: that event's writes
+(including the stream time) and its offset commit together, as any event's;
+a timer and a stream time that are committed are enough to fire it after a
+restart. Holding the event's offset until the firing is done instead would,
+under exactly_once, commit the event's table writes without its offset (a
+crash would then apply them twice, and schedule fired timers again).
+Hence: at_least_once fires each timer at least once; exactly_once makes each
+firing visible exactly once.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ import msgpack
 import trio
 
 from .._exceptions import ConfigurationError, EncodeError, TableError
-from .._stream import Event, _current_event, output_started
+from .._stream import Event, _current_event
 from .._types import Message
 from .base import MAX_KEY_SIZE, StorePartition
 from .windows import from_us, timestamp_of, to_us
@@ -131,8 +134,8 @@ class _PartState:
     #: (when, stored key) per clock
     event_heap: list[tuple[int, bytes]] = field(default_factory=list)
     wall_heap: list[tuple[int, bytes]] = field(default_factory=list)
-    #: completions owed to the events that made timers due (called after the firings)
-    owed: list[Callable[[BaseException | None], None]] = field(default_factory=list)
+    #: fired, deletion waiting for the outputs' delivery (at_least_once)
+    firing: set[bytes] = field(default_factory=set)
 
 
 @asynccontextmanager
@@ -163,27 +166,6 @@ class _FiringEvent(Event[Any]):
             self._on_failure(error)
         if not self._outputs and self._acked:
             self._complete()
-
-
-class _Latch:
-    """Calls the completions owed to the triggering events once every firing of a pass is done."""
-
-    __slots__ = ("count", "owed")
-
-    def __init__(self, owed: list[Callable[[BaseException | None], None]]) -> None:
-        self.owed = owed
-        self.count = 1  # the pass itself; released when it ends
-
-    def hold(self) -> Callable[[BaseException | None], None]:
-        self.count += 1
-        return self.release
-
-    def release(self, error: BaseException | None = None) -> None:
-        self.count -= 1
-        if not self.count:
-            owed, self.owed = self.owed, []
-            for done in owed:
-                done(error)
 
 
 class TimerService:
@@ -219,8 +201,6 @@ class TimerService:
 
     def reset(self) -> None:
         """Forget the in-memory index (rebuilt from the store): start, or a rolled-back transaction."""
-        for state in self._parts.values():
-            self._pay(state, None)
         self._parts = {}
         self._wakeup.set()
 
@@ -232,8 +212,6 @@ class TimerService:
             return None
         state = self._parts.get(n)
         if state is None or state.view is not view:
-            if state is not None:
-                self._pay(state, None)
             state = self._parts[n] = self._build(part, view, list(view.range(TIMER_PREFIX, _TIMER_END)))
         return state
 
@@ -287,20 +265,7 @@ class TimerService:
         self.table._put(part, STREAM_KEY, STREAM_KEY, t, _STREAM.pack(t))
         heap = state.event_heap
         if heap and heap[0][0] <= t:
-            self._owe(state, event)
-
-    def _owe(self, state: _PartState, event: Event[Any] | None) -> None:
-        if event is not None and not isinstance(event, _FiringEvent):
-            done = output_started(event)
-            if done is not None:
-                state.owed.append(done)
-        self._wakeup.set()
-
-    @staticmethod
-    def _pay(state: _PartState, error: BaseException | None) -> None:
-        owed, state.owed = state.owed, []
-        for done in owed:
-            done(error)
+            self._wakeup.set()
 
     def schedule(self, key: Any, when: float | datetime, value: Any, clock: Clock) -> None:
         table = self.table
@@ -329,7 +294,7 @@ class TimerService:
         if clock != "wall":
             heapq.heappush(state.event_heap, (when_us, raw))
             if state.stream is not None and when_us <= state.stream:
-                self._owe(state, _current_event.get())
+                self._wakeup.set()
         else:
             heapq.heappush(state.wall_heap, (when_us, raw))
             self._wakeup.set()
@@ -409,7 +374,7 @@ class TimerService:
             for n in list(self._parts):
                 part = table._parts.get(n)
                 if part is None or part.view is not self._parts[n].view:
-                    self._pay(self._parts.pop(n), None)
+                    del self._parts[n]
             fired = await self._fire_due(worker)
             if fired is None:
                 return
@@ -433,10 +398,6 @@ class TimerService:
             part = table._parts.get(n)
             if part is None or part.view is not state.view:
                 continue
-            latch = None
-            if state.owed:
-                latch = _Latch(state.owed)
-                state.owed = []
             while True:
                 if state.event_heap and state.stream is not None and state.event_heap[0][0] <= state.stream:
                     _when, raw = heapq.heappop(state.event_heap)
@@ -445,16 +406,14 @@ class TimerService:
                 else:
                     break
                 value = self._value(part, raw)
-                if value is _MISSING:
+                if value is _MISSING or raw in state.firing:
                     continue  # cancelled, or fired already (a duplicate heap entry)
-                ok = await self._fire(worker, n, part, state, raw, value, latch)
+                ok = await self._fire(worker, n, part, state, raw, value)
                 if not ok:
                     return None
                 count += 1
                 if table._parts.get(n) is not part or part.view is not state.view:
                     break  # revoked meanwhile: the new owner fires the rest
-            if latch is not None:
-                latch.release()
         return count
 
     async def _fire(
@@ -465,9 +424,7 @@ class TimerService:
         state: _PartState,
         raw: bytes,
         value: Any,
-        latch: _Latch | None,
     ) -> bool:
-        from .table import DELETED
 
         table = self.table
         app = table.app
@@ -490,8 +447,14 @@ class TimerService:
                 worker.crash(TableError(what))
 
             event._on_failure = failed
-            if latch is not None:
-                event._parent = latch.hold()
+            exactly_once = app.conf.processing_guarantee == "exactly_once"
+            if not exactly_once:
+                state.firing.add(raw)
+
+                def delivered(_error: BaseException | None) -> None:
+                    self._delete(n, part, state, raw)
+
+                event._parent = delivered
             token = _current_event.set(event)
             try:
                 for callback in self.callbacks if clock != "close" else [self.closer]:
@@ -500,9 +463,8 @@ class TimerService:
                     result = callback(timer)
                     if inspect.isawaitable(result):
                         await result
-                if table._parts.get(n) is part and part.view is state.view:
-                    table._put(part, raw, raw, DELETED, None)
-                    self.fired += 1
+                if exactly_once:
+                    self._delete(n, part, state, raw)
             except Exception as exc:
                 error = TableError(f"table {table.name!r}: on_timer failed for {timer!r:.160}: {exc!r}")
                 error.__cause__ = exc
@@ -512,6 +474,15 @@ class TimerService:
                 _current_event.reset(token)
         event.ack()
         return True
+
+    def _delete(self, n: int, part: TablePartition, state: _PartState, raw: bytes) -> None:
+        from .table import DELETED
+
+        table = self.table
+        state.firing.discard(raw)
+        if table._parts.get(n) is part and part.view is state.view:
+            table._put(part, raw, raw, DELETED, None)
+            self.fired += 1
 
     def info(self) -> dict[str, Any]:
         return {
