@@ -15,7 +15,7 @@ import inspect
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 import trio
 
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from ._agent import Agent
     from ._app import App
     from ._codecs import Schema
+    from ._tables.joins import JoinKey
+    from ._tables.table import Table
     from ._topic import Channel
 
 __all__ = ["Event", "Stream", "current_event"]
@@ -757,6 +759,23 @@ class Stream(Generic[T]):
                 else:
                     await channel.send(key=event.key, value=event.value, headers=event.headers)
             yield event.value
+
+    def join(
+        self, table: Table, *, key: JoinKey = None, how: Literal["inner", "left"] = "inner"
+    ) -> AsyncIterator[tuple[T, Any]]:
+        """Yield ``(value, table[lookup key])`` per event: a stream-table join (``docs/joins.md``).
+
+        ``key`` gives the lookup key (default: the event's key; a Record field or
+        ``f(value)``); events without a match are skipped (``how="inner"``) or
+        yielded with ``None`` (``how="left"``).
+        """
+        from ._tables.joins import join_table
+
+        return join_table(self, table, key=key, how=how)
+
+    def left_join(self, table: Table, *, key: JoinKey = None) -> AsyncIterator[tuple[T, Any]]:
+        """``join(table, key=key, how="left")``: unmatched events come with ``None``."""
+        return self.join(table, key=key, how="left")
 
     async def take(self, max_: int, within: float | None = None) -> AsyncIterator[list[T]]:
         """Yield lists of up to ``max_`` values, or fewer once ``within`` seconds pass.
