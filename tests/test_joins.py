@@ -143,3 +143,69 @@ async def test_a_global_table_joins_on_any_field_without_co_partitioning(app_fac
         await wait_for(lambda: len(joined) == 30)
     reference = {"fr": "France", "de": "Germany"}
     assert sorted(joined) == [(i, reference.get(countries_of[i % 3])) for i in range(30)]
+
+
+@pytest.mark.parametrize("how", ["inner", "left", "outer"])
+async def test_table_table_join_follows_both_sides(app_factory: AppFactory, how: str) -> None:
+    app = app_factory(commit_interval=0.05)
+    updates = app.topic("updates", key_type=str, value_type=str, partitions=PARTITIONS)
+    names = app.Table("names", key_type=str, value_type=str, partitions=PARTITIONS)
+    emails = app.Table("emails", key_type=str, value_type=str, partitions=PARTITIONS)
+    joined = names.join(emails, how=how)  # type: ignore[arg-type]
+    applied = [0]
+    model: dict[str, dict[str, str]] = {"names": {}, "emails": {}}
+
+    @app.agent(updates)
+    async def apply(stream: streamtrio.Stream[str]) -> None:
+        async for event in stream.events():
+            side, _, value = event.value.partition("=")
+            table = names if side == "name" else emails
+            if value:
+                table[event.key] = value
+            else:
+                table.pop(event.key, None)
+            applied[0] += 1
+
+    rng = random.Random(how)
+    ops = []
+    for _ in range(300):
+        key = f"u{rng.randrange(30)}"
+        side = rng.choice(["name", "email"])
+        value = "" if rng.random() < 0.2 else f"{side}-{rng.randrange(1000)}"
+        ops.append((key, side, value))
+    for key, side, value in ops:
+        target = model["names" if side == "name" else "emails"]
+        if value:
+            target[key] = value
+        else:
+            target.pop(key, None)
+    left, right = model["names"], model["emails"]
+    if how == "inner":
+        keys = left.keys() & right.keys()
+    elif how == "left":
+        keys = set(left)
+    else:
+        keys = left.keys() | right.keys()
+    expected = {k: (left.get(k), right.get(k)) for k in keys}
+
+    async with running(app):
+        await send(app, "updates", [(key, f"{side}={value}") for key, side, value in ops])
+        await wait_for(lambda: applied[0] == len(ops))
+        assert dict(joined.items()) == expected
+        assert len(joined) == len(expected)
+        missing = next(f"u{i}" for i in range(100) if f"u{i}" not in expected)
+        assert missing not in joined
+        with pytest.raises(KeyError):
+            joined[missing]
+
+
+def test_table_join_checks(app_factory: AppFactory) -> None:
+    app = app_factory()
+    a = app.Table("a", partitions=4)
+    b = app.Table("b", partitions=2)
+    with pytest.raises(streamtrio.ConfigurationError, match="not co-partitioned"):
+        a.join(b)["k"]
+    with pytest.raises(streamtrio.ConfigurationError, match="windowed"):
+        a.join(app.Table("w").tumbling(10).table)
+    with pytest.raises(streamtrio.ConfigurationError, match="how"):
+        a.join(app.GlobalTable("g"), how="cross")  # type: ignore[arg-type]

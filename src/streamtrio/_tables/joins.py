@@ -17,10 +17,10 @@ co-partitioned silently misses matches. A GlobalTable needs no check.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from .._exceptions import ConfigurationError
+from .._exceptions import ConfigurationError, EncodeError
 from .._records import FieldDescriptor
 from .._topic import Topic
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .._stream import Event, Stream
     from .table import Table
 
-__all__ = ["JoinKey", "join_table"]
+__all__ = ["JoinKey", "TableJoin", "join_table"]
 
 T = TypeVar("T")
 
@@ -113,3 +113,93 @@ async def join_table(
         if found is None and not left:
             continue
         yield event.value, found
+
+
+TableHow = Literal["inner", "left", "outer"]
+
+
+class TableJoin(Mapping[Any, tuple[Any, Any]]):
+    """The join of two tables, key by key: ``left.join(right)`` (``docs/joins.md``).
+
+    A read-only mapping whose value for ``key`` is ``(left[key], right[key])``,
+    computed from both tables when it is read, so it reflects every change of
+    either side at once (there is no separate state to keep in step):
+
+    * ``how="inner"``: keys in both tables;
+    * ``how="left"``: keys of the left table, ``None`` for a missing right value;
+    * ``how="outer"``: keys of either, ``None`` for the missing side.
+
+    Both tables must be co-partitioned unless one is a GlobalTable: the same
+    partition count (checked at every read while a worker runs, since the
+    changelogs' real counts are known only then).
+    """
+
+    def __init__(self, left: Table, right: Table, how: TableHow = "inner") -> None:
+        from .table import Table as _Table
+
+        if not isinstance(right, _Table):
+            raise ConfigurationError(f"table join: expected a Table or GlobalTable, got {right!r}")
+        if how not in ("inner", "left", "outer"):
+            raise ConfigurationError(f"table join: how must be 'inner', 'left' or 'outer', got {how!r}")
+        for table in (left, right):
+            if table._windowing is not None or table._sessions is not None:
+                raise ConfigurationError(f"table join: {table.name!r} is windowed; join plain tables")
+        self.left = left
+        self.right = right
+        self.how = how
+
+    def _check(self) -> None:
+        left, right = self.left, self.right
+        if not left.is_global and not right.is_global and left.partitions != right.partitions:
+            raise ConfigurationError(
+                f"table join: {left.name!r} has {left.partitions} partitions and {right.name!r} "
+                f"{right.partitions}: they are not co-partitioned, so a worker holds a key's left "
+                "value without its right one. Give them the same partition count, or make one a "
+                "GlobalTable"
+            )
+
+    @staticmethod
+    def _lookup(table: Table, key: Any) -> Any:
+        from .table import _MISSING
+
+        try:
+            kbytes = table._encode_key(key)
+        except EncodeError:
+            return _MISSING
+        return table._find(kbytes)[1]
+
+    def __getitem__(self, key: Any) -> tuple[Any, Any]:
+        from .table import _MISSING
+
+        self._check()
+        left = self._lookup(self.left, key)
+        right = self._lookup(self.right, key)
+        how = self.how
+        if left is _MISSING and (how != "outer" or right is _MISSING):
+            raise KeyError(key)
+        if right is _MISSING and how == "inner":
+            raise KeyError(key)
+        return (None if left is _MISSING else left), (None if right is _MISSING else right)
+
+    def __iter__(self) -> Iterator[Any]:
+        self._check()
+        left_keys = list(self.left.keys())
+        if self.how == "inner":
+            yield from (key for key in left_keys if key in self.right)
+            return
+        yield from left_keys
+        if self.how == "outer":
+            yield from (key for key in self.right.keys() if key not in self.left)  # noqa: SIM118
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            self[key]
+        except KeyError:
+            return False
+        return True
+
+    def __repr__(self) -> str:
+        return f"<TableJoin {self.how} {self.left.name!r} x {self.right.name!r}>"

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     from .._app import App
     from .._stream import Event
+    from .joins import TableHow, TableJoin
     from .manager import TableManager
     from .session import Sessions, SessionWrapper
     from .timers import Clock, KeyTimer, TimerCallback, TimerService
@@ -438,6 +439,24 @@ class Table(MutableMapping[Any, Any]):
         if self._sessions is None:
             self._sessions = Sessions(self, SessionWindow(gap, expires), check_merge(merge))
         return SessionWrapper(self)
+
+    def join(self, other: Table, *, how: TableHow = "inner") -> TableJoin:
+        """The key-by-key join of this table and ``other`` (``docs/joins.md``).
+
+        Returns a read-only mapping ``key -> (this value, other value)``, read
+        from both tables at once; ``how`` is ``"inner"``, ``"left"`` or ``"outer"``.
+        """
+        from .joins import TableJoin
+
+        return TableJoin(self, other, how)
+
+    def left_join(self, other: Table) -> TableJoin:
+        """``join(other, how="left")``."""
+        return self.join(other, how="left")
+
+    def outer_join(self, other: Table) -> TableJoin:
+        """``join(other, how="outer")``."""
+        return self.join(other, how="outer")
 
     async def on_window_close(self, key: Any, value: Any) -> None:
         """Called once per closed window; calls the table's ``on_window_close`` callback."""
