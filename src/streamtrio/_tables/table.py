@@ -393,11 +393,13 @@ class Table(MutableMapping[Any, Any]):
         size: float | timedelta | str,
         expires: float | timedelta | str | None = None,
         key_index: bool = False,
+        *,
+        grace: float | timedelta | str | None = None,
     ) -> WindowWrapper:
         """Tumbling windows ``[k*size, (k+1)*size)`` (see :class:`streamtrio.TumblingWindow`)."""
         from .windows import TumblingWindow
 
-        return self.using_window(TumblingWindow(size, expires), key_index=key_index)
+        return self.using_window(TumblingWindow(size, expires, grace), key_index=key_index)
 
     def hopping(
         self,
@@ -405,11 +407,13 @@ class Table(MutableMapping[Any, Any]):
         step: float | timedelta | str,
         expires: float | timedelta | str | None = None,
         key_index: bool = False,
+        *,
+        grace: float | timedelta | str | None = None,
     ) -> WindowWrapper:
         """Hopping windows ``[k*step, k*step + size)`` (see :class:`streamtrio.HoppingWindow`)."""
         from .windows import HoppingWindow
 
-        return self.using_window(HoppingWindow(size, step, expires), key_index=key_index)
+        return self.using_window(HoppingWindow(size, step, expires, grace), key_index=key_index)
 
     def session(
         self,

@@ -87,8 +87,9 @@ class _PartitionState:
     mark: float = 0.0
     #: windows closing at or before this stream time were reported (persisted)
     fired: int | None = None
-    #: (end, kind, start, stored key): kind 0 = a window closes, 1 = a sliding bucket goes
-    heap: list[tuple[int, int, int, bytes]] = field(default_factory=list)
+    #: (due, kind, start, end, stored key): kind 0 = a window is final (reported), 1 = a
+    #: sliding bucket goes, 2 = a reported window goes (expires > grace)
+    heap: list[tuple[int, int, int, int, bytes]] = field(default_factory=list)
     #: sliding windows: the bucket times of each key, sorted
     buckets: dict[bytes, list[int]] = field(default_factory=dict)
     #: key_index: live windows per key
@@ -223,13 +224,16 @@ class Windowing:
             insort(state.buckets.setdefault(kbytes, []), start)
         if state.keys is not None:
             state.keys[kbytes] = state.keys.get(kbytes, 0) + 1
-        if window._expires is not None:
+        expires, grace = window._expires, window._grace
+        if expires is not None and grace is not None:
             if window._aggregates:
                 before, after = window._before, window._after  # type: ignore[attr-defined]
-                add((start + after, 0, start - before, raw))
-                add((start + before + after, 1, start, raw))
+                add((start + after + grace, 0, start - before, start + after, raw))
+                add((start + before + after + expires, 1, start, start, raw))
             else:
-                add((end, 0, start, raw))
+                add((end + grace, 0, start, end, raw))
+                if expires > grace:
+                    add((end + expires, 2, start, end, raw))
 
     def _unindex(self, state: _PartitionState, kbytes: bytes, start: int) -> None:
         if self.window._aggregates:
@@ -353,7 +357,7 @@ class Windowing:
         window = self.window
         now = trio.current_time()
         expires = window._expires
-        due: list[tuple[int, int, int, int, bytes]] = []
+        due: list[tuple[int, int, int, int, int, bytes]] = []
         reached: dict[int, int] = {}
         for n in table.served_partitions():
             part = table._parts[n]
@@ -365,13 +369,13 @@ class Windowing:
             state.mark = now
             if expires is None or state.stream is None:
                 continue
-            limit = state.stream - expires
+            limit = state.stream
             heap = state.heap
             if heap and heap[0][0] <= limit:
                 reached[n] = state.stream
             while heap and heap[0][0] <= limit:
-                end, kind, start, raw = heapq.heappop(heap)
-                due.append((end, kind, start, n, raw))
+                when, kind, start, end, raw = heapq.heappop(heap)
+                due.append((when, kind, start, end, n, raw))
         self._log_late()
         if not due:
             return True
@@ -380,7 +384,7 @@ class Windowing:
         closing: list[tuple[int, int, int, bytes, bytes, Any, bool]] = []
         dropping: list[tuple[int, bytes, int]] = []
         seen: set[tuple[int, int, bytes]] = set()
-        for end, kind, start, n, raw in due:
+        for when, kind, start, end, n, raw in due:
             if (kind, n, raw) in seen:
                 continue
             seen.add((kind, n, raw))
@@ -390,7 +394,7 @@ class Windowing:
             kbytes = split[0]
             if table._get_in(part, raw) is _MISSING:
                 continue
-            if kind == 1:
+            if kind != 0:
                 dropping.append((n, raw, split[1]))
                 continue
             if window._aggregates:
@@ -398,7 +402,9 @@ class Windowing:
             else:
                 value = table._get_in(part, raw)
             fired = self._parts[n].fired
-            report = fired is None or end + (expires or 0) > fired
+            report = fired is None or when > fired
+            if not report and window._grace != expires:
+                continue  # reported before a restart; deleted at end + expires
             closing.append((n, start, end, kbytes, raw, value, report))
         views = {n: table._parts[n].view for n in reached}
         for n, start, end, kbytes, raw, value, report in closing:
@@ -422,7 +428,7 @@ class Windowing:
                 if owner is None or owner.view is not views[n]:
                     continue  # revoked while a callback ran: the new owner closes it
                 self.closed += 1
-                if not window._aggregates:
+                if not window._aggregates and window._grace == expires:
                     self._delete(n, owner, raw, kbytes, start)
         for n, raw, start in dropping:
             owner = table._parts.get(n)
