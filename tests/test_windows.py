@@ -517,3 +517,40 @@ def test_grace_must_not_exceed_expires() -> None:
     window = streamtrio.HoppingWindow(10, 5, grace=3)
     assert (window.grace, window.expires) == (3.0, 3.0)
     assert streamtrio.TumblingWindow(10, expires=7).grace == 7.0
+
+
+async def test_a_window_reported_at_grace_is_not_reported_again_after_a_restart(
+    app_factory: AppFactory, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    closed: list[tuple[Any, Any]] = []
+
+    def make() -> Any:
+        return windowed_app(
+            app_factory,
+            lambda t: t.tumbling(10, expires=300, grace=2),
+            on_close=lambda key, value: closed.append((key, value)),
+            store="lmdb://",
+            datadir=str(tmp_path),
+            lmdb_sync=False,
+        )
+
+    events = [("k", float(t)) for t in range(0, 35, 3)]
+    expected = reference_counts(events, 10, 10)
+    app, table, _, processed = make()
+    async with running(app):
+        await produce(app, events)
+        await wait_for(lambda: processed[0] == len(events))
+        await trio.sleep(1)
+        assert sorted(w for (_, w), _ in closed) == [(T0, T0 + 10), (T0 + 10, T0 + 20), (T0 + 20, T0 + 30)]
+        assert dict(table.items()) == expected  # reported windows are kept until end + expires
+    first = list(closed)
+    app2, table2, _, _ = make()
+    async with running(app2):
+        await app2.tables.wait_until_recovery_completed()
+        await trio.sleep(1)
+        assert closed == first
+        assert dict(table2.items()) == expected
+        await trio.sleep(400)
+        assert dict(table2.items()) == {}
+    assert sorted(closed) == sorted(expected.items())
+    assert len(closed) == len(expected)
