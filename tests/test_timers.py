@@ -367,3 +367,42 @@ async def test_a_window_close_and_its_deletion_are_in_one_transaction_under_exac
         await wait_for(lambda: len(set(outputs())) == windows + 1, timeout=60)
         await trio.sleep(0.5)
     assert len(outputs()) == windows + 1  # none reported twice
+
+
+async def test_timers_move_with_their_partitions_to_a_second_worker(
+    app_factory: AppFactory, tmp_path: Path
+) -> None:
+    fired: list[tuple[str, str, float]] = []
+
+    def make(name: str) -> Any:
+        return timer_app(
+            app_factory,
+            partitions=4,
+            on_fire=lambda t: fired.append((name, t.key, t.when)),
+            datadir=str(tmp_path / name),
+            table_standby_replicas=0,
+        )
+
+    first = [(f"k{i % 20}", float(i), i) for i in range(60)]  # timers at 10 .. 69
+    second = [(f"k{i}", 100.0, 0) for i in range(20)]  # every partition's stream time passes them all
+    a, seen_a, _, processed_a = make("a")
+    b, seen_b, _, processed_b = make("b")
+    async with running(a):
+        await produce(a, first, 4)
+        await wait_for(lambda: processed_a[0] == len(first))
+        await wait_for(lambda: a.tables.statistics().unpersisted == 0)
+        fired_before = list(fired)
+        pending_before = {(t.key, t.when) for t in seen_a.timers()}
+        assert pending_before  # some are left for the second worker
+        async with running(b):
+            await wait_for(lambda: seen_b.served_partitions() == [2, 3], timeout=30)
+            await wait_for(lambda: seen_a.served_partitions() == [0, 1], timeout=30)
+            moved = {(t.key, t.when) for t in seen_b.timers()}
+            assert moved and moved <= pending_before  # b recovered them from the changelog
+            assert {(t.key, t.when) for t in seen_a.timers()} == pending_before - moved
+            await produce(a, second, 4)
+            await wait_for(lambda: processed_a[0] + processed_b[0] == len(first) + len(second))
+            await wait_for(lambda: len(fired) == len(first))
+            await trio.sleep(0.5)
+    assert sorted((k, w) for _, k, w in fired) == sorted((k, T0 + t + DELAY) for k, t, _ in first)
+    assert {(k, w) for who, k, w in fired[len(fired_before) :] if who == "b"} == moved
