@@ -111,6 +111,10 @@ async def test_event_time_timers_fire_once_when_stream_time_passes_them(
         for key in {k for k, _, _ in expected}:
             assert seen[f"fired:{key}"] == sum(1 for k, _, _ in fired if k == key)
         await wait_for(lambda: app.tables.statistics().unpersisted == 0)
+        # timers and the stream time are stored in the table but never listed or counted
+        keys = {k for k, _, _ in events} | {f"fired:{k}" for k, _, _ in expected}
+        assert set(seen.keys()) == keys
+        assert len(seen) == len(keys)
     assert sorted(m.value for m in broker.messages("fired", 0)) == sorted(
         f'"{k}@{w}"'.encode() for k, w, _ in expected
     )
