@@ -777,6 +777,25 @@ class Stream(Generic[T]):
         """``join(table, key=key, how="left")``: unmatched events come with ``None``."""
         return self.join(table, key=key, how="left")
 
+    def window_join(
+        self,
+        buffer: Table,
+        *,
+        left: str | Channel[Any],
+        right: str | Channel[Any],
+        before: float,
+        after: float,
+        grace: float = 0,
+        key: JoinKey = None,
+    ) -> AsyncIterator[tuple[Any, Any]]:
+        """Yield ``(left value, right value)`` per pair of events of the two topics within the
+        join window: a stream-stream inner join buffered in ``buffer`` (``docs/joins.md``)."""
+        from ._tables.stream_join import window_join
+
+        return window_join(
+            self, buffer, left=left, right=right, before=before, after=after, grace=grace, key=key
+        )
+
     async def take(self, max_: int, within: float | None = None) -> AsyncIterator[list[T]]:
         """Yield lists of up to ``max_`` values, or fewer once ``within`` seconds pass.
 

@@ -273,8 +273,8 @@ class TableManager(Mapping[str, Table]):
                 for table in self._tables.values():
                     if table._windowing is not None:
                         nursery.start_soon(table._windowing.serve, worker, conf.table_cleanup_interval)
-                    if table._timers is not None:
-                        nursery.start_soon(table._timers.serve, worker)
+                    if not table.is_global:
+                        nursery.start_soon(table._serve_timers, worker)
                 if not self.app._needs_group():
                     self._recovery_done.set()
                 log.info("%s", self._banner())

@@ -211,7 +211,8 @@ class Sessions:
         """The close timer of a session fired: report it once, then delete it."""
         table = self.table
         start, end = timer.value
-        kbytes = self.encode_key(timer.key)
+        kbytes = timer.key
+        key = self._plain_key(kbytes)
         n = timer.partition
         part = table._parts.get(n)
         if part is None:
@@ -221,9 +222,9 @@ class Sessions:
         if value is _MISSING:
             return  # merged into another session meanwhile
         range_ = (from_us(start), from_us(end))
-        await table.on_window_close((timer.key, range_), value)
+        await table.on_window_close((key, range_), value)
         if table._parts.get(n) is part:
-            table._put(part, raw, (timer.key, range_), DELETED, None)
+            table._put(part, raw, (key, range_), DELETED, None)
             entry = self._index.get(n)
             if entry is not None and entry[0] is part.view:
                 sessions = entry[1].get(kbytes)

@@ -24,6 +24,8 @@ import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from .._codecs import Codec, Schema
 from .._exceptions import ClosedError, ConfigurationError, EncodeError, ProducerError, TableError
 from .._partitioner import partition_for_key
@@ -38,9 +40,11 @@ if TYPE_CHECKING:
 
     from .._app import App
     from .._stream import Event
+    from .._worker import Worker
     from .joins import TableHow, TableJoin
     from .manager import TableManager
     from .session import Sessions, SessionWrapper
+    from .stream_join import WindowJoin
     from .timers import Clock, KeyTimer, TimerCallback, TimerService
     from .windowed import Windowing, WindowWrapper
     from .windows import Window
@@ -270,8 +274,12 @@ class Table(MutableMapping[Any, Any]):
         self._windowing: Windowing | None = None
         #: the durable per-key timers, once ``on_timer`` was called
         self._timers: TimerService | None = None
+        #: set when a timer service is created while the worker runs (a stream-stream join's)
+        self._timers_created: trio.Event | None = None
         #: the session state, once ``session`` was called
         self._sessions: Sessions | None = None
+        #: the stream-stream join this table buffers, once ``window_join`` used it
+        self._join_buffer: WindowJoin | None = None
 
     # -- timers -------------------------------------------------------------------
 
@@ -293,7 +301,17 @@ class Table(MutableMapping[Any, Any]):
             raise ConfigurationError(f"global table {self.name!r} cannot have timers; use app.Table")
         if self._timers is None:
             self._timers = TimerService(self)
+            if self._timers_created is not None:
+                self._timers_created.set()
         return self._timers
+
+    async def _serve_timers(self, worker: Worker) -> None:
+        """Run the timer service (the table manager starts this), once the table has one."""
+        if self._timers is None:
+            self._timers_created = trio.Event()
+            await self._timers_created.wait()
+        assert self._timers is not None
+        await self._timers.serve(worker)
 
     def _require_timers(self) -> TimerService:
         if self._timers is None or not self._timers.callbacks:
@@ -355,6 +373,8 @@ class Table(MutableMapping[Any, Any]):
             self._timers.reset()
         if self._sessions is not None:
             self._sessions.reset()
+        if self._join_buffer is not None:
+            self._join_buffer.reset()
 
     # -- windows ------------------------------------------------------------------
 

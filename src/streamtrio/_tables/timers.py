@@ -431,7 +431,9 @@ class TimerService:
         split = split_timer_key(raw)
         assert split is not None
         clock, when, kbytes = split
-        timer = KeyTimer(self._decode(kbytes), from_us(when), clock, value, n)
+        # A "close" timer belongs to the windowing: its key is the raw stored key.
+        key = kbytes if clock == "close" else self._decode(kbytes)
+        timer = KeyTimer(key, from_us(when), clock, value, n)
         source = next((tp for tp in sorted(table._manager.sources) if tp.partition == n), None)
         if source is None:
             return True  # no longer a source partition of this worker
