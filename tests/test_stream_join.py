@@ -21,7 +21,12 @@ BEFORE, AFTER = 3.0, 5.0
 
 
 def join_app(
-    app_factory: AppFactory, grace: float, partitions: int = 2, **options: Any
+    app_factory: AppFactory,
+    grace: float,
+    partitions: int = 2,
+    how: str = "inner",
+    unmatched: list[tuple[str, int]] | None = None,
+    **options: Any,
 ) -> tuple[streamtrio.App, list[tuple[int, int]], list[int], streamtrio.Table]:
     app = app_factory(commit_interval=0.05, **options)
     app.topic("left", key_type=str, value_type=int, partitions=partitions)
@@ -34,7 +39,14 @@ def join_app(
     @app.agent(both)
     async def join(stream: streamtrio.Stream[int]) -> None:
         joined = stream.window_join(
-            buffer, left="left", right="right", before=BEFORE, after=AFTER, grace=grace
+            buffer,
+            left="left",
+            right="right",
+            before=BEFORE,
+            after=AFTER,
+            grace=grace,
+            how=how,
+            on_unmatched=None if unmatched is None else lambda side, value: unmatched.append((side, value)),
         )
         async for left_id, right_id in joined:
             pairs.append((left_id, right_id))
@@ -125,3 +137,39 @@ async def test_buffered_events_expire_late_ones_are_dropped_and_a_restart_keeps_
         await wait_for(lambda: processed2[0] == 5)
         await trio.sleep(0.2)
         assert buffer2._join_buffer.expired == 5  # 1, 2, 3, 4 and 5 are gone
+
+
+def unmatched_reference(events: list[tuple[str, str, float, int]], how: str) -> list[tuple[str, int]]:
+    paired = {i for pair in reference(events) for i in pair}
+    sides = {"left": ["left"], "outer": ["left", "right"]}[how]
+    return sorted((s, i) for s, _k, _t, i in events if s in sides and i not in paired)
+
+
+@pytest.mark.parametrize("how", ["left", "outer"])
+async def test_left_and_outer_joins_report_events_that_expire_unmatched(
+    app_factory: AppFactory, how: str
+) -> None:
+    rng = random.Random(how)
+    events = [
+        (rng.choice(["left", "right"]), f"k{rng.randrange(4)}", float(rng.randrange(0, 120)) / 2, i)
+        for i in range(150)
+    ]
+    unmatched: list[tuple[str, int]] = []
+    app, pairs, processed, _ = join_app(app_factory, grace=100, how=how, unmatched=unmatched)
+    async with running(app):
+        await produce(app, events)
+        await wait_for(lambda: processed[0] == len(events))
+        assert unmatched == []  # nothing expired yet
+        # then stream time moves far on in every partition: every buffered event expires
+        await produce(app, [("left", f"k{k}", 1000.0, 1000 + k) for k in range(4)])
+        await wait_for(lambda: processed[0] == len(events) + 4)
+        await trio.sleep(0.5)
+    assert sorted(pairs) == reference(events)
+    assert sorted(unmatched) == unmatched_reference(events, how)
+    assert len(unmatched) == len(set(unmatched))
+
+
+async def test_a_left_join_without_on_unmatched_stops_the_worker_at_start(app_factory: AppFactory) -> None:
+    app, _, _, _ = join_app(app_factory, grace=1, how="left")
+    with pytest.raises(streamtrio.AgentError, match="on_unmatched"):
+        await streamtrio.serve(app)

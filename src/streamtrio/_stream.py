@@ -787,13 +787,26 @@ class Stream(Generic[T]):
         after: float,
         grace: float = 0,
         key: JoinKey = None,
+        how: str = "inner",
+        on_unmatched: Callable[[str, Any], Any] | None = None,
     ) -> AsyncIterator[tuple[Any, Any]]:
         """Yield ``(left value, right value)`` per pair of events of the two topics within the
-        join window: a stream-stream inner join buffered in ``buffer`` (``docs/joins.md``)."""
+        join window: a stream-stream join buffered in ``buffer`` (``docs/joins.md``); with
+        ``how="left"``/``"outer"``, ``on_unmatched(side, value)`` gets the events that expire
+        unmatched."""
         from ._tables.stream_join import window_join
 
         return window_join(
-            self, buffer, left=left, right=right, before=before, after=after, grace=grace, key=key
+            self,
+            buffer,
+            left=left,
+            right=right,
+            before=before,
+            after=after,
+            grace=grace,
+            key=key,
+            how=how,
+            on_unmatched=on_unmatched,
         )
 
     async def take(self, max_: int, within: float | None = None) -> AsyncIterator[list[T]]:

@@ -24,10 +24,11 @@ any operator).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import struct
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ConfigurationError
@@ -51,6 +52,10 @@ _OFFSET = 1 << 63
 _HEAD = struct.Struct(">H")
 _TAIL = struct.Struct(">QQ")
 _SIDES = (b"L", b"R")
+_MATCHED, _UNMATCHED = b"\x01", b"\x00"
+
+#: ``on_unmatched(side, value)``, sync or async: ``side`` is ``"left"`` or ``"right"``.
+UnmatchedCallback = Callable[[str, Any], "Awaitable[None] | None"]
 
 
 def _entry_key(kbytes: bytes, side: int, t: int, offset: int) -> bytes:
@@ -72,6 +77,10 @@ class WindowJoin:
         self.before, self.after, self.grace = before, after, grace
         self.late_dropped = 0
         self.expired = 0
+        self.unmatched = 0
+        #: the sides whose events are reported when they expire unmatched (0 left, 1 right)
+        self.unmatched_sides: frozenset[int] = frozenset()
+        self.on_unmatched: UnmatchedCallback | None = None
         #: per partition (its view): (key bytes, side) -> sorted [(t, offset)]
         self._index: dict[int, tuple[StorePartition, dict[tuple[bytes, int], list[tuple[int, int]]]]] = {}
         self._schema: Any = None
@@ -98,13 +107,24 @@ class WindowJoin:
             entry[1][(kbytes, side)] = found
         return found
 
-    def _value(self, part: TablePartition, raw: bytes) -> Any:
+    def _entry(self, part: TablePartition, raw: bytes) -> tuple[bool, Any, bytes] | None:
+        """``(matched, value, value bytes)`` of a buffered event, or ``None`` if it is gone."""
         overlaid = part.overlay(raw)
         if overlaid is not None:
-            return overlaid[1]
+            stored = overlaid[2]
+            if stored is None:
+                return None
+            return overlaid[1][0], overlaid[1][1], stored[1:]
         assert part.view is not None
         stored = part.view.get(raw)
-        return None if stored is None else self._schema.loads_value(stored)
+        if stored is None:
+            return None
+        return stored[:1] == _MATCHED, self._schema.loads_value(stored[1:]), stored[1:]
+
+    def _store(self, part: TablePartition, raw: bytes, matched: bool, value: Any, vbytes: bytes) -> None:
+        """Buffer an event: its value bytes behind a flag saying whether it joined yet."""
+        flag = _MATCHED if matched else _UNMATCHED
+        self.buffer._put(part, raw, raw, (matched, value), flag + vbytes)
 
     async def _expire(self, timer: KeyTimer) -> None:
         from .table import DELETED
@@ -116,6 +136,16 @@ class WindowJoin:
         side, t, offset = timer.value
         raw = timer.key  # the buffered event's stored key
         kbytes = raw[_HEAD.size : _HEAD.size + _HEAD.unpack_from(raw)[0]]
+        entry_value = self._entry(part, raw)
+        if entry_value is not None and not entry_value[0] and side in self.unmatched_sides:
+            assert self.on_unmatched is not None
+            # In the firing: under exactly_once in one transaction with the deletion.
+            result = self.on_unmatched("left" if side == 0 else "right", entry_value[1])
+            if inspect.isawaitable(result):
+                await result
+            self.unmatched += 1
+            if table._parts.get(timer.partition) is not part:
+                return
         table._put(part, raw, raw, DELETED, None)
         entry = self._index.get(timer.partition)
         if entry is not None and entry[0] is part.view:
@@ -135,6 +165,8 @@ async def window_join(
     after: Duration,
     grace: Duration = 0,
     key: JoinKey = None,
+    how: str = "inner",
+    on_unmatched: UnmatchedCallback | None = None,
 ) -> AsyncIterator[tuple[Any, Any]]:
     """Yield ``(left value, right value)`` for each pair of events in the join window (inner join).
 
@@ -162,6 +194,15 @@ async def window_join(
     if not isinstance(source, TopicSource):
         raise ConfigurationError("window_join: the agent must consume the two topics directly")
     join._schema = source.schema
+    if how not in ("inner", "left", "outer"):
+        raise ConfigurationError(f"window_join: how must be 'inner', 'left' or 'outer', got {how!r}")
+    if how != "inner" and on_unmatched is None:
+        raise ConfigurationError(
+            f"window_join(how={how!r}) needs on_unmatched=fn(side, value): unmatched events are "
+            "reported when they leave the buffer, from a durable timer, not from this loop"
+        )
+    join.unmatched_sides = frozenset({"inner": (), "left": (0,), "outer": (0, 1)}[how])
+    join.on_unmatched = on_unmatched
     await _check_counts(buffer, [left_name, right_name])
     get_key = _key_getter(key)
     timers = buffer._timers
@@ -193,10 +234,16 @@ async def window_join(
         raw = _entry_key(kbytes, side, t, offset)
         mine = join._times(n, part, kbytes, side)
         if (t, offset) not in mine:
-            buffer._put(part, raw, raw, event.value, message.value)
+            join._store(part, raw, bool(matches), event.value, message.value)
             insort(mine, (t, offset))
             until = t + (join.after if side == 0 else join.before) + join.grace + 1
             timers.schedule_raw(timer_key("close", until, raw), raw, [side, t, offset], "close")
         for t_other, o_other in matches:
-            value = join._value(part, _entry_key(kbytes, 1 - side, t_other, o_other))
+            other_raw = _entry_key(kbytes, 1 - side, t_other, o_other)
+            found = join._entry(part, other_raw)
+            if found is None:
+                continue
+            was_matched, value, vbytes = found
+            if not was_matched:
+                join._store(part, other_raw, True, value, vbytes)
             yield (event.value, value) if side == 0 else (value, event.value)
