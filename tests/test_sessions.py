@@ -67,14 +67,15 @@ def session_app(
 ) -> tuple[streamtrio.App, streamtrio.Table, streamtrio.SessionWrapper, list[int]]:
     options.setdefault("commit_interval", 0.05)
     expires = options.pop("expires", EXPIRES)
+    partitions = options.pop("partitions", 1)
     app = app_factory(**options)
-    clicks = app.topic("clicks", key_type=str, value_type=int, partitions=1)
+    clicks = app.topic("clicks", key_type=str, value_type=int, partitions=partitions)
     table = app.Table(
         "sessions",
         default=int,
         key_type=str,
         value_type=int,
-        partitions=1,
+        partitions=partitions,
         on_window_close=lambda key, value: closed.append((key, value)),
     )
     sessions = table.session(GAP, expires=expires)
@@ -210,3 +211,49 @@ def test_session_api(app_factory: AppFactory) -> None:
         app.Table("w").tumbling(10).table.session(5)
     with pytest.raises(streamtrio.ConfigurationError, match="cannot be windowed"):
         app.GlobalTable("g").session(5)
+
+
+async def test_sessions_move_to_a_second_worker_and_close_once(
+    app_factory: AppFactory, tmp_path: Path
+) -> None:
+    rng = random.Random(5)
+    events: list[tuple[str, float]] = []
+    for k in range(16):
+        t = 0.0
+        while t < 80:
+            events.append((f"k{k}", t))
+            t += rng.choice([1.0, 2.0, 7.0, 12.0])
+    events.sort(key=lambda e: e[1])  # in time order: per partition, nothing is late
+    closed: list[tuple[Any, Any]] = []
+    a, table_a, _, processed_a = session_app(
+        app_factory, closed, partitions=4, datadir=str(tmp_path / "a"), table_standby_replicas=0
+    )
+    b, table_b, _, processed_b = session_app(
+        app_factory, closed, partitions=4, datadir=str(tmp_path / "b"), table_standby_replicas=0
+    )
+    first = [e for e in events if e[1] < 40]
+    second = [e for e in events if e[1] >= 40]
+    async with running(a):
+        await produce(a, first)
+        await wait_for(lambda: processed_a[0] == len(first))
+        await wait_for(lambda: a.tables.statistics().unpersisted == 0)
+        async with running(b):
+            await wait_for(lambda: table_b.served_partitions() == [2, 3], timeout=30)
+            await wait_for(lambda: table_a.served_partitions() == [0, 1], timeout=30)
+            await produce(a, second)
+            await wait_for(lambda: processed_a[0] + processed_b[0] == len(events))
+            await trio.sleep(1)
+            still_open = dict(table_a.items()) | dict(table_b.items())
+    by_partition: dict[int, list[tuple[str, float]]] = {}
+    for key, t in events:
+        by_partition.setdefault(table_a.key_partition(key), []).append((key, t))
+    expected_closed: dict[Session, int] = {}
+    expected_open: dict[Session, int] = {}
+    for evs in by_partition.values():
+        c, o, late = reference(evs)
+        assert late == 0
+        expected_closed |= c
+        expected_open |= o
+    assert len(closed) == len(expected_closed)  # once each, by whichever worker owned it then
+    assert dict(closed) == expected_closed
+    assert still_open == expected_open
