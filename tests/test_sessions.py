@@ -257,3 +257,69 @@ async def test_sessions_move_to_a_second_worker_and_close_once(
     assert len(closed) == len(expected_closed)  # once each, by whichever worker owned it then
     assert dict(closed) == expected_closed
     assert still_open == expected_open
+
+
+async def test_kill_9_while_sessions_close_then_restart_reports_each_once_under_exactly_once(
+    app_factory: AppFactory, broker: Any, tmp_path: Path
+) -> None:
+    from typing import cast
+
+    from streamtrio._transports.memory import MemoryConsumer, MemoryProducer
+
+    events = [(f"k{i % 10}", float(i // 10) * 20) for i in range(300)]  # 300 one-event sessions
+    events.append(("sentinel", 10_000.0))  # closes every one of them
+    before_sentinel = reference(events[:-1])
+    expected = before_sentinel[0] | before_sentinel[1]
+    scope = trio.CancelScope()
+    closes = [0]
+
+    def make(kill_at: int | None) -> streamtrio.App:
+        app = app_factory(
+            processing_guarantee="exactly_once",
+            commit_interval=0.01,
+            store="lmdb://",
+            datadir=str(tmp_path),
+            lmdb_sync=False,
+        )
+        clicks = app.topic("clicks", key_type=str, value_type=int, partitions=1)
+        out = app.topic("closed", key_type=str, value_type=str, partitions=1)
+
+        async def on_close(key: Any, value: Any) -> None:
+            out.send_soon(key=key[0], value=f"{key[0]}@{key[1][0]}={value}")
+            await trio.sleep(0.02)  # longer than commit_interval
+            closes[0] += 1
+            if kill_at is not None and closes[0] == kill_at:
+                worker = app._worker
+                assert worker is not None
+                cast(MemoryProducer, worker.producer).kill()
+                cast(MemoryConsumer, worker.consumer).kill()
+                scope.cancel()
+
+        table = app.Table(
+            "s", default=int, key_type=str, value_type=int, partitions=1, on_window_close=on_close
+        )
+        sessions = table.session(GAP, expires=EXPIRES)
+
+        @app.agent(clicks)
+        async def count(stream: streamtrio.Stream[int]) -> None:
+            async for event in stream.events():
+                sessions[event.key] += event.value
+
+        return app
+
+    app = make(kill_at=100)
+    with scope:
+        async with running(app):
+            await produce(app, events)
+            await trio.sleep_forever()
+
+    def outputs() -> list[str]:
+        return [cast(bytes, m.value).decode().strip('"') for m in broker.committed_messages("closed", 0)]
+
+    app2 = make(kill_at=None)
+    async with running(app2):
+        await wait_for(lambda: len(set(outputs())) == len(expected), timeout=60)
+        await trio.sleep(0.5)
+    assert closes[0] > len(expected)  # the killed run's last closes ran, and were not committed...
+    assert len(outputs()) == len(expected)  # ...so none is reported twice
+    assert set(outputs()) == {f"{k}@{start}={v}" for (k, (start, _)), v in expected.items()}
