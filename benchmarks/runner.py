@@ -281,8 +281,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--workloads",
-        default="stateless,stateful,windowed,latency,replay",
-        help="comma-separated: stateless, stateful, windowed, latency, replay",
+        default="stateless,stateful,windowed,join,session,latency,replay",
+        help="comma-separated: stateless, stateful, windowed, join, session, latency, replay",
     )
     p.add_argument("--venvs", type=Path, default=ROOT / ".bench-venvs", help="where peer venvs live")
     p.add_argument("--json", type=Path, help="also write every outcome to this JSON file")
@@ -440,6 +440,13 @@ def plan(
             for variant in variants:
                 jobs.append(Job("faust", workload, small_topic, faust_events, f_expected, variant=variant))
     if "streamtrio" in systems:
+        # Quix Streams has no session windows, and its join_lookup enriches from an
+        # external lookup rather than a Kafka-backed table: these run for streamtrio
+        # alone, beside the tumbling count (windowed) and running sum (stateful) of every peer.
+        for workload in ("join", "session"):
+            if workload in workloads:
+                expected = args.events if workload == "session" else total
+                jobs.append(Job("streamtrio", workload, main_topic, args.events, expected))
         if "latency" in workloads:
             n = args.latency_events
             rate = ["--rate", str(args.rate)]

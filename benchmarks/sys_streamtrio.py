@@ -2,7 +2,9 @@
 
 Workloads: ``stateless`` (decode and count), ``stateful`` (per-key running
 sum in an LMDB table with its changelog), ``windowed`` (per-key count in
-10-second tumbling windows by event time), ``latency`` (produce-to-agent
+10-second tumbling windows by event time), ``join`` (a stream-table left join
+on the event's key, writing the joined running total back), ``session``
+(per-key counts in session windows with a 10-second gap), ``latency`` (produce-to-agent
 latency at a fixed rate; the events come from ``paced_producer.py``, started
 here once the partitions are assigned) and ``replay`` (a fresh data dir
 recovers a table from a pre-produced changelog).
@@ -83,6 +85,33 @@ async def run_throughput(args: Any) -> None:
                 if meter.tick():
                     state["sum"] = sum(windows.values())
                     state["windows"] = len(windows)
+                    done.set()
+
+    elif args.workload == "join":
+        # A stream-table join: each event looks up its user's running total (a left
+        # join), then writes the new total, so every lookup after the first finds one.
+        totals = app.Table("totals", key_type=str, value_type=int, partitions=PARTITIONS)
+
+        @app.agent(topic)
+        async def enrich(stream: streamtrio.Stream[Any]) -> None:
+            async for value, total in stream.left_join(totals):
+                totals[value["user"]] = (total or 0) + value["amount"]
+                if meter.tick():
+                    state["sum"] = sum(totals.values())
+                    done.set()
+
+    elif args.workload == "session":
+        # Per-key session counts (gap 10 s of event time: each user's events form sessions).
+        sessions = app.Table("sessions", default=int, key_type=str, value_type=int, partitions=PARTITIONS)
+        per_session = sessions.session(WINDOW_SECONDS)
+
+        @app.agent(topic)
+        async def session_count(stream: streamtrio.Stream[Any]) -> None:
+            async for value in stream:
+                per_session[value["user"]] += 1
+                if meter.tick():
+                    state["sum"] = sum(sessions.values())
+                    state["sessions"] = len(sessions)
                     done.set()
 
     else:

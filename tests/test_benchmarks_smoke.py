@@ -51,11 +51,11 @@ def _run(bench: tuple[str, str], job: Job, tmp_path: Path) -> dict[str, object]:
     return outcome.result
 
 
-@pytest.mark.parametrize("workload", ["stateless", "stateful", "windowed"])
+@pytest.mark.parametrize("workload", ["stateless", "stateful", "windowed", "join", "session"])
 def test_streamtrio_workloads_compute_the_produced_total(
     bench: tuple[str, str], workload: str, tmp_path: Path
 ) -> None:
-    expected = EVENTS if workload == "windowed" else expected_total(EVENTS)
+    expected = EVENTS if workload in ("windowed", "session") else expected_total(EVENTS)
     result = _run(bench, Job("streamtrio", workload, f"{bench[1]}-events", EVENTS, expected), tmp_path)
     assert result["events"] == EVENTS
     assert result["sum"] == expected

@@ -461,3 +461,96 @@ async def test_restart_keeps_windows_and_reports_each_close_once(
         await trio.sleep(60)
     assert sorted(closed) == sorted(expected.items())
     assert len(closed) == len(expected)
+
+
+# -- grace: final at end + grace, kept until end + expires -------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["tumbling", "hopping", "sliding"])
+async def test_grace_reports_each_window_once_at_end_plus_grace_and_keeps_it_until_expires(
+    app_factory: AppFactory, autojump_clock: trio.testing.MockClock, kind: str
+) -> None:
+    closed: list[tuple[Any, Any]] = []
+    if kind == "tumbling":
+        make: Callable[[streamtrio.Table], streamtrio.WindowWrapper] = lambda t: t.tumbling(  # noqa: E731
+            10, expires=100, grace=5
+        )
+    elif kind == "hopping":
+        make = lambda t: t.hopping(10, 5, expires=100, grace=5)  # noqa: E731
+    else:
+        make = lambda t: t.using_window(streamtrio.SlidingWindow(2, 2, expires=100, grace=5))  # noqa: E731
+    app, table, windowed, processed = windowed_app(
+        app_factory, make, on_close=lambda key, value: closed.append((key, value)), table_cleanup_interval=0.1
+    )
+    # in order except 8.0 (2 behind: within grace) and 4.0 (at stream time 21, 17 behind: late)
+    accepted = [("a", 0.0), ("a", 3.0), ("b", 9.5), ("a", 10.0), ("a", 8.0), ("b", 12.0), ("a", 21.0)]
+    late = [("a", 4.0), ("b", 9.0)]
+    if kind == "sliding":
+        expected = sliding_reference(accepted, 2, 2)
+    else:
+        step = 10 if kind == "tumbling" else 5
+        expected = reference_counts(accepted, 10, step)
+    async with running(app):
+        # Nothing may advance stream time by the clock before the last event: send them at once.
+        await produce(app, accepted + late)
+        await wait_for(lambda: processed[0] == len(accepted) + len(late))
+        stream = T0 + 21.0
+        assert windowed.late_dropped == len(late)
+        await trio.sleep(0.5)  # stream time about 21.5
+        final = {k: v for k, v in expected.items() if k[1][1] + 5 <= stream + 0.5}
+        assert final  # some windows are final...
+        assert dict(closed) == final  # ...reported once each, with every accepted event
+        assert len(closed) == len(final)
+        # a reported window stays readable until end + expires (a sliding table stores buckets)
+        if kind == "sliding":
+            assert dict(table.items()) == dict(Counter((k, (T0 + t, T0 + t)) for k, t in accepted))
+        else:
+            assert dict(table.items()) == expected
+        await trio.sleep(200)
+        assert dict(closed) == expected and len(closed) == len(expected)
+        assert dict(table.items()) == {}
+
+
+def test_grace_must_not_exceed_expires() -> None:
+    with pytest.raises(streamtrio.ConfigurationError, match="grace"):
+        streamtrio.TumblingWindow(10, expires=5, grace=6)
+    window = streamtrio.HoppingWindow(10, 5, grace=3)
+    assert (window.grace, window.expires) == (3.0, 3.0)
+    assert streamtrio.TumblingWindow(10, expires=7).grace == 7.0
+
+
+async def test_a_window_reported_at_grace_is_not_reported_again_after_a_restart(
+    app_factory: AppFactory, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    closed: list[tuple[Any, Any]] = []
+
+    def make() -> Any:
+        return windowed_app(
+            app_factory,
+            lambda t: t.tumbling(10, expires=300, grace=2),
+            on_close=lambda key, value: closed.append((key, value)),
+            store="lmdb://",
+            datadir=str(tmp_path),
+            lmdb_sync=False,
+        )
+
+    events = [("k", float(t)) for t in range(0, 35, 3)]
+    expected = reference_counts(events, 10, 10)
+    app, table, _, processed = make()
+    async with running(app):
+        await produce(app, events)
+        await wait_for(lambda: processed[0] == len(events))
+        await trio.sleep(1)
+        assert sorted(w for (_, w), _ in closed) == [(T0, T0 + 10), (T0 + 10, T0 + 20), (T0 + 20, T0 + 30)]
+        assert dict(table.items()) == expected  # reported windows are kept until end + expires
+    first = list(closed)
+    app2, table2, _, _ = make()
+    async with running(app2):
+        await app2.tables.wait_until_recovery_completed()
+        await trio.sleep(1)
+        assert closed == first
+        assert dict(table2.items()) == expected
+        await trio.sleep(400)
+        assert dict(table2.items()) == {}
+    assert sorted(closed) == sorted(expected.items())
+    assert len(closed) == len(expected)

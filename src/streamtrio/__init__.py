@@ -53,8 +53,10 @@ if TYPE_CHECKING:
     from ._signals import Signal
     from ._stream import Event, Stream, current_event
     from ._tables.manager import TableManager, TableManagerStatistics
+    from ._tables.session import SessionSet, SessionWindow, SessionWrapper
     from ._tables.sets import ChangeloggedSet, SetGlobalTable, SetTable
     from ._tables.table import GlobalTable, Table
+    from ._tables.timers import KeyTimer
     from ._tables.windowed import WindowSet, WindowWrapper
     from ._tables.windows import HoppingWindow, SlidingWindow, TumblingWindow, Window
     from ._topic import Channel, FutureMessage, Topic
@@ -121,6 +123,10 @@ _LAZY: dict[str, tuple[str, str]] = {
     "current_event": ("._stream", "current_event"),
     "TableManager": ("._tables.manager", "TableManager"),
     "TableManagerStatistics": ("._tables.manager", "TableManagerStatistics"),
+    "SessionSet": ("._tables.session", "SessionSet"),
+    "SessionWindow": ("._tables.session", "SessionWindow"),
+    "SessionWrapper": ("._tables.session", "SessionWrapper"),
+    "KeyTimer": ("._tables.timers", "KeyTimer"),
     "ChangeloggedSet": ("._tables.sets", "ChangeloggedSet"),
     "SetGlobalTable": ("._tables.sets", "SetGlobalTable"),
     "SetTable": ("._tables.sets", "SetTable"),
@@ -207,6 +213,7 @@ __all__ = [
     "FutureMessage",
     "GlobalTable",
     "HoppingWindow",
+    "KeyTimer",
     "LaneStatistics",
     "Message",
     "ModelT",
@@ -222,6 +229,9 @@ __all__ = [
     "Schema",
     "Service",
     "ServiceT",
+    "SessionSet",
+    "SessionWindow",
+    "SessionWrapper",
     "SetGlobalTable",
     "SetTable",
     "Settings",

@@ -15,7 +15,7 @@ import inspect
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 import trio
 
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from ._agent import Agent
     from ._app import App
     from ._codecs import Schema
+    from ._tables.joins import JoinKey
+    from ._tables.table import Table
     from ._topic import Channel
 
 __all__ = ["Event", "Processor", "Stream", "current_event"]
@@ -824,6 +826,55 @@ class Stream(Generic[T]):
                 else:
                     await channel.send(key=event.key, value=event.value, headers=event.headers)
             yield event.value
+
+    def join(
+        self, table: Table, *, key: JoinKey = None, how: Literal["inner", "left"] = "inner"
+    ) -> AsyncIterator[tuple[T, Any]]:
+        """Yield ``(value, table[lookup key])`` per event: a stream-table join (``docs/joins.md``).
+
+        ``key`` gives the lookup key (default: the event's key; a Record field or
+        ``f(value)``); events without a match are skipped (``how="inner"``) or
+        yielded with ``None`` (``how="left"``).
+        """
+        from ._tables.joins import join_table
+
+        return join_table(self, table, key=key, how=how)
+
+    def left_join(self, table: Table, *, key: JoinKey = None) -> AsyncIterator[tuple[T, Any]]:
+        """``join(table, key=key, how="left")``: unmatched events come with ``None``."""
+        return self.join(table, key=key, how="left")
+
+    def window_join(
+        self,
+        buffer: Table,
+        *,
+        left: str | Channel[Any],
+        right: str | Channel[Any],
+        before: float,
+        after: float,
+        grace: float = 0,
+        key: JoinKey = None,
+        how: str = "inner",
+        on_unmatched: Callable[[str, Any], Any] | None = None,
+    ) -> AsyncIterator[tuple[Any, Any]]:
+        """Yield ``(left value, right value)`` per pair of events of the two topics within the
+        join window: a stream-stream join buffered in ``buffer`` (``docs/joins.md``); with
+        ``how="left"``/``"outer"``, ``on_unmatched(side, value)`` gets the events that expire
+        unmatched."""
+        from ._tables.stream_join import window_join
+
+        return window_join(
+            self,
+            buffer,
+            left=left,
+            right=right,
+            before=before,
+            after=after,
+            grace=grace,
+            key=key,
+            how=how,
+            on_unmatched=on_unmatched,
+        )
 
     async def take(self, max_: int, within: float | None = None) -> AsyncIterator[list[T]]:
         """Yield lists of up to ``max_`` values, or fewer once ``within`` seconds pass.

@@ -276,6 +276,8 @@ class TableManager(Mapping[str, Table]):
                 for table in self._tables.values():
                     if table._windowing is not None:
                         nursery.start_soon(table._windowing.serve, worker, conf.table_cleanup_interval)
+                    if not table.is_global:
+                        nursery.start_soon(table._serve_timers, worker)
                 if not self.app._needs_group():
                     self._recovery_done.set()
                 log.info("%s", self._banner())
@@ -651,8 +653,7 @@ class TableManager(Mapping[str, Table]):
                     part.pending.clear()
                     if part.view is None:
                         del table._parts[n]
-                if table._windowing is not None:
-                    table._windowing.reset()  # its indexes are rebuilt from the store
+                table._rolled_back()  # its in-memory indexes are rebuilt from the store
         if dropped:
             log.info("tables: rolled back %d uncommitted writes", dropped)
 

@@ -24,6 +24,8 @@ import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from .._codecs import Codec, Schema
 from .._exceptions import ClosedError, ConfigurationError, EncodeError, ProducerError, TableError
 from .._partitioner import partition_for_key
@@ -31,14 +33,19 @@ from .._stream import current_event
 from .._topic import Topic
 from .._types import TP, RecordMetadata
 from .base import MAX_KEY_SIZE, StorePartition
-from .windows import STREAM_TIME_KEY
+from .timers import RESERVED
 
 if TYPE_CHECKING:
-    from datetime import timedelta
+    from datetime import datetime, timedelta
 
     from .._app import App
     from .._stream import Event
+    from .._worker import Worker
+    from .joins import TableHow, TableJoin
     from .manager import TableManager
+    from .session import Sessions, SessionWrapper
+    from .stream_join import WindowJoin
+    from .timers import Clock, KeyTimer, TimerCallback, TimerService
     from .windowed import Windowing, WindowWrapper
     from .windows import Window
 
@@ -128,6 +135,8 @@ class TablePartition:
 
 
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
+#: The first key after every reserved one.
+_RESERVED_END = RESERVED[:-1] + bytes([RESERVED[-1] + 1])
 
 
 class Table(MutableMapping[Any, Any]):
@@ -265,6 +274,109 @@ class Table(MutableMapping[Any, Any]):
         self._on_window_close = on_window_close
         #: the windowed state, once ``tumbling``/``hopping``/``using_window`` was called
         self._windowing: Windowing | None = None
+        #: the durable per-key timers, once ``on_timer`` was called
+        self._timers: TimerService | None = None
+        #: set when a timer service is created while the worker runs (a stream-stream join's)
+        self._timers_created: trio.Event | None = None
+        #: the session state, once ``session`` was called
+        self._sessions: Sessions | None = None
+        #: the stream-stream join this table buffers, once ``window_join`` used it
+        self._join_buffer: WindowJoin | None = None
+
+    # -- timers -------------------------------------------------------------------
+
+    def on_timer(self, fun: TimerCallback) -> TimerCallback:
+        """Decorator: call ``fun(timer)`` (sync or async) when a timer of this table fires.
+
+        ``timer`` is a :class:`streamtrio.KeyTimer`; see ``docs/timers.md``.
+
+        Raises:
+            ConfigurationError: a GlobalTable (its partitions have no owner to fire them).
+        """
+        self._timer_service().callbacks.append(fun)
+        return fun
+
+    def _timer_service(self) -> TimerService:
+        from .timers import TimerService
+
+        if self.is_global:
+            raise ConfigurationError(f"global table {self.name!r} cannot have timers; use app.Table")
+        if self._timers is None:
+            self._timers = TimerService(self)
+            if self._timers_created is not None:
+                self._timers_created.set()
+        return self._timers
+
+    async def _serve_timers(self, worker: Worker) -> None:
+        """Run the timer service (the table manager starts this), once the table has one."""
+        if self._timers is None:
+            self._timers_created = trio.Event()
+            await self._timers_created.wait()
+        assert self._timers is not None
+        await self._timers.serve(worker)
+
+    def _require_timers(self) -> TimerService:
+        if self._timers is None or not self._timers.callbacks:
+            raise ConfigurationError(
+                f"table {self.name!r} has no on_timer callback: decorate one with @table.on_timer"
+            )
+        self._check_running()
+        return self._timers
+
+    def schedule(
+        self, key: Any, when: float | datetime, value: Any = None, *, clock: Clock = "event"
+    ) -> None:
+        """Schedule a durable timer for ``key`` at ``when`` (epoch seconds or datetime).
+
+        With ``clock="event"`` it fires once the partition's stream time (the
+        newest event timestamp that used this table there) reaches ``when``;
+        with ``clock="wall"`` once the worker's clock does, with or without
+        events. ``value`` (msgpack-serialisable) is handed to ``on_timer``.
+        Scheduling the same ``(key, when, clock)`` again replaces its value.
+
+        Raises:
+            ConfigurationError: no ``on_timer`` callback, or a bad clock.
+            ClosedError: the worker is not running.
+        """
+        self._require_timers().schedule(key, when, value, clock)
+
+    def cancel_timer(self, key: Any, when: float | datetime, *, clock: Clock = "event") -> bool:
+        """Delete a timer not fired yet; ``False`` if there was none."""
+        return self._require_timers().cancel(key, when, clock)
+
+    def timers(self, key: Any = None) -> list[KeyTimer]:
+        """The timers not fired yet (of ``key``, or all) in the partitions this worker serves."""
+        self._check_running()
+        return [] if self._timers is None else self._timers.pending(key)
+
+    def stream_time(self, partition: int) -> float | None:
+        """The stream time of a served partition (epoch seconds), ``None`` before any event."""
+        if self._timers is not None:
+            return self._timers.stream_time(partition)
+        if self._windowing is not None:
+            return self._windowing.stream_time(partition)
+        return None
+
+    def _timer_partition(self, kbytes: bytes) -> tuple[int, TablePartition]:
+        """Where a timer of ``kbytes`` lives: the event's partition, else the key's own."""
+        n = self._event_partition()
+        if n is None:
+            n = self._home(kbytes)
+        part = self._parts.get(n)
+        if part is None:
+            part = self._parts[n] = TablePartition(n)
+        return n, part
+
+    def _rolled_back(self) -> None:
+        """The uncommitted writes were dropped: rebuild the in-memory indexes from the store."""
+        if self._windowing is not None:
+            self._windowing.reset()
+        if self._timers is not None:
+            self._timers.reset()
+        if self._sessions is not None:
+            self._sessions.reset()
+        if self._join_buffer is not None:
+            self._join_buffer.reset()
 
     # -- windows ------------------------------------------------------------------
 
@@ -286,6 +398,8 @@ class Table(MutableMapping[Any, Any]):
             raise ConfigurationError(f"table {self.name!r}: using_window needs a Window, got {window!r}")
         if self.is_global:
             raise ConfigurationError(f"global table {self.name!r} cannot be windowed; use app.Table")
+        if self._sessions is not None:
+            raise ConfigurationError(f"table {self.name!r} has session windows; use one table per window")
         if self._windowing is None:
             self._windowing = Windowing(self, window)
         elif self._windowing.window is not window:
@@ -301,11 +415,13 @@ class Table(MutableMapping[Any, Any]):
         size: float | timedelta | str,
         expires: float | timedelta | str | None = None,
         key_index: bool = False,
+        *,
+        grace: float | timedelta | str | None = None,
     ) -> WindowWrapper:
         """Tumbling windows ``[k*size, (k+1)*size)`` (see :class:`streamtrio.TumblingWindow`)."""
         from .windows import TumblingWindow
 
-        return self.using_window(TumblingWindow(size, expires), key_index=key_index)
+        return self.using_window(TumblingWindow(size, expires, grace), key_index=key_index)
 
     def hopping(
         self,
@@ -313,11 +429,60 @@ class Table(MutableMapping[Any, Any]):
         step: float | timedelta | str,
         expires: float | timedelta | str | None = None,
         key_index: bool = False,
+        *,
+        grace: float | timedelta | str | None = None,
     ) -> WindowWrapper:
         """Hopping windows ``[k*step, k*step + size)`` (see :class:`streamtrio.HoppingWindow`)."""
         from .windows import HoppingWindow
 
-        return self.using_window(HoppingWindow(size, step, expires), key_index=key_index)
+        return self.using_window(HoppingWindow(size, step, expires, grace), key_index=key_index)
+
+    def session(
+        self,
+        gap: float | timedelta | str,
+        expires: float | timedelta | str | None = None,
+        *,
+        merge: Callable[[Any, Any], Any] | None = None,
+    ) -> SessionWrapper:
+        """Session windows: per key, events closer than ``gap`` form one session.
+
+        A session closes (``on_window_close`` runs once) when stream time
+        passes ``end + gap + expires``; ``merge(a, b)`` combines the values of
+        sessions a late event bridges (default ``+``). See ``docs/windows.md``.
+
+        Raises:
+            ConfigurationError: a GlobalTable, or the table has another window.
+        """
+        from .session import Sessions, SessionWindow, SessionWrapper, check_merge
+
+        if self.is_global:
+            raise ConfigurationError(f"global table {self.name!r} cannot be windowed; use app.Table")
+        if self._windowing is not None:
+            raise ConfigurationError(
+                f"table {self.name!r} is already windowed with {self._windowing.window!r}; "
+                "use one table per window"
+            )
+        if self._sessions is None:
+            self._sessions = Sessions(self, SessionWindow(gap, expires), check_merge(merge))
+        return SessionWrapper(self)
+
+    def join(self, other: Table, *, how: TableHow = "inner") -> TableJoin:
+        """The key-by-key join of this table and ``other`` (``docs/joins.md``).
+
+        Returns a read-only mapping ``key -> (this value, other value)``, read
+        from both tables at once; ``how`` is ``"inner"``, ``"left"`` or ``"outer"``.
+        """
+        from .joins import TableJoin
+
+        return TableJoin(self, other, how)
+
+    def left_join(self, other: Table) -> TableJoin:
+        """``join(other, how="left")``."""
+        return self.join(other, how="left")
+
+    def outer_join(self, other: Table) -> TableJoin:
+        """``join(other, how="outer")``."""
+        return self.join(other, how="outer")
 
     async def on_window_close(self, key: Any, value: Any) -> None:
         """Called once per closed window; calls the table's ``on_window_close`` callback."""
@@ -380,6 +545,10 @@ class Table(MutableMapping[Any, Any]):
             info["unpersisted_writes"] = sum(part.unpersisted() for part in self._parts.values())
         if self._windowing is not None:
             info.update(self._windowing.info())
+        if self._timers is not None:
+            info.update(self._timers.info())
+        if self._sessions is not None:
+            info.update(self._sessions.info())
         return info
 
     def as_ansitable(
@@ -447,6 +616,8 @@ class Table(MutableMapping[Any, Any]):
     def _decode_key(self, raw: bytes) -> Any:
         if self._windowing is not None:
             return self._windowing.decode_key(raw)
+        if self._sessions is not None:
+            return self._sessions.decode_key(raw)
         return self.schema.loads_key(raw, topic=self.changelog_topic_name)
 
     def _decode_value(self, raw: bytes) -> Any:
@@ -480,6 +651,9 @@ class Table(MutableMapping[Any, Any]):
                 f"{self.changelog_topic_name!r}) but the event being processed is from "
                 f"{message.topic}[{n}]: give the table as many partitions as its source topics"
             )
+        timers = self._timers
+        if timers is not None and (part := self._parts.get(n)) is not None:
+            timers.observe(n, part, event)
         return n
 
     def _check_running(self) -> None:
@@ -632,37 +806,39 @@ class Table(MutableMapping[Any, Any]):
 
     def _iter_partition(self, part: TablePartition) -> Iterator[tuple[Any, Any]]:
         overlay = part.merged_overlay()
-        # A windowed table keeps its stream time under a key of its own.
-        hidden = STREAM_TIME_KEY if self._windowing is not None else None
+        # Windowed tables and timers keep their own state under reserved keys.
+        hide = self._hides_reserved()
         for kbytes, (key, value, _raw) in overlay.items():
-            if value is not DELETED and kbytes != hidden:
+            if value is not DELETED and not (hide and kbytes.startswith(RESERVED)):
                 yield key, value
         if part.view is not None:
             decode_key, decode_value = self._decode_key, self._decode_value
             for kbytes, raw in part.view.items():
-                if kbytes not in overlay and kbytes != hidden:
+                if kbytes not in overlay and not (hide and kbytes.startswith(RESERVED)):
                     yield decode_key(kbytes), decode_value(raw)
+
+    def _hides_reserved(self) -> bool:
+        return self._windowing is not None or self._timers is not None
 
     def _len_partition(self, part: TablePartition) -> int:
         view = part.view
         count = len(view) if view is not None else 0
         overlay = part.merged_overlay()
-        hidden = STREAM_TIME_KEY if self._windowing is not None else None
+        hide = self._hides_reserved()
+        if hide:
+            if view is not None:
+                count -= sum(1 for _ in view.range(RESERVED, _RESERVED_END))
+            wanted = [k for k in overlay if not k.startswith(RESERVED)]
+        else:
+            wanted = list(overlay)
         # One read transaction for every key the overlay touches, not one per key.
-        wanted = list(overlay) if hidden is None or hidden in overlay else [*overlay, hidden]
         stored_keys = view.get_many(wanted).keys() if view is not None and wanted else set()
-        for kbytes, (_, value, _raw) in overlay.items():
+        for kbytes in wanted:
             stored = kbytes in stored_keys
-            if value is DELETED:
+            if overlay[kbytes][1] is DELETED:
                 count -= stored
             else:
                 count += not stored
-        if hidden is not None:
-            entry = part.overlay(hidden)
-            if entry is not None:
-                count -= entry[1] is not DELETED
-            elif hidden in stored_keys:
-                count -= 1
         return count
 
     def _served(self) -> list[TablePartition]:

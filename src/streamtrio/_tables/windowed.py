@@ -43,6 +43,7 @@ from .._settings import parse_duration
 from .._stream import current_event
 from .base import MAX_KEY_SIZE, StorePartition
 from .table import _LOST, _MISSING, DELETED, Table, TablePartition
+from .timers import TIMER_PREFIX, firing_step
 from .windows import STREAM_TIME_KEY, Duration, Window, WindowRange, from_us, timestamp_of, to_us
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def window_key(kbytes: bytes, start: int, end: int) -> bytes:
 
 def split_window_key(raw: bytes) -> tuple[bytes, int, int] | None:
     """``(key bytes, start, end)`` of a stored window key, or ``None`` for another key."""
-    if len(raw) <= _SUFFIX:
+    if len(raw) <= _SUFFIX or raw.startswith(TIMER_PREFIX):
         return None
     start, end = _BOUNDS.unpack_from(raw, len(raw) - _SUFFIX)
     return raw[:-_SUFFIX], start - _OFFSET, end - _OFFSET
@@ -86,8 +87,9 @@ class _PartitionState:
     mark: float = 0.0
     #: windows closing at or before this stream time were reported (persisted)
     fired: int | None = None
-    #: (end, kind, start, stored key): kind 0 = a window closes, 1 = a sliding bucket goes
-    heap: list[tuple[int, int, int, bytes]] = field(default_factory=list)
+    #: (due, kind, start, end, stored key): kind 0 = a window is final (reported), 1 = a
+    #: sliding bucket goes, 2 = a reported window goes (expires > grace)
+    heap: list[tuple[int, int, int, int, bytes]] = field(default_factory=list)
     #: sliding windows: the bucket times of each key, sorted
     buckets: dict[bytes, list[int]] = field(default_factory=dict)
     #: key_index: live windows per key
@@ -222,13 +224,16 @@ class Windowing:
             insort(state.buckets.setdefault(kbytes, []), start)
         if state.keys is not None:
             state.keys[kbytes] = state.keys.get(kbytes, 0) + 1
-        if window._expires is not None:
+        expires, grace = window._expires, window._grace
+        if expires is not None and grace is not None:
             if window._aggregates:
                 before, after = window._before, window._after  # type: ignore[attr-defined]
-                add((start + after, 0, start - before, raw))
-                add((start + before + after, 1, start, raw))
+                add((start + after + grace, 0, start - before, start + after, raw))
+                add((start + before + after + expires, 1, start, start, raw))
             else:
-                add((end, 0, start, raw))
+                add((end + grace, 0, start, end, raw))
+                if expires > grace:
+                    add((end + expires, 2, start, end, raw))
 
     def _unindex(self, state: _PartitionState, kbytes: bytes, start: int) -> None:
         if self.window._aggregates:
@@ -355,7 +360,7 @@ class Windowing:
         window = self.window
         now = trio.current_time()
         expires = window._expires
-        due: list[tuple[int, int, int, int, bytes]] = []
+        due: list[tuple[int, int, int, int, int, bytes]] = []
         reached: dict[int, int] = {}
         for n in table.served_partitions():
             part = table._parts[n]
@@ -367,13 +372,13 @@ class Windowing:
             state.mark = now
             if expires is None or state.stream is None:
                 continue
-            limit = state.stream - expires
+            limit = state.stream
             heap = state.heap
             if heap and heap[0][0] <= limit:
                 reached[n] = state.stream
             while heap and heap[0][0] <= limit:
-                end, kind, start, raw = heapq.heappop(heap)
-                due.append((end, kind, start, n, raw))
+                when, kind, start, end, raw = heapq.heappop(heap)
+                due.append((when, kind, start, end, n, raw))
         self._log_late()
         if not due:
             return True
@@ -382,7 +387,7 @@ class Windowing:
         closing: list[tuple[int, int, int, bytes, bytes, Any, bool]] = []
         dropping: list[tuple[int, bytes, int]] = []
         seen: set[tuple[int, int, bytes]] = set()
-        for end, kind, start, n, raw in due:
+        for when, kind, start, end, n, raw in due:
             if (kind, n, raw) in seen:
                 continue
             seen.add((kind, n, raw))
@@ -392,7 +397,7 @@ class Windowing:
             kbytes = split[0]
             if table._get_in(part, raw) is _MISSING:
                 continue
-            if kind == 1:
+            if kind != 0:
                 dropping.append((n, raw, split[1]))
                 continue
             if window._aggregates:
@@ -400,29 +405,34 @@ class Windowing:
             else:
                 value = table._get_in(part, raw)
             fired = self._parts[n].fired
-            report = fired is None or end + (expires or 0) > fired
+            report = fired is None or when > fired
+            if not report and window._grace != expires:
+                continue  # reported before a restart; deleted at end + expires
             closing.append((n, start, end, kbytes, raw, value, report))
         views = {n: table._parts[n].view for n in reached}
         for n, start, end, kbytes, raw, value, report in closing:
-            if report:
-                key = (self._plain_key(kbytes), (from_us(start), from_us(end)))
-                try:
-                    await table.on_window_close(key, value)
-                except Exception as exc:
-                    error = TableError(
-                        f"table {table.name!r}: on_window_close failed for window {key!r:.120}: {exc!r}"
-                    )
-                    error.__cause__ = exc
-                    if worker is not None:
-                        worker.crash(error)
-                        return False
-                    raise error from exc
-            owner = table._parts.get(n)
-            if owner is None or owner.view is not views[n]:
-                continue  # revoked while a callback ran: the new owner closes it
-            self.closed += 1
-            if not window._aggregates:
-                self._delete(n, owner, raw, kbytes, start)
+            # One window's callback and deletion form one step: never split over two
+            # transactions (exactly_once), so a crash cannot report a window twice.
+            async with firing_step(table.app, worker):
+                if report:
+                    key = (self._plain_key(kbytes), (from_us(start), from_us(end)))
+                    try:
+                        await table.on_window_close(key, value)
+                    except Exception as exc:
+                        error = TableError(
+                            f"table {table.name!r}: on_window_close failed for window {key!r:.120}: {exc!r}"
+                        )
+                        error.__cause__ = exc
+                        if worker is not None:
+                            worker.crash(error)
+                            return False
+                        raise error from exc
+                owner = table._parts.get(n)
+                if owner is None or owner.view is not views[n]:
+                    continue  # revoked while a callback ran: the new owner closes it
+                self.closed += 1
+                if not window._aggregates and window._grace == expires:
+                    self._delete(n, owner, raw, kbytes, start)
         for n, raw, start in dropping:
             owner = table._parts.get(n)
             if owner is not None and owner.view is views[n]:

@@ -12,8 +12,10 @@ HoppingWindow(s, h) every ``[k*h, k*h + s)`` with t in it    start inclusive, en
 SlidingWindow(b, a) ``[t - b, t + a]`` (one per event time)  both inclusive
 ==================  ======================================  ==========================
 
-A window *closes* once the stream time reaches ``end + expires``; events
-arriving for it after that are late (see ``docs/windows.md``).
+A window is *final* once the stream time reaches ``end + grace``: it is
+reported to ``on_window_close`` and events arriving for it after that are
+late; it is deleted at ``end + expires`` (``grace`` defaults to ``expires``;
+see ``docs/windows.md``).
 """
 
 from __future__ import annotations
@@ -76,17 +78,34 @@ class Window(ABC):
     Attributes:
         expires: seconds a window is kept after its end (stream time), or
             ``None`` to keep windows forever (they never close).
+        grace: seconds after its end (stream time) a window still accepts
+            events; then it is final: ``on_window_close`` reports it and later
+            events for it are dropped. Defaults to ``expires``; at most ``expires``.
     """
 
     #: Sliding windows store one bucket per event time and sum buckets on read.
     _aggregates: bool = False
 
-    def __init__(self, expires: Duration | None) -> None:
+    def __init__(self, expires: Duration | None, grace: Duration | None = None) -> None:
         self._expires = _expires_us(expires)
+        self._grace = None if grace is None else _duration_us(grace, "window grace", zero=True)
+        if self._grace is None:
+            self._grace = self._expires
+        elif self._expires is None:
+            self._expires = self._grace
+        elif self._grace > self._expires:
+            raise ConfigurationError(
+                f"window grace ({from_us(self._grace)}s) must not exceed expires "
+                f"({from_us(self._expires)}s): a window is kept at least until it is final"
+            )
 
     @property
     def expires(self) -> float | None:
         return None if self._expires is None else from_us(self._expires)
+
+    @property
+    def grace(self) -> float | None:
+        return None if self._grace is None else from_us(self._grace)
 
     # -- the public (Faust) API, in seconds ------------------------------------------
 
@@ -130,15 +149,21 @@ class Window(ABC):
     def _stored(self, t: int) -> list[tuple[int, int]]:
         """The stored ranges a write at ``t`` updates."""
 
+    def _final(self, end: int, stream: int) -> bool:
+        """Whether a range ending at ``end`` is final (past its grace) at stream time ``stream``."""
+        return self._grace is not None and end + self._grace <= stream
+
     def _late(self, stored: tuple[int, int], stream: int) -> bool:
         """Whether a write to ``stored`` is late at stream time ``stream``."""
-        return self._closed(stored[1], stream)
+        return self._final(stored[1], stream)
 
     @abstractmethod
     def _describe(self) -> str: ...
 
     def __repr__(self) -> str:
         expires = "" if self._expires is None else f", expires={from_us(self._expires)!r}"
+        if self._grace is not None and self._grace != self._expires:
+            expires += f", grace={from_us(self._grace)!r}"
         return f"{type(self).__name__}({self._describe()}{expires})"
 
 
@@ -154,8 +179,10 @@ class HoppingWindow(Window):
         expires: how long a window is kept after its end, in stream time.
     """
 
-    def __init__(self, size: Duration, step: Duration, expires: Duration | None = None) -> None:
-        super().__init__(expires)
+    def __init__(
+        self, size: Duration, step: Duration, expires: Duration | None = None, grace: Duration | None = None
+    ) -> None:
+        super().__init__(expires, grace)
         self._size = _duration_us(size, "window size")
         self._step = _duration_us(step, "window step")
 
@@ -200,8 +227,10 @@ class TumblingWindow(HoppingWindow):
         expires: how long a window is kept after its end, in stream time.
     """
 
-    def __init__(self, size: Duration, expires: Duration | None = None) -> None:
-        super().__init__(size, size, expires)
+    def __init__(
+        self, size: Duration, expires: Duration | None = None, grace: Duration | None = None
+    ) -> None:
+        super().__init__(size, size, expires, grace)
 
     def _describe(self) -> str:
         return f"size={self.size!r}"
@@ -224,8 +253,14 @@ class SlidingWindow(Window):
 
     _aggregates = True
 
-    def __init__(self, before: Duration, after: Duration, expires: Duration | None = None) -> None:
-        super().__init__(expires)
+    def __init__(
+        self,
+        before: Duration,
+        after: Duration,
+        expires: Duration | None = None,
+        grace: Duration | None = None,
+    ) -> None:
+        super().__init__(expires, grace)
         self._before = _duration_us(before, "sliding window before", zero=True)
         self._after = _duration_us(after, "sliding window after", zero=True)
 
@@ -246,7 +281,7 @@ class SlidingWindow(Window):
     def _late(self, stored: tuple[int, int], stream: int) -> bool:
         # A bucket at t is in windows ending at t at the earliest: once those can
         # have closed, adding to it would change a value already reported.
-        return self._closed(stored[0], stream)
+        return self._final(stored[0], stream)
 
     def _describe(self) -> str:
         return f"before={self.before!r}, after={self.after!r}"
