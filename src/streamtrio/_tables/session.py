@@ -152,6 +152,9 @@ class Sessions:
             )
         kbytes = self.encode_key(key)
         n = table._event_partition()  # also moves the partition's stream time
+        if n is not None and n < 0:
+            table._manager.discarded_writes += 1
+            return  # the event's partition was lost meanwhile: nothing is written for it
         if n is None:
             raise TableError(
                 f"session table {table.name!r}: the event {event!r:.80} is not from a source "

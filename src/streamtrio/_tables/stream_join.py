@@ -214,6 +214,8 @@ async def window_join(
             continue
         kbytes = buffer._encode_key(get_key(event))
         n = buffer._event_partition()  # moves the partition's stream time
+        if n is not None and n < 0:
+            continue  # the event's partition was lost meanwhile: nothing is joined for it
         if n is None:
             raise ConfigurationError(
                 f"window_join: the event {event!r:.80} is not from a partition this worker owns"

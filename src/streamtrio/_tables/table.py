@@ -360,6 +360,9 @@ class Table(MutableMapping[Any, Any]):
     def _timer_partition(self, kbytes: bytes) -> tuple[int, TablePartition]:
         """Where a timer of ``kbytes`` lives: the event's partition, else the key's own."""
         n = self._event_partition()
+        if n == _LOST:
+            self._manager.discarded_writes += 1
+            return n, TablePartition(_LOST)  # dropped: see _event_partition
         if n is None:
             n = self._home(kbytes)
         part = self._parts.get(n)

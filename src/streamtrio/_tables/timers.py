@@ -284,6 +284,8 @@ class TimerService:
                 f"table {table.name!r}: a timer value must be msgpack-serialisable, got {value!r:.80}: {exc}"
             ) from exc
         n, part = table._timer_partition(kbytes)
+        if n < 0:
+            return  # the event's partition was lost meanwhile: nothing is written for it
         table._put(part, raw, raw, value, vbytes)
         state = self.state(n, part)
         if state is None:
@@ -307,8 +309,8 @@ class TimerService:
         from .table import _MISSING, DELETED
 
         table = self.table
-        _n, part = table._timer_partition(kbytes)
-        if self._value(part, raw) is _MISSING:
+        n, part = table._timer_partition(kbytes)
+        if n < 0 or self._value(part, raw) is _MISSING:
             return False
         table._put(part, raw, raw, DELETED, None)
         return True  # its heap entry is skipped when it comes up
