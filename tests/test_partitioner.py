@@ -310,3 +310,24 @@ async def test_a_key_that_is_not_the_message_key_is_flagged_group_by_is_not(
         assert right.misrouted_writes == 0
     text = caplog.text
     assert "table 'wrong'" in text and "table 'right'" not in text
+
+
+async def test_windowed_table_writes_are_checked_too(app_factory: AppFactory) -> None:
+    app = app_factory("windows", commit_interval=0.05)
+    orders = app.topic("orders", key_type=str, value_type=str, partitions=N)
+    by_key = app.Table("by-key", default=int, key_type=str, partitions=N).tumbling(60, expires=600)
+    by_value = app.Table("by-value", default=int, key_type=str, partitions=N).tumbling(60, expires=600)
+
+    @app.agent(orders)
+    async def count(stream: streamtrio.Stream[str]) -> None:
+        async for event in stream.events():
+            by_key[event.key] += 1
+            by_value[event.value] += 1
+
+    async with running(app):
+        async with app.open_client():
+            for i in range(20):
+                await orders.send(key=f"order-{i}", value=f"account-{i}")
+        await wait_for(lambda: by_value.table.event_writes == 20)
+        assert by_key.table.event_writes == 20 and by_key.table.misrouted_writes == 0
+        assert by_value.table.misrouted_writes > 0

@@ -554,7 +554,7 @@ class Table(MutableMapping[Any, Any]):
             self._manager.discarded_writes += 1
             return TablePartition(_LOST)  # written to, then dropped
         if n is not None and key is not _MISSING and self._windowing is None:
-            self._check_placement(key, n)
+            self._check_placement(n, key=key)
         if n is None:
             found, value = self._find(kbytes)
             if found is not None and value is not _MISSING:
@@ -592,18 +592,23 @@ class Table(MutableMapping[Any, Any]):
             raw = self._encode_key(key)
         return key_placement(self.partitioner)(raw, self.partitions)
 
-    def _check_placement(self, key: Any, n: int) -> None:
-        """Count (sampled) and log once a write from an event of another partition than ``key``'s."""
+    def _check_placement(self, n: int, *, key: Any = _MISSING, kbytes: bytes = b"") -> None:
+        """Count (sampled) and log once a write from event partition ``n`` of a key placed elsewhere.
+
+        The key is given as itself, or stored (plain, unwindowed) as ``kbytes``.
+        """
         self.event_writes = writes = self.event_writes + 1
         if writes > _CHECK_ALL and writes & (_CHECK_EVERY - 1):
             return
-        home = self.key_partition(key)
+        home = self.key_partition(key) if key is not _MISSING else self._home(kbytes)
         if home == n:
             return
         self.misrouted_writes += 1
         if self._misroute_logged:
             return
         self._misroute_logged = True
+        if key is _MISSING:
+            key = self.schema.loads_key(kbytes, topic=self.changelog_topic_name)
         event = current_event()
         message = event.message if event is not None else None
         source = "?" if message is None else f"{message.topic}[{message.partition}]"
