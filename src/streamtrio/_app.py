@@ -194,11 +194,14 @@ class App:
         maxsize: int | None = None,
         allow_empty: bool = False,
         schema: Schema | None = None,
+        partitioner: str | None = None,
     ) -> Topic[Any]:
         """Describe a topic; it is created at worker start if it does not exist.
 
         ``schema`` (Faust's ``faust.Schema``) supplies the key/value types and
-        serializers that are not given as arguments.
+        serializers that are not given as arguments. ``partitioner`` (default:
+        the app's ``partitioner`` setting) is how keys map to its partitions
+        (see "Where keys live" in ``docs/tables.md``).
         """
         topic: Topic[Any] = Topic(
             self,
@@ -218,6 +221,7 @@ class App:
             maxsize=maxsize,
             acks=acks,
             schema=schema,
+            partitioner=partitioner,
         )
         self._topics.append(topic)
         return topic
@@ -418,6 +422,7 @@ class App:
         standby_buffer_size: int | None = None,
         extra_topic_configs: Mapping[str, Any] | None = None,
         use_partitioner: bool = False,
+        partitioner: str | None = None,
         key_serializer: str | Codec | None = None,
         value_serializer: str | Codec | None = None,
         on_window_close: Callable[[Any, Any], Any] | None = None,
@@ -449,6 +454,7 @@ class App:
         standby_buffer_size: int | None = None,
         extra_topic_configs: Mapping[str, Any] | None = None,
         use_partitioner: bool = False,
+        partitioner: str | None = None,
         key_serializer: str | Codec | None = None,
         value_serializer: str | Codec | None = None,
     ) -> _GlobalTable:

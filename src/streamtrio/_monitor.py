@@ -363,4 +363,18 @@ class Monitor:
             "partitions": partitions,
             "commit": commits,
             "membership": membership,
+            "tables": self._tables(),
+        }
+
+    def _tables(self) -> dict[str, dict[str, Any]]:
+        # Not ``app.tables``: that property creates the table manager.
+        manager = getattr(self.app, "_table_manager", None) or {}
+        return {
+            name: {
+                "partitioner": table.partitioner,
+                # writes from events on another partition than their key's, among those checked
+                "misrouted_writes": table.misrouted_writes,
+                "event_writes": table.event_writes,
+            }
+            for name, table in sorted(manager.items())
         }

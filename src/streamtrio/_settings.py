@@ -134,6 +134,23 @@ def _options() -> dict[str, _Option]:
         ),
         _Option("web_canonical_url", None, "str", "URL other workers use to reach this one"),
         _Option("key_serializer", "raw", "str", "Default codec for keys: raw, json or msgpack"),
+        _Option(
+            "partitioner",
+            "murmur2",
+            "choice",
+            "How keys map to partitions, for the producer, tables and the web router: murmur2 "
+            "(the Java client's), or librdkafka's consistent_random (its default), consistent/crc32, "
+            "murmur2_random, fnv1a, fnv1a_random",
+            choices=(
+                "murmur2",
+                "murmur2_random",
+                "consistent",
+                "crc32",
+                "consistent_random",
+                "fnv1a",
+                "fnv1a_random",
+            ),
+        ),
         _Option("value_serializer", "json", "str", "Default codec for values: raw, json or msgpack"),
         _Option(
             "value_decode_error",

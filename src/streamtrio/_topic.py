@@ -15,12 +15,14 @@ import trio
 from ._codecs import Codec, Schema, default_serializer
 from ._exceptions import ClosedError, ProducerError
 from ._lanes import Inbox
+from ._partitioner import PARTITIONERS, partitioner_named
 from ._settings import parse_duration
 from ._stream import Event, Stream, output_started
 from ._types import Headers, Message, RecordMetadata, TopicSpec
 
 if TYPE_CHECKING:
     from ._app import App
+    from ._transports.base import Producer
 
 __all__ = ["Channel", "FutureMessage", "Topic"]
 
@@ -270,7 +272,10 @@ class Topic(Channel[T]):
         maxsize: int | None = None,
         acks: bool = True,
         schema: Schema | None = None,
+        partitioner: str | None = None,
     ) -> None:
+        if partitioner is not None:
+            partitioner_named(partitioner)  # a ValueError names the choices
         if schema is not None:
             # Faust's app.topic(schema=Schema(...)): explicit arguments still win
             key_type = key_type if key_type is not None else schema.key_type
@@ -310,6 +315,9 @@ class Topic(Channel[T]):
         self.internal = internal
         self.config = dict(config or {})
         self.acks = acks
+        self._partitioner = partitioner
+        #: partition counts asked of the broker by ``send`` (for a topic's own partitioner)
+        self._counts: dict[str, int] = {}
         self.label = self.topics[0] if len(self.topics) == 1 else (",".join(self.topics) or str(pattern))
 
     # -- description --------------------------------------------------------
@@ -323,6 +331,15 @@ class Topic(Channel[T]):
     def partitions(self) -> int | None:
         """The partition count the app creates this topic with (``None``: the app default)."""
         return self._partitions
+
+    @property
+    def partitioner(self) -> str:
+        """How keys map to this topic's partitions: this topic's ``partitioner``, else the app's."""
+        return self._partitioner or self.app.conf.partitioner
+
+    def key_partition(self, raw_key: bytes | None, num_partitions: int) -> int:
+        """The partition of ``num_partitions`` an encoded key goes to under :attr:`partitioner`."""
+        return partitioner_named(self.partitioner)(raw_key, num_partitions)
 
     def get_topic_name(self) -> str:
         """The single topic name of this description.
@@ -385,6 +402,7 @@ class Topic(Channel[T]):
             "internal": self.internal,
             "config": self.config,
             "maxsize": self.maxsize,
+            "partitioner": self._partitioner,
         }
         params.update(kwargs)
         return self.app.topic(*names, **params)
@@ -461,6 +479,10 @@ class Topic(Channel[T]):
         raw_value = schema.dumps_value(value)
         producer = self.app._require_producer()
         name = self.get_topic_name()
+        if partition is None and raw_key is not None and self._places_keys():
+            # The producer places keys by the app's partitioner; this topic
+            # has its own, so the partition is chosen here.
+            partition = self.key_partition(raw_key, self._partition_count(name, producer))
         fut = FutureMessage(name, callback)
         producer.send_nowait(
             name,
@@ -473,6 +495,28 @@ class Topic(Channel[T]):
         )
         fut._owner = output_started() if is_output else _raised_to_caller
         return fut
+
+    def _places_keys(self) -> bool:
+        """Whether this topic's partitioner differs from the app's (the producer's)."""
+        own = self._partitioner
+        return own is not None and PARTITIONERS[own] is not PARTITIONERS[self.app.conf.partitioner]
+
+    def _known_count(self, name: str, producer: Producer) -> int | None:
+        count = self._counts.get(name)
+        if count is None:
+            counts: Mapping[str, int] = getattr(self.app._worker, "_partition_counts", None) or {}
+            count = counts.get(name)
+        return count if count is not None else producer.partition_count(name)
+
+    def _partition_count(self, name: str, producer: Producer) -> int:
+        """The partition count of ``name``: known to the worker or the producer, else the declared one.
+
+        ``send`` asks the broker first when neither knows it; ``send_soon``
+        cannot wait, so its first messages to a topic nobody asked about yet
+        are placed by the count this topic is declared with.
+        """
+        count = self._known_count(name, producer)
+        return count if count is not None else self.spec(name).partitions
 
     async def send(
         self,
@@ -503,7 +547,14 @@ class Topic(Channel[T]):
         """
         # Awaited: a failure raises here, in the caller, so it is not an
         # output the event waits for.
-        await self.app._require_producer().bound.wait_for_room()
+        producer = self.app._require_producer()
+        await producer.bound.wait_for_room()
+        if partition is None and self._places_keys():
+            name = self.get_topic_name()
+            if self._known_count(name, producer) is None:
+                counts = await self.app.transport.partition_counts([name])
+                if name in counts:
+                    self._counts[name] = counts[name]
         headers = _reply_headers(headers, reply_to, correlation_id)
         fut = self._send_soon(
             key, value, partition, timestamp, headers, key_serializer, value_serializer, callback, False

@@ -3,7 +3,11 @@
 A table is partitioned like the agents' source topics: a write made while an
 agent processes an event from source partition N goes to table partition N,
 and to partition N of the changelog topic. A write outside an event goes to
-the partition Kafka's partitioner picks for the encoded key.
+the partition the table's partitioner (the ``partitioner`` setting, murmur2
+by default) picks for the encoded key, and the web router looks for a key
+there too. A write from an event whose partition is not the key's own is
+counted (sampled) and logged once per table: the key would be invisible to
+the router (see "Where keys live" in ``docs/tables.md``).
 
 Each table partition a worker owns is layered::
 
@@ -28,7 +32,7 @@ import trio
 
 from .._codecs import Codec, Schema
 from .._exceptions import ClosedError, ConfigurationError, EncodeError, ProducerError, TableError
-from .._partitioner import partition_for_key
+from .._partitioner import key_placement
 from .._stream import current_event
 from .._topic import Topic
 from .._types import TP, RecordMetadata
@@ -69,6 +73,10 @@ DELETED: Any = _Deleted()
 _MISSING: Any = object()
 #: The partition of an event from a source partition no longer owned: its writes are dropped.
 _LOST = -1
+#: Writes from events whose placement is checked: every one of a table's
+#: first ``_CHECK_ALL``, then one in ``_CHECK_EVERY`` (a power of two).
+_CHECK_ALL = 1024
+_CHECK_EVERY = 16
 
 
 class Layer:
@@ -167,6 +175,8 @@ class Table(MutableMapping[Any, Any]):
         extra_topic_configs: extra configs of the changelog topic.
         use_partitioner: write every key to the changelog partition its hash
             picks, instead of the partition of the event being processed.
+        partitioner: how keys map to partitions (default: the changelog
+            topic's, which is the app's ``partitioner`` setting unless given).
         key_serializer: codec for keys (default ``msgpack``).
         value_serializer: codec for values (default ``msgpack``).
         on_window_close: ``fn(key, value)`` (sync or async) called once per
@@ -201,6 +211,7 @@ class Table(MutableMapping[Any, Any]):
         key_serializer: str | Codec | None = None,
         value_serializer: str | Codec = "msgpack",
         on_window_close: WindowCloseCallback | None = None,
+        partitioner: str | None = None,
         manager: TableManager,
     ) -> None:
         key_serializer_given = key_serializer
@@ -218,6 +229,12 @@ class Table(MutableMapping[Any, Any]):
             raise ConfigurationError(f"table {name!r}: partitions must be at least 1, got {partitions}")
         if recovery_buffer_size < 1:
             raise ConfigurationError(f"table {name!r}: recovery_buffer_size must be at least 1")
+        if partitioner is not None:
+            try:
+                key_placement(partitioner)
+            except ValueError as exc:
+                raise ConfigurationError(f"table {name!r}: {exc}") from None
+        self._partitioner = partitioner
         self.app = app
         self.name = name
         self.default = default
@@ -262,6 +279,7 @@ class Table(MutableMapping[Any, Any]):
                 compacting=True,
                 internal=True,
                 config=extra_topic_configs,
+                partitioner=partitioner,
             )
         self.changelog_topic = topic
         self.changelog_topic_name = topic.get_topic_name()
@@ -282,6 +300,10 @@ class Table(MutableMapping[Any, Any]):
         self._sessions: Sessions | None = None
         #: the stream-stream join this table buffers, once ``window_join`` used it
         self._join_buffer: WindowJoin | None = None
+        #: writes from events, and those found on another partition than their key's (sampled)
+        self.event_writes = 0
+        self.misrouted_writes = 0
+        self._misroute_logged = False
 
     # -- timers -------------------------------------------------------------------
 
@@ -703,11 +725,13 @@ class Table(MutableMapping[Any, Any]):
         raw = view.get(kbytes)
         return _MISSING if raw is None else self._decode_value(raw)
 
-    def _write_partition(self, kbytes: bytes) -> TablePartition:
+    def _write_partition(self, kbytes: bytes, key: Any = _MISSING) -> TablePartition:
         n = self._event_partition()
         if n == _LOST:
             self._manager.discarded_writes += 1
             return TablePartition(_LOST)  # written to, then dropped
+        if n is not None and key is not _MISSING and self._windowing is None:
+            self._check_placement(n, key=key)
         if n is None:
             found, value = self._find(kbytes)
             if found is not None and value is not _MISSING:
@@ -724,21 +748,68 @@ class Table(MutableMapping[Any, Any]):
         n = self._event_partition()
         return n if n is not None and n != _LOST else self.key_partition(key)
 
+    @property
+    def partitioner(self) -> str:
+        """How keys map to partitions: this table's ``partitioner``, else its changelog topic's."""
+        return self._partitioner or self.changelog_topic.partitioner
+
     def _home(self, kbytes: bytes) -> int:
         """The owning partition of a stored (plain, unwindowed) key."""
         if self._partition_schema is self.schema:
-            return partition_for_key(kbytes, self.partitions)
+            return key_placement(self.partitioner)(kbytes, self.partitions)
         return self.key_partition(self.schema.loads_key(kbytes, topic=self.changelog_topic_name))
 
     def key_partition(self, key: Any) -> int:
-        """The partition that owns ``key``: where a producer's murmur2 puts it."""
+        """The partition that owns ``key``: where a producer with the table's partitioner puts it."""
         try:
             raw = self._partition_schema.dumps_key(key)
         except Exception:
             raw = None
         if raw is None:
             raw = self._encode_key(key)
-        return partition_for_key(raw, self.partitions)
+        return key_placement(self.partitioner)(raw, self.partitions)
+
+    def _check_placement(self, n: int, *, key: Any = _MISSING, kbytes: bytes = b"") -> None:
+        """Count (sampled) and log once a write from event partition ``n`` of a key placed elsewhere.
+
+        The key is given as itself, or stored (plain, unwindowed) as ``kbytes``.
+        """
+        self.event_writes = writes = self.event_writes + 1
+        if writes > _CHECK_ALL and writes & (_CHECK_EVERY - 1):
+            return
+        home = self.key_partition(key) if key is not _MISSING else self._home(kbytes)
+        if home == n:
+            return
+        self.misrouted_writes += 1
+        if self._misroute_logged:
+            return
+        self._misroute_logged = True
+        if key is _MISSING:
+            key = self.schema.loads_key(kbytes, topic=self.changelog_topic_name)
+        event = current_event()
+        message = event.message if event is not None else None
+        source = "?" if message is None else f"{message.topic}[{message.partition}]"
+        log.warning(
+            "table %r: key %r was written while processing an event from %s, but the %s "
+            "partitioner places the key on partition %d, not %d: the web router sends "
+            "requests for it to the worker of partition %d (a 404 there). Likely causes: the "
+            "producer of %s uses another partitioner (librdkafka's default, used by "
+            "confluent-kafka and kcat, is consistent_random: set partitioner= on the app or "
+            "the topic), or the key is not the event's message key (message key: %r; re-key "
+            "the stream with group_by first), or the table encodes keys otherwise than the "
+            "topic (give it the topic's key_serializer). Such writes are counted in /stats "
+            "(tables.%s.misrouted_writes); this is logged once per table.",
+            self.name,
+            key,
+            source,
+            self.partitioner,
+            home,
+            n,
+            home,
+            "?" if message is None else repr(message.topic),
+            None if message is None else message.key,
+            self.name,
+        )
 
     def _put(self, part: TablePartition, kbytes: bytes, key: Any, value: Any, vbytes: bytes | None) -> None:
         layer = part.dirty
@@ -763,7 +834,7 @@ class Table(MutableMapping[Any, Any]):
         kbytes = self._encode_key(key)
         vbytes = self._encode_value(key, value)
         self._check_running()
-        self._put(self._write_partition(kbytes), kbytes, key, value, vbytes)
+        self._put(self._write_partition(kbytes, key), kbytes, key, value, vbytes)
 
     def __delitem__(self, key: Any) -> None:
         kbytes = self._encode_key(key)

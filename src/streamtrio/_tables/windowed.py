@@ -266,6 +266,8 @@ class Windowing:
             return n, TablePartition(n)  # written to, then dropped
         if n is None:
             n = table._home(kbytes)
+        else:
+            table._check_placement(n, kbytes=kbytes)
         part = table._parts.get(n)
         if part is None:
             part = table._parts[n] = TablePartition(n)

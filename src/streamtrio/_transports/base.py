@@ -143,9 +143,10 @@ class Producer(ABC):
     ) -> None:
         """Queue one message; never blocks and never drops.
 
-        When ``partition`` is ``None`` the partition is chosen with Kafka's
-        murmur2 partitioner from the key (random for a ``None`` key), exactly
-        where a Java client would put it. ``on_delivery`` is called later, in
+        When ``partition`` is ``None`` the partition is chosen from the key
+        by the ``partitioner`` setting (Kafka's murmur2 by default; random
+        for a ``None`` key), exactly where a client with that partitioner
+        would put it. ``on_delivery`` is called later, in
         the trio run, with the metadata or the error.
 
         Raises:

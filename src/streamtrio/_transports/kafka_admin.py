@@ -21,6 +21,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from .._exceptions import BrokerUnavailableError, ConfigurationError, TopicError
+from .._partitioner import LIBRDKAFKA_NAMES
 from .._types import TopicSpec
 
 if TYPE_CHECKING:
@@ -200,9 +201,9 @@ def producer_config(
             "linger.ms": settings.producer_linger_ms,
             "compression.type": settings.producer_compression_type,
             "acks": settings.producer_acks,
-            # The Java client's partitioner: a keyed message lands where any
-            # other Kafka client would put it.
-            "partitioner": "murmur2_random",
+            # The app's partitioner (the Java client's murmur2 by default), so
+            # a keyed message lands where the tables and the router look for it.
+            "partitioner": LIBRDKAFKA_NAMES[settings.partitioner],
         }
     )
     config.update(_user_options(settings, "broker_config", "producer_config"))

@@ -2,7 +2,8 @@
 
 Used by the embedded demo and most tests, so it is faithful where the rest of
 streamtrio can tell the difference: append-only partitions with offsets from 0,
-keyed messages placed by Kafka's murmur2 partitioner, auto-created topics,
+keyed messages placed by the ``partitioner`` setting's function (Kafka's murmur2
+by default, exactly as librdkafka places them), auto-created topics,
 consumer groups with the RANGE assignor and eager rebalancing, committed
 offsets, pause/resume, and readers with end-of-partition events.
 
@@ -73,7 +74,7 @@ from .._exceptions import (
     TransactionError,
     TransportError,
 )
-from .._partitioner import partition_for_key
+from .._partitioner import partitioner_named
 from .._types import TP, Headers, Message, RecordMetadata, TopicSpec
 from .base import (
     OFFSET_BEGINNING,
@@ -446,6 +447,7 @@ class MemoryProducer(Producer):
     def __init__(self, broker: MemoryBroker, settings: Settings, token: trio.lowlevel.TrioToken):
         self._broker = broker
         self._settings = settings
+        self._partitioner = partitioner_named(settings.partitioner)
         self._token = token
         self._closed = False
         # Pending reports as two parallel queues: no tuple per message.
@@ -527,7 +529,7 @@ class MemoryProducer(Producer):
     ) -> None:
         partitions = t.partitions
         if partition is None:
-            partition = partition_for_key(key, len(partitions))
+            partition = self._partitioner(key, len(partitions))
         message = self._broker._append(t, partition, key, value, timestamp, headers)
         if self._txn is not None:
             self._txn.add(partitions[partition], message.offset)

@@ -182,6 +182,12 @@ def _table_metrics(app: App) -> Iterable[Metric]:
         "streamtrio_recovery_remaining_partitions",
         "Changelog partitions the running recovery has not replayed to their end (0: none runs)",
     )
+    misrouted = CounterMetricFamily(
+        "streamtrio_table_misrouted_writes",
+        "Table writes from an event of another partition than the key's own (sampled; "
+        "see docs/tables.md, Where keys live)",
+        labels=["table"],
+    )
     manager = getattr(app, "_table_manager", None)
     left: int | None = 0
     parts = 0
@@ -189,6 +195,7 @@ def _table_metrics(app: App) -> Iterable[Metric]:
         st = manager.statistics()
         for name, table in sorted(manager.items()):
             keys.add_metric([name], len(table))
+            misrouted.add_metric([name], table.misrouted_writes)
             changelog = table.changelog_topic_name
             replayed.add_metric([name], sum(n for tp, n in st.recovered.items() if tp.topic == changelog))
             followed.add_metric([name], sum(n for tp, n in st.followed.items() if tp.topic == changelog))
@@ -204,6 +211,7 @@ def _table_metrics(app: App) -> Iterable[Metric]:
     yield followed
     yield remaining
     yield partitions
+    yield misrouted
 
 
 _registries: weakref.WeakKeyDictionary[App, CollectorRegistry] = weakref.WeakKeyDictionary()

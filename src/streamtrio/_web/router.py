@@ -1,8 +1,9 @@
 """Router (``app.router``): find the worker that holds a key, and send a request there.
 
 A key is placed exactly as the producer places it: encoded with the table's
-(or topic's) key serializer, then Kafka's murmur2 partitioner
-(:func:`~streamtrio._partitioner.partition_for_key`). The worker holding that
+(or topic's) key serializer, then hashed by the table's (or topic's)
+partitioner, the ``partitioner`` setting unless given (Kafka's murmur2 by
+default, :mod:`streamtrio._partitioner`). The worker holding that
 partition comes from the cluster map (:mod:`streamtrio._cluster`), except for
 this worker itself, which trusts its own live assignment first.
 
@@ -21,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 from .._codecs import Schema
 from .._exceptions import StreamtrioError
-from .._partitioner import partition_for_key
 from .._records import Record
 from .._topic import Topic
 from .._types import TP
@@ -139,7 +139,7 @@ class Router:
             topic = self.app._topic_named(topic)
         name = topic.get_topic_name()
         key = coerce_key(key, topic.schema.key_type)
-        return TP(name, partition_for_key(_encode(topic.schema, key), self._partition_count(topic, name)))
+        return TP(name, topic.key_partition(_encode(topic.schema, key), self._partition_count(topic, name)))
 
     def _partition_count(self, topic: Topic[Any], name: str) -> int:
         worker = self.app._worker
