@@ -657,3 +657,20 @@ async def test_a_commit_never_includes_a_partition_this_member_no_longer_owns(
                 **dict.fromkeys(mine, 3),
                 **dict.fromkeys(theirs, 7),
             }
+
+
+async def test_reader_reports_end_offsets_for_recovery_totals(
+    transport: KafkaTransport, new_topic: TopicFactory
+) -> None:
+    topic = await new_topic(3)
+    counts = {0: 4, 1: 0, 2: 9}
+    async with transport.open_producer() as producer:
+        for p, n in counts.items():
+            for i in range(n):
+                producer.send_nowait(topic, None, f"{p}:{i}".encode(), partition=p)
+        await producer.flush()
+    async with transport.open_reader() as reader:
+        # Not assigned: the ends are asked of the broker.
+        assert await reader.end_offsets([TP(topic, p) for p in counts]) == {
+            TP(topic, p): n for p, n in counts.items()
+        }

@@ -103,16 +103,9 @@ class RecoveryTracker:
 
 
 async def _estimate_total(reader: Reader, starts: Mapping[TP, int]) -> int | None:
-    """Records between each start and its partition's end, if the reader can tell the ends.
-
-    The Reader interface has no end offsets yet; a reader that offers
-    ``async end_offsets(tps) -> {tp: end offset}`` gets totals and an ETA.
-    """
-    end_offsets = getattr(reader, "end_offsets", None)
-    if end_offsets is None:
-        return None
+    """Records between each start and its partition's end, if the reader can tell the ends."""
     try:
-        ends: Mapping[TP, int] = await end_offsets(list(starts))
+        ends: Mapping[TP, int] = await reader.end_offsets(list(starts))
     except Exception:  # an estimate only: the progress line says "total unknown"
         log.debug("recovery: the changelogs' end offsets are unknown", exc_info=True)
         return None

@@ -421,6 +421,14 @@ class Reader(ABC):
     """
 
     @abstractmethod
+    async def end_offsets(self, tps: Collection[TP]) -> dict[TP, int]:
+        """The end offset (high watermark) of each partition, asked of the broker now.
+
+        Raises:
+            TransportError: the broker did not answer in time.
+        """
+
+    @abstractmethod
     def assign_nowait(self, offsets: Mapping[TP, int]) -> None:
         """Start reading each partition at the given offset (or OFFSET_BEGINNING/END)."""
 

@@ -830,6 +830,12 @@ class KafkaReader(_ThreadOwnedClient[ReaderBatch], Reader):
             generation = self._retire(retired)
             self._put(_Command("unassign", (generation, retired)))
 
+    async def end_offsets(self, tps: Collection[TP]) -> dict[TP, int]:
+        if not tps:
+            return {}
+        ends: dict[TP, int] = await self._call("end_offsets", frozenset(tps))
+        return ends
+
     async def getmany(self) -> ReaderBatch:
         while True:
             generation, batch = await self._receive()
@@ -845,6 +851,8 @@ class KafkaReader(_ThreadOwnedClient[ReaderBatch], Reader):
     # -- thread side -------------------------------------------------------
 
     def _handle(self, client: Any, command: _Command) -> Any:
+        if command.kind == "end_offsets":
+            return self._end_offsets(client, command.arg)
         generation: int
         try:
             if command.kind == "assign":
@@ -870,6 +878,18 @@ class KafkaReader(_ThreadOwnedClient[ReaderBatch], Reader):
         self._thread_generation = generation
         self._filter_pending(frozenset(command.arg[1]))
         return None
+
+    def _end_offsets(self, client: Any, tps: frozenset[TP]) -> dict[TP, int]:
+        ends: dict[TP, int] = {}
+        for tp in sorted(tps):
+            try:
+                _low, high = client.get_watermark_offsets(
+                    TopicPartition(tp.topic, tp.partition), timeout=self._request_timeout, cached=False
+                )
+            except KafkaException as exc:
+                raise TransportError(f"the Kafka reader cannot read the end of {tp}: {exc.args[0]}") from exc
+            ends[tp] = high
+        return ends
 
     def _filter_pending(self, tps: frozenset[TP]) -> None:
         if self._pending is not None:

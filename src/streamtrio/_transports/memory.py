@@ -1074,6 +1074,10 @@ class MemoryReader(_Waiter, Reader):
         self._rotation = 0
         self._closed = False
 
+    async def end_offsets(self, tps: Collection[TP]) -> dict[TP, int]:
+        await trio.lowlevel.checkpoint()
+        return {tp: self._broker.end_offset(tp) for tp in tps}
+
     def assign_nowait(self, offsets: Mapping[TP, int]) -> None:
         """Start reading each partition at an offset, OFFSET_BEGINNING or OFFSET_END.
 
