@@ -231,17 +231,25 @@ async def test_topic_stream_beside_an_agent_gets_every_message(app_factory: AppF
     assert by_agent == by_task == [1, 2, 3]
 
 
-async def test_topic_stream_needs_a_consuming_worker(app_factory: AppFactory) -> None:
-    app = app_factory()
+async def test_topic_stream_in_a_task_of_an_app_without_agents(
+    app_factory: AppFactory, broker: MemoryBroker
+) -> None:
+    """Faust's example with only a task: the worker joins its group anyway (as Faust's
+    does), so ``topic.stream()`` opened in the task at run time is consumed."""
+    app = app_factory(commit_interval=0.01)
     orders = app.topic("orders", value_type=int, partitions=1)
+    seen: list[int] = []
 
     @app.task
     async def audit() -> None:
-        async for _ in orders.stream():
-            pass
+        async for value in orders.stream():
+            seen.append(value)
 
-    with pytest.raises(streamtrio.WorkerError, match="create it before the worker starts"):
-        await streamtrio.serve(app)
+    async with running(app):
+        await wait_for(lambda: bool(app._worker and app._worker._dynamic_topics))
+        await produce(app, "orders", [1, 2, 3])
+        await wait_for(lambda: seen == [1, 2, 3])
+        await wait_for(lambda: committed(broker, "orders", 0) == 3)
 
 
 async def test_kvmap_yields_the_replies(app_factory: AppFactory) -> None:

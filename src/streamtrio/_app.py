@@ -708,9 +708,9 @@ class App:
         A topic stream is read by the task that iterates it (``@app.task``),
         with an agent's acks and commits: it subscribes the topic on the
         running worker at its first step and gets the messages of the
-        partitions this worker is assigned. Create it before the worker
-        starts (module level) when no agent consumes a topic, so that the
-        worker joins the consumer group. See ``docs/agents.md``.
+        partitions this worker is assigned. It may be created at module level
+        or inside the task (a worker with tasks joins its consumer group).
+        See ``docs/agents.md``.
 
         Args:
             channel: a topic, a channel, or an iterable (handy in tests).
@@ -796,11 +796,15 @@ class App:
         return created
 
     def _needs_group(self) -> bool:
-        """Whether a worker joins the consumer group (topic agents or leader timers)."""
+        """Whether a worker joins the consumer group: topic agents, leader timers, topic
+        streams, or tasks (which may open a topic stream at run time, as Faust's
+        ``async for v in topic.stream()`` in an ``@app.task`` does: a Faust worker
+        always joins its group)."""
         return (
             any(isinstance(a.channel, Topic) for a in self.agents.values())
             or any(t.on_leader for t in self._timers)
             or bool(self._streamed_topics)
+            or bool(self._tasks)
         )
 
     def _declared_topics(self) -> list[Topic[Any]]:

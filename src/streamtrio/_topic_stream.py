@@ -72,10 +72,8 @@ class WorkerTopicSource(Generic[T]):
         worker = self.app._worker
         if worker is None or worker.consumer is None:
             raise ClosedError(
-                f"stream over {self.topic.label!r}: a topic stream is read from a running worker "
-                "that consumes; create it before the worker starts (module level: "
-                "`s = topic.stream()`, then `async for value in s` in an @app.task), "
-                "or consume the topic with an @app.agent"
+                f"stream over {self.topic.label!r}: a topic stream is read by a task of a running "
+                "worker (iterate it in an @app.task, or consume the topic with an @app.agent)"
             )
         self._worker = worker
         inbox = await worker.add_subscription(self.topic)
