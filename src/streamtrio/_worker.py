@@ -27,6 +27,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -113,6 +115,9 @@ class Worker:
         self._routes: dict[str, list[Inbox[Message]]] = {}
         self._paused: set[TP] = set()
         self._recovering: set[TP] = set()
+        #: assignments whose hooks (table recovery) still run, in the hooks nursery
+        self._assigning: list[_Assignment] = []
+        self._hooks_nursery: trio.Nursery | None = None
         self._fetch_scope: trio.CancelScope | None = None
         self._held_for_producer: list[Inbox[Message]] = []
         #: trio time since which no source partition is assigned (None: some are)
@@ -302,23 +307,64 @@ class Worker:
                 )
 
     async def on_partitions_assigned(self, assigned: frozenset[TP]) -> None:
+        """New partitions: they stay paused while the assign hooks (table recovery) run
+        in a task of their own, so the rebalance callback returns at once and the
+        consumer goes on taking part in the group (a long recovery never holds a
+        later rebalance up, nor costs the member its membership)."""
         self.generation += 1
         self.assigned |= assigned
         self._recovering |= assigned
         for tp in assigned:
             for inbox in self._route(tp.topic):
                 inbox.add_lane(tp)
-        for hook in self.on_assign_hooks:
-            await hook(assigned)
-        self._recovering -= assigned
-        self._paused -= assigned
+        self._start_assignment(assigned)
+
+    def _start_assignment(self, tps: frozenset[TP]) -> None:
+        job = _Assignment(tps)
+        self._assigning.append(job)
+        nursery = self._hooks_nursery
+        if nursery is None:  # not serving (a transport test drives the listener)
+            raise WorkerError("partitions assigned to a worker that is not running")
+        nursery.start_soon(self._guard, "recovering assigned partitions", partial(self._assign, job))
+
+    async def _assign(self, job: _Assignment) -> None:
+        """Run the assign hooks for ``job``, then resume its partitions (unless revoked meanwhile)."""
+        try:
+            with job.scope:
+                for hook in self.on_assign_hooks:
+                    await hook(job.tps)
+        finally:
+            self._assigning.remove(job)
+            job.finished.set()
+        if job.scope.cancel_called:
+            return  # revoked or lost meanwhile: see _settle_assignments
+        tps = job.tps & self.assigned
+        self._recovering -= job.tps
+        self._paused -= job.tps
         self._note_assignment()
-        if self.consumer is not None and assigned:
-            self.consumer.resume_nowait(assigned)
-        log.info("assigned %s", _tps(assigned))
+        if self.consumer is not None and tps:
+            self.consumer.resume_nowait(tps)
+        log.info("assigned %s", _tps(job.tps))
+
+    async def _settle_assignments(self, leaving: frozenset[TP]) -> None:
+        """Partitions are revoked or lost: stop the assign hooks still running for them
+        (their recovery is cancelled: what it stored is kept, and resumed by the
+        next owner or the next assignment), and start again for the others."""
+        pending = [job for job in self._assigning if job.tps & leaving]
+        for job in pending:
+            job.scope.cancel()
+        for job in pending:
+            await job.finished.wait()
+        for job in pending:
+            self._recovering -= job.tps
+            rest = job.tps - leaving
+            if rest:
+                self._recovering |= rest
+                self._start_assignment(rest)
 
     async def on_partitions_revoked(self, revoked: frozenset[TP]) -> Mapping[TP, int]:
         self.generation += 1
+        await self._settle_assignments(revoked)
         lanes: list[Lane[Message]] = []
         for tp in revoked:
             for inbox in self._route(tp.topic):
@@ -374,6 +420,7 @@ class Worker:
         last commit and rebuilds their tables from the changelog.
         """
         self.generation += 1
+        await self._settle_assignments(lost)
         busy: dict[TP, int] = {}
         for tp in lost:
             for inbox in self._route(tp.topic):
@@ -520,6 +567,8 @@ class Worker:
             components = await stack.enter_async_context(trio.open_nursery())
             # Unwinds before the nursery exits: the consumer has left by then.
             stack.callback(components.cancel_scope.cancel)
+            # Assign hooks (table recovery) run here, outside the rebalance callback.
+            self._hooks_nursery = components
             for component in app._components:
                 component.attach(self)
                 await components.start(component.serve, self)
@@ -691,6 +740,15 @@ def _single_error(group: BaseExceptionGroup[BaseException]) -> StreamtrioError |
     if len(leaves) == 1 and isinstance(leaves[0], StreamtrioError):
         return leaves[0]
     return None
+
+
+@dataclass(eq=False)
+class _Assignment:
+    """Partitions whose assign hooks (table recovery) run in a task."""
+
+    tps: frozenset[TP]
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    finished: trio.Event = field(default_factory=trio.Event)
 
 
 def _offsets(offsets: Mapping[TP, int]) -> str:
