@@ -90,8 +90,6 @@ async def test_set_table_assignment_and_errors(app_factory: AppFactory) -> None:
     app = app_factory("sets-assign", commit_interval=0.05)
     members = app.SetTable("members", partitions=1)
     assert isinstance(members, streamtrio.SetTable)
-    with pytest.raises(streamtrio.ConfigurationError, match="start_manager"):
-        app.SetTable("managed", start_manager=True)
     async with running(app):
         members["k"] = ["a", "b", "a"]
         assert members["k"] == {"a", "b"}
@@ -131,3 +129,30 @@ async def test_set_global_table_is_read_by_every_worker(app_factory: AppFactory)
         await other.tables.wait_until_recovery_completed()
         assert isinstance(roles2, streamtrio.SetGlobalTable)
         assert dict(roles2.items()) == {"ann": {"admin", "dev"}, "bob": {"dev"}}
+
+
+async def test_set_table_manager_applies_operations_sent_from_anywhere(
+    app_factory: AppFactory, broker: MemoryBroker
+) -> None:
+    """Faust's ``start_manager=True``: ``table.manager.add(key, member)`` and the other
+    operations go through the manager topic to the agent that owns the key."""
+    app = app_factory("sets-managed", commit_interval=0.05)
+    followers = app.SetTable("followers", value_type=str, partitions=2, start_manager=True)
+    sender = app_factory("sets-sender")  # another app: no manager agent, it only sends
+    remote = sender.SetTable(
+        "followers", value_type=str, partitions=2, manager_topic_name="sets-managed-followers-setmanager"
+    )
+    async with running(app):
+        async with sender.open_client():
+            await remote.manager.add("ann", "bob")
+            await remote.manager.add("ann", "cid")
+            await remote.manager.add("dan", "eve")
+            await remote.manager.discard("ann", "bob")
+            await remote.manager.symmetric_difference_update("dan", ["eve", "fay"])
+            await remote.manager.add("gil", "hal")
+            await remote.manager.clear("gil")
+        await followers.manager.intersection_update("ann", ["cid", "zed"])
+        await wait_for(lambda: followers["dan"] == {"fay"} and not followers["gil"])
+        assert followers["ann"] == {"cid"}
+        assert sorted(followers.manager.topic.topics) == ["sets-managed-followers-setmanager"]
+    assert broker.committed("sets-managed")

@@ -18,9 +18,11 @@ from .table import _MISSING, GlobalTable, Table
 
 if TYPE_CHECKING:
     from .._app import App
+    from .._stream import Stream
+    from .._topic import Topic
     from .manager import TableManager
 
-__all__ = ["ChangeloggedSet", "SetGlobalTable", "SetTable"]
+__all__ = ["ChangeloggedSet", "SetGlobalTable", "SetTable", "SetTableManager"]
 
 
 class ChangeloggedSet(MutableSet[Any]):
@@ -134,17 +136,17 @@ class _SetValues:
 
     member_type: Any
     name: str
+    manager: SetTableManager
 
-    def _setup_members(self, value_type: Any, options: dict[str, Any]) -> None:
-        if options.pop("start_manager", False):
-            raise ConfigurationError(
-                f"table {self.name!r}: start_manager=True (Faust's SetTable manager topic, "
-                "for set operations sent from other workers) is not available; change the "
-                "sets in the agent that owns the key"
-            )
-        for faust_only in ("manager_topic_name", "manager_topic_suffix"):
-            options.pop(faust_only, None)
+    def _setup_members(self, value_type: Any, options: dict[str, Any]) -> dict[str, Any]:
+        """Take the members' type and the manager options out of ``options``."""
+        manager = {
+            "start": bool(options.pop("start_manager", False)),
+            "name": options.pop("manager_topic_name", None),
+            "suffix": options.pop("manager_topic_suffix", None),
+        }
         self.member_type = value_type
+        return manager
 
     def _member(self, value: Any) -> Any:
         member_type = self.member_type
@@ -174,11 +176,103 @@ def _set_table_init(
     options: dict[str, Any],
 ) -> None:
     table.name = name
-    table._setup_members(value_type, options)
+    wanted = table._setup_members(value_type, options)
+    key_serializer = options.get("key_serializer")
     options.pop("default", None)  # a missing key is an empty set
     # The members' type is checked by _member(); the stored value is a list.
     base.__init__(table, app, name, default=None, value_type=None, manager=manager, **options)
     table.value_type = value_type
+    topic = wanted["name"] or f"{app.conf.appid}-{name}{wanted['suffix'] or '-setmanager'}"
+    table.manager = SetTableManager(table, topic, key_serializer=key_serializer, start=wanted["start"])
+
+
+class SetTableManager:
+    """Set operations sent to the worker that owns the key (Faust's ``table.manager``).
+
+    ``await table.manager.add(key, member)`` (and ``discard``, ``clear``,
+    ``difference_update``, ``intersection_update``,
+    ``symmetric_difference_update``) sends the operation to the manager
+    topic (``<app id>-<table>-setmanager``, keyed and partitioned like the
+    table), from anywhere: a web view, a timer, another app. A worker of an
+    app whose table has ``start_manager=True`` runs an agent that applies
+    each operation to the table, in the order sent per key, with an agent's
+    acks and commits. Without it the operations wait in the topic.
+    """
+
+    def __init__(
+        self, table: SetTable | SetGlobalTable, topic_name: str, *, key_serializer: Any, start: bool
+    ) -> None:
+        self.table = table
+        self.topic_name = topic_name
+        self._key_serializer = key_serializer
+        self._topic: Topic[Any] | None = None
+        if start:  # declared (created at start) only by the app that applies the operations
+            table.app.agent(self.topic, name=f"{table.name}-setmanager")(self._apply)
+
+    @property
+    def topic(self) -> Topic[Any]:
+        """The manager topic (keys like the table's, JSON operations)."""
+        if self._topic is None:
+            self._topic = self.table.app.topic(
+                self.topic_name,
+                key_type=self.table.key_type,
+                key_serializer=self._key_serializer,
+                value_serializer="json",
+                partitions=self.table.partitions,
+            )
+        return self._topic
+
+    async def add(self, key: Any, member: Any) -> None:
+        await self._send(key, "add", [member])
+
+    async def discard(self, key: Any, member: Any) -> None:
+        await self._send(key, "discard", [member])
+
+    async def clear(self, key: Any) -> None:
+        await self._send(key, "clear", [])
+
+    async def difference_update(self, key: Any, members: Iterable[Any]) -> None:
+        await self._send(key, "difference_update", list(members))
+
+    async def intersection_update(self, key: Any, members: Iterable[Any]) -> None:
+        await self._send(key, "intersection_update", list(members))
+
+    async def symmetric_difference_update(self, key: Any, members: Iterable[Any]) -> None:
+        await self._send(key, "symmetric_difference_update", list(members))
+
+    async def _send(self, key: Any, action: str, members: list[Any]) -> None:
+        # The key also travels in the (JSON) value, so an untyped table gets it
+        # back as it was given (a str, not the message key's bytes).
+        await self.topic.send(key=key, value={"action": action, "key": key, "members": members})
+
+    async def _apply(self, stream: Stream[Any]) -> None:
+        table = self.table
+        async for event in stream.events():
+            operation = event.value if isinstance(event.value, dict) else {}
+            action = operation.get("action")
+            members = [table._member(m) for m in operation.get("members") or ()]
+            key = operation.get("key", event.key)
+            key_type = table.key_type
+            if isinstance(key_type, type) and issubclass(key_type, Record) and isinstance(key, dict):
+                key = key_type.from_data(key)
+            target: ChangeloggedSet = table[key]  # type: ignore[misc]  # SetGlobalTable shares SetTable.__getitem__
+            if action == "add":
+                target.update(members)
+            elif action == "discard":
+                target.difference_update(members)
+            elif action == "clear":
+                target.clear()
+            elif action in ("difference_update", "intersection_update"):
+                getattr(target, action)(members)
+            elif action == "symmetric_difference_update":
+                target.symmetric_difference_update(members)
+            else:
+                m = event.message
+                raise ConfigurationError(
+                    f"SetTable {table.name!r} manager: unknown operation {action!r} in "
+                    f"{m.topic}[{m.partition}]@{m.offset} (add, discard, clear, difference_update, "
+                    "intersection_update, symmetric_difference_update)"
+                )
 
 
 class SetTable(_SetValues, Table):
