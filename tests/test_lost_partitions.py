@@ -8,8 +8,12 @@ Kafka scenario (a worker cut off by a proxy) is in tests/chaos/test_zombie.py.
 
 from __future__ import annotations
 
+import logging
+
 import msgpack
+import pytest
 import trio
+import trio.testing
 
 import streamtrio
 from streamtrio import TP
@@ -53,4 +57,47 @@ async def test_after_a_loss_the_event_in_flight_writes_and_commits_nothing(
         assert [m.value for m in broker.messages(changelog, 0)] == before
         assert app.tables.discarded_writes == 1
         assert TP("numbers", 0) not in worker.assigned
+        worker.stop()
+
+
+async def test_a_commit_prepared_before_a_loss_is_not_sent_after_it(
+    streamtrio_app_factory: AppFactory,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found by the chaos suite: the offsets a periodic commit read before the partitions
+    were lost (and given back) must not be committed after it: the loss discarded
+    what those events wrote."""
+    caplog.set_level(logging.INFO, logger="streamtrio")
+    broker = streamtrio_app_factory.broker
+    app = streamtrio_app_factory(commit_interval=1.0)
+    numbers = app.topic("numbers", value_type=int, partitions=1)
+    side = app.topic("side", value_type=int, partitions=1)
+    seen: list[int] = []
+
+    @app.agent(numbers)
+    async def work(stream: streamtrio.Stream[int]) -> None:
+        async for value in stream:
+            seen.append(value)
+
+    tp = TP("numbers", 0)
+    async with trio.open_nursery() as nursery:
+        worker: streamtrio.Worker = await nursery.start(streamtrio.serve, app)
+        for value in range(3):
+            await numbers.send(value=value)
+        await wait_for(lambda: broker.committed(app.conf.appid).get(tp) == 3, timeout=30)
+        broker.create_topic("side", 1)
+        broker.block_topic("side")
+        side.send_soon(value=1)  # outside any event: the next commit's flush waits for it
+        for value in range(3, 5):
+            await numbers.send(value=value)
+        await wait_for(lambda: len(seen) == 5, timeout=30)
+        await trio.sleep(1.5)  # the periodic commit read offset 5 and waits in its flush
+        await worker.on_partitions_lost(frozenset({tp}))
+        await worker.on_partitions_assigned(frozenset({tp}))
+        broker.unblock_topic("side")
+        for _ in range(10):
+            await trio.lowlevel.checkpoint()
+        assert broker.committed(app.conf.appid)[tp] == 3
+        assert "commit skipped: partitions moved in a rebalance" in caplog.text
         worker.stop()

@@ -226,17 +226,23 @@ class Committer:
         """
         async with self._lock:
             generation = self._generation()
+            token = self._consumer.commit_token() if self._consumer is not None else None
             todo = await self.prepare(tps)
             if not todo:
                 return {}
+            if self._generation() != generation:
+                # A rebalance (a loss) since the offsets were read: what the
+                # events below them wrote may have been discarded with it.
+                log.info("commit skipped: partitions moved in a rebalance while it was prepared")
+                return {}
             self._committing_offsets = True
             try:
-                return await self._commit_offsets(todo, generation, deadline)
+                return await self._commit_offsets(todo, generation, deadline, token)
             finally:
                 self._committing_offsets = False
 
     async def _commit_offsets(
-        self, todo: dict[TP, int], generation: int, deadline: float | None
+        self, todo: dict[TP, int], generation: int, deadline: float | None, token: object = None
     ) -> dict[TP, int]:
         assert self._consumer is not None
         consumer = self._consumer
@@ -251,7 +257,7 @@ class Committer:
             try:
                 await self._reporting(
                     lambda: f"the group coordinator to accept the commit of {described}",
-                    partial(consumer.commit, todo, answer_within=wait),
+                    partial(consumer.commit, todo, answer_within=wait, token=token),
                 )
             except CommitError as exc:
                 if self._generation() != generation:

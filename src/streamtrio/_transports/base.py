@@ -364,8 +364,16 @@ class Consumer(ABC):
     def resume_nowait(self, tps: Collection[TP]) -> None:
         """Fetch from these partitions again."""
 
+    def commit_token(self) -> object:
+        """An opaque mark of the partitions' ownership now: read it before reading the
+        offsets to commit, and pass it to :meth:`commit`, which then refuses to
+        commit if partitions were revoked or lost in between (``None``: no check)."""
+        return None
+
     @abstractmethod
-    async def commit(self, offsets: Mapping[TP, int], *, answer_within: float | None = None) -> None:
+    async def commit(
+        self, offsets: Mapping[TP, int], *, answer_within: float | None = None, token: object = None
+    ) -> None:
         """Commit these offsets for the group and wait for the broker's answer.
 
         Offsets of partitions no longer assigned to this member are not
@@ -376,6 +384,7 @@ class Consumer(ABC):
             answer_within: seconds to wait for the answer (default: the
                 transport's request timeout). A thread waits for it, so a
                 cancel scope cannot bound it.
+            token: from :meth:`commit_token` when the offsets were read.
 
         Raises:
             CommitError: the broker refused, or did not answer in time

@@ -532,10 +532,16 @@ class KafkaConsumer(_ThreadOwnedClient[list[Message]], Consumer):
     def resume_nowait(self, tps: Collection[TP]) -> None:
         self._put(_Command("resume", frozenset(tps)))
 
-    async def commit(self, offsets: Mapping[TP, int], *, answer_within: float | None = None) -> None:
+    def commit_token(self) -> object:
+        # Bumped (on the thread) each time partitions are revoked or lost.
+        return self._generation
+
+    async def commit(
+        self, offsets: Mapping[TP, int], *, answer_within: float | None = None, token: object = None
+    ) -> None:
         if offsets:
             wait = self._request_timeout if answer_within is None else answer_within
-            await self._call("commit", (dict(offsets), wait))
+            await self._call("commit", (dict(offsets), wait, token))
 
     async def committed(self, tps: Collection[TP]) -> dict[TP, int | None]:
         if not tps:
@@ -602,7 +608,16 @@ class KafkaConsumer(_ThreadOwnedClient[list[Message]], Consumer):
 
     def _handle(self, client: Any, command: _Command) -> Any:
         if command.kind == "commit":
-            offsets, timeout = command.arg
+            offsets, timeout, token = command.arg
+            if token is not None and token != self._generation:
+                # Read before a revoke or a loss: some of these offsets may be
+                # past events whose outputs were discarded since.
+                described = ", ".join(f"{tp}@{off}" for tp, off in sorted(offsets.items()))
+                raise CommitError(
+                    f"not committing {described} for group {self._group_id!r}: partitions were "
+                    "revoked or lost since these offsets were read",
+                    retriable=True,
+                )
             try:
                 self._commit(client, offsets, timeout)
             except CommitError as exc:

@@ -1003,7 +1003,9 @@ class MemoryConsumer(_Waiter, Consumer):
         self._watch()
         self._wake()
 
-    async def commit(self, offsets: Mapping[TP, int], *, answer_within: float | None = None) -> None:
+    async def commit(
+        self, offsets: Mapping[TP, int], *, answer_within: float | None = None, token: object = None
+    ) -> None:
         """Commit offsets of partitions assigned to this member.
 
         Offsets of partitions not assigned to this member (revoked since, or
