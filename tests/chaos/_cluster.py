@@ -14,17 +14,19 @@ from __future__ import annotations
 import random
 import signal
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import trio
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamtrio.testing._apache_kafka import ApacheKafka
 
-from ..kafka._util import BackgroundProducer, WorkerProcess, committed, unique
+from ..kafka._util import Produced, WorkerProcess, committed, new_producer, spread_keys, unique
 from ._proxy import TcpProxy
 from ._verify import RESULTS, Report, Truth, verify, web_values
 
@@ -48,6 +50,63 @@ def _create_topics(bootstrap: str, *names: str) -> None:
     )
     for future in futures.values():
         future.result(timeout=15)
+
+
+class Workload:
+    """Keyed integer events (``spread_keys``), ``batch`` every ``interval`` s, on a thread until stopped.
+
+    Like tests/kafka/_util.BackgroundProducer, but a batch waits for its
+    delivery reports as long as it takes (a frozen broker holds them for a
+    minute); what was delivered is in :attr:`produced`.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, *, batch: int, interval: float) -> None:
+        self.produced = Produced()
+        self.error: BaseException | None = None
+        self._bootstrap, self._topic, self._batch, self._interval = bootstrap, topic, batch, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chaos-producer", daemon=True)
+
+    def start(self) -> Workload:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            producer = new_producer(self._bootstrap)
+            errors: list[Any] = []
+
+            def delivered(err: Any, msg: Any) -> None:
+                if err is not None:
+                    errors.append(err)
+                else:
+                    self.produced.values[msg.partition()][msg.offset()] = msg.value()
+
+            sent = 0
+            while not self._stop.is_set():
+                for key, value in spread_keys(self._batch, start=sent):
+                    while True:
+                        try:
+                            producer.produce(self._topic, value=value, key=key, on_delivery=delivered)
+                            break
+                        except BufferError:
+                            producer.poll(0.05)
+                while producer.flush(1.0) > 0:
+                    pass
+                assert not errors, f"undelivered: {errors[:3]}"
+                sent += self._batch
+                self._stop.wait(self._interval)
+        except BaseException as exc:
+            self.error = exc
+
+    def stop(self) -> Produced:
+        """Stop after the batch in progress is delivered."""
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join(timeout=400)
+            assert not self._thread.is_alive(), "the workload producer did not stop"
+        assert self.error is None, f"the workload producer failed: {self.error!r}"
+        return self.produced
 
 
 class Cluster:
@@ -77,7 +136,7 @@ class Cluster:
         self._tmp = tmp_path
         self._incarnations = dict.fromkeys(self.slots, 0)
         self._delay = delay
-        self.producer: BackgroundProducer | None = None
+        self.producer: Workload | None = None
 
     @property
     def worker_bootstrap(self) -> str:
@@ -241,9 +300,7 @@ async def chaos_cluster(
     async with trio.open_nursery() as nursery:
         if proxy is not None:
             await nursery.start(proxy.serve)
-        cluster.producer = BackgroundProducer(
-            kafka.bootstrap, cluster.source, batch=batch, interval=interval
-        ).start()
+        cluster.producer = Workload(kafka.bootstrap, cluster.source, batch=batch, interval=interval).start()
         try:
             yield cluster
         finally:
