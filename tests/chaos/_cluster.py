@@ -204,6 +204,7 @@ class Cluster:
             self.report.hangs += 1
             self.report.notes.append(f"{proc.name} took {took:.1f}s to exit")
         if code != 0:
+            self.report.bad_exits += 1
             self.report.notes.append(f"{proc.name} exited {code}")
         if fault:
             self.report.faults += 1

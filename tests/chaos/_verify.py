@@ -28,6 +28,7 @@ import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +78,7 @@ class Report:
     web_wrong: int | None = None  # keys the web view serves different from the changelog's last value
     caught_up_after: float | None = None  # seconds from the end of the last fault to all committed
     hangs: int = 0  # waits that ran out: catching up, a worker's exit
+    bad_exits: int = 0  # graceful stops (SIGTERM) that did not exit 0
     faults: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -96,6 +98,8 @@ class Report:
             found.append(f"{self.web_wrong} keys differ between the web view and the changelog")
         if self.hangs:
             found.append(f"{self.hangs} hangs")
+        if self.bad_exits:
+            found.append(f"{self.bad_exits} graceful stops not exiting 0")
         if self.guarantee == "exactly_once":
             if self.duplicated:
                 found.append(f"{self.duplicated} duplicated at the sink")
@@ -113,7 +117,7 @@ class Report:
             f"{self.scenario} [{self.guarantee}]: {self.faults} faults, {self.events} events, "
             f"lost {self.lost}, duplicated {self.duplicated}, regressions {self.regressions}, "
             f"below {self.below}, above {self.above}, sums wrong {self.sums_wrong}{web}, "
-            f"caught up after {caught}, hangs {self.hangs}"
+            f"caught up after {caught}, hangs {self.hangs}, bad exits {self.bad_exits}"
             + (f" ({'; '.join(self.notes)})" if self.notes else "")
         )
 
@@ -201,11 +205,15 @@ def _get_json(url: str, *, attempts: int = 20) -> Any:
 
 def web_values(base_urls: Sequence[str], table: str, keys: Iterable[str]) -> dict[str, Any]:
     """Each key's value as ``GET <worker>/table/<table>/<key>/`` serves it (redirects followed)."""
-    values: dict[str, Any] = {}
-    for i, key in enumerate(sorted(keys)):
+    ordered = sorted(keys)
+
+    def get(item: tuple[int, str]) -> Any:
+        i, key = item
         body = _get_json(f"{base_urls[i % len(base_urls)]}/table/{table}/{key}/")
-        values[key] = None if body is None else body["value"]
-    return values
+        return None if body is None else body["value"]
+
+    with ThreadPoolExecutor(8) as pool:
+        return dict(zip(ordered, pool.map(get, enumerate(ordered)), strict=True))
 
 
 def verify(

@@ -121,9 +121,7 @@ async def test_a_cut_off_worker_never_lands_table_values_after_the_new_owner(
     truth = Counter(
         f"key-{int(value) % 997}" for values in produced.values.values() for value in values.values()
     )
-    records = await trio.to_thread.run_sync(
-        read_topic, bootstrap, f"{app_id}-counts-changelog", PARTITIONS
-    )
+    records = await trio.to_thread.run_sync(read_topic, bootstrap, f"{app_id}-counts-changelog", PARTITIONS)
     regressions, final = changelog_regressions(records)
     below = {key: (final.get(key, 0), count) for key, count in truth.items() if final.get(key, 0) < count}
     log = zombie.log()
