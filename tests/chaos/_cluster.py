@@ -12,8 +12,10 @@ worker with SIGTERM, runs the verifier and records the report.
 from __future__ import annotations
 
 import random
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -32,6 +34,8 @@ from ._verify import RESULTS, Report, Truth, verify, web_values
 
 APP = Path(__file__).resolve().parent / "apps" / "verified.py"
 PARTITIONS = 6
+#: where the worker logs of a failed scenario are kept
+ARTIFACTS = Path(tempfile.gettempdir()) / "streamtrio-chaos"
 #: a graceful stop may take the app's shutdown_timeout plus this much
 EXIT_MARGIN = 2.0
 
@@ -263,6 +267,13 @@ class Cluster:
             )
         )
         RESULTS.append(report)
+        if not report.ok():
+            # keep the worker logs: pytest removes old tmp dirs, and other runs rotate them
+            kept = ARTIFACTS / f"{self.app_id}"
+            kept.mkdir(parents=True, exist_ok=True)
+            for path in self._tmp.glob("w*.log"):
+                shutil.copy(path, kept / path.name)
+            report.notes.append(f"logs in {kept}")
         return report
 
 

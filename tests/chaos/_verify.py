@@ -230,7 +230,8 @@ def verify(
     truth = Truth.of(produced)
     report.events = len(truth.positions)
 
-    echoes = sink_positions(read_all(bootstrap, sink, partitions))
+    sink_records = read_all(bootstrap, sink, partitions)
+    echoes = sink_positions(sink_records)
     report.lost = len(truth.positions - set(echoes))
     report.duplicated = sum(n - 1 for n in echoes.values() if n > 1)
     strays = set(echoes) - truth.positions
@@ -250,6 +251,19 @@ def verify(
     report.below = len(below)
     report.above = sum(1 for k, n in truth.counts.items() if counts.get(k, 0) > n)
     report.sums_wrong = sum(1 for k, s in truth.sums.items() if (sums.get(k) or [-1, 0])[1] != s)
+    if below:
+        counts_below = sum(1 for k, n in truth.counts.items() if counts.get(k, 0) < n)
+        report.notes.append(
+            f"{counts_below} counts below, {len(below) - counts_below} more keys with only sums below"
+        )
+        home = {m.key().decode(): m.partition() for m in sink_records}
+        for k in sorted(below)[:5]:
+            report.notes.append(
+                f"{k} (partition {home.get(k)}): count {counts.get(k)} of {truth.counts[k]}, "
+                f"sum {sums.get(k)} of {truth.sums[k]}"
+            )
+        by_partition = Counter(home.get(k) for k in below)
+        report.notes.append(f"keys below by partition: {dict(sorted(by_partition.items()))}")
 
     if served is not None:
         served_counts, served_sums = served

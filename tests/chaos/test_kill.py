@@ -19,7 +19,7 @@ from ._cluster import Cluster, chaos_cluster
 from .conftest import LONG
 
 KILLS = 12 if LONG else 3
-EVERY = 5.0 if LONG else 4.0
+EVERY = 5.0 if LONG else 3.0
 
 
 async def kill_loop(cluster: Cluster, *, kills: int, every: float) -> None:

@@ -32,9 +32,24 @@ async def start_all(cluster: Cluster) -> None:
         cluster.start(slot)
     for slot in cluster.slots:
         await cluster.wait_assigned(slot)
-    await trio.sleep(3)  # every worker has work in progress when the fault begins
+    await trio.sleep(2)  # every worker has work in progress when the fault begins
 
 
+#: Found by this scenario; see the reason. Not strict: the race is hit in about
+#: two runs of five with one 5 s cut, so a strict xfail would fail CI as often.
+STALE_COMMIT_AFTER_LOSS = pytest.mark.xfail(
+    strict=False,
+    reason=(
+        "bug: a commit whose offsets were read before partitions were lost is sent after the "
+        "same member got some of them back in the next generation (Committer._commit_offsets "
+        "checks the generation only after a failed attempt; the transport's filter checks "
+        "only the current assignment), so offsets are committed past events whose table "
+        "writes and changelog records the loss discarded: counts and sums end below the truth"
+    ),
+)
+
+
+@STALE_COMMIT_AFTER_LOSS
 @pytest.mark.parametrize("seconds", CUTS)
 async def test_whole_broker_network_cut(proxied_kafka: ApacheKafka, tmp_path: Path, seconds: float) -> None:
     scenario = f"network cut {seconds:g}s"

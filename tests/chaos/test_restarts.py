@@ -19,7 +19,7 @@ from .conftest import LONG
 
 ROLLING_ROUNDS = 3 if LONG else 1
 SHUTDOWNS = 10 if LONG else 3
-STORM_SECONDS = 120.0 if LONG else 15.0
+STORM_SECONDS = 120.0 if LONG else 12.0
 STORM_PERIOD = 3.0
 
 
