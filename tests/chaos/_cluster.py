@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamtrio.testing._apache_kafka import ApacheKafka
@@ -234,9 +235,12 @@ class Cluster:
         ends = produced.ends()
         deadline = time.monotonic() + catch_up_timeout
         while True:
-            done = await trio.to_thread.run_sync(
-                committed, self.kafka.bootstrap, self.app_id, self.source, PARTITIONS
-            )
+            try:
+                done = await trio.to_thread.run_sync(
+                    committed, self.kafka.bootstrap, self.app_id, self.source, PARTITIONS
+                )
+            except KafkaException:
+                done = {}  # the coordinator moving or loading after a fault: ask again
             if all(done.get(p) == end for p, end in ends.items()):
                 self.report.caught_up_after = time.monotonic() - self.last_fault_over
                 break
