@@ -36,7 +36,7 @@ async def start_all(cluster: Cluster) -> None:
 
 
 #: Found by this scenario; see the reason. Not strict: the race is hit in about
-#: two runs of five with one 5 s cut, so a strict xfail would fail CI as often.
+#: two runs of seven with one 5 s cut, so a strict xfail would fail CI most of the time.
 STALE_COMMIT_AFTER_LOSS = pytest.mark.xfail(
     strict=False,
     reason=(
