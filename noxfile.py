@@ -1,4 +1,4 @@
-"""Automation: `nox` runs lint, typecheck and tests; `nox -s bench` the benchmarks."""
+"""Automation: `nox` runs lint, typecheck and tests; `nox -s bench` benchmarks, `nox -s chaos` chaos."""
 
 import nox
 
@@ -32,3 +32,23 @@ def bench(session: nox.Session) -> None:
     """
     session.install("-e", ".[dev]")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session
+def chaos(session: nox.Session) -> None:
+    """The chaos suite's long versions (not part of CI, which runs the short ones): about 20 minutes.
+
+    Starts its own Apache Kafka; ``nox -s chaos -- -k network`` picks scenarios.
+    """
+    session.install("-e", ".[dev]")
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "tests/chaos",
+        "-p",
+        "no:cacheprovider",
+        "--timeout=1200",
+        *session.posargs,
+        env={"STREAMTRIO_CHAOS_LONG": "1"},
+    )

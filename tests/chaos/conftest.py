@@ -11,11 +11,14 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from streamtrio.testing._apache_kafka import ApacheKafka, kafka_unavailable_reason, run_apache_kafka
 from streamtrio.testing._broker import TEST_BROKER_ENV, choose_broker_kind
+
+from ._verify import RESULTS
 
 _HERE = Path(__file__).parent
 
@@ -36,9 +39,13 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def proxied_kafka() -> Iterator[ApacheKafka]:
-    """An Apache Kafka of this module's own, with a second listener a proxy can cut."""
+    """An Apache Kafka of the suite's own, with a second listener a proxy can cut.
+
+    One broker for every scenario (they run one after the other; each uses
+    topics and a group of its own): a start costs about ten seconds of CI.
+    """
     if os.environ.get(TEST_BROKER_ENV, "").strip():
         pytest.skip(f"{TEST_BROKER_ENV} names an external broker; the chaos suite runs its own")
     kind, _notice = choose_broker_kind()
@@ -46,3 +53,25 @@ def proxied_kafka() -> Iterator[ApacheKafka]:
         pytest.skip(f"the chaos suite needs Apache Kafka ({kafka_unavailable_reason()})")
     with run_apache_kafka(proxied_port=_free_port()) as kafka:
         yield kafka
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Each scenario's figures, then "N passed, M failed" for the chaos suite."""
+
+    def count(*outcomes: str) -> int:
+        return sum(
+            1
+            for outcome in outcomes
+            for report in terminalreporter.stats.get(outcome, [])
+            if "tests/chaos/" in getattr(report, "nodeid", "")
+        )
+
+    passed, failed = count("passed", "xpassed"), count("failed", "error")
+    known = count("xfailed")  # known bugs, marked xfail with the reason
+    if not (passed or failed or known or RESULTS):
+        return
+    terminalreporter.section("chaos suite")
+    for result in RESULTS:
+        terminalreporter.write_line(("ok    " if result.ok() else "FAIL  ") + result.line())
+    also = f" ({known} more failed as known bugs, marked xfail)" if known else ""
+    terminalreporter.write_line(f"chaos: {passed} passed, {failed} failed{also}")
