@@ -101,3 +101,38 @@ async def test_a_commit_prepared_before_a_loss_is_not_sent_after_it(
         assert broker.committed(app.conf.appid)[tp] == 3
         assert "commit skipped: partitions moved in a rebalance" in caplog.text
         worker.stop()
+
+
+async def test_after_a_loss_the_event_in_flight_writes_nothing_to_a_global_table(
+    streamtrio_app_factory: AppFactory,
+) -> None:
+    broker = streamtrio_app_factory.broker
+    app = streamtrio_app_factory(commit_interval=0.05)
+    numbers = app.topic("numbers", key_type=str, value_type=int, partitions=1)
+    totals = app.GlobalTable("totals", default=int, partitions=1)
+    gate = trio.Event()
+    seen: list[int] = []
+
+    @app.agent(numbers)
+    async def add(stream: streamtrio.Stream[int]) -> None:
+        async for event in stream.events():
+            if event.value == 3:
+                await gate.wait()
+            totals[event.key] += event.value
+            seen.append(event.value)
+
+    changelog = f"{app.conf.appid}-totals-changelog"
+    async with trio.open_nursery() as nursery:
+        worker: streamtrio.Worker = await nursery.start(streamtrio.serve, app)
+        for value in (1, 2, 3):
+            await numbers.send(key="k", value=value)
+        await wait_for(lambda: broker.committed(app.conf.appid).get(TP("numbers", 0)) == 2)
+        await wait_for(lambda: [m.value for m in broker.messages(changelog, 0)][-1:] == [msgpack.packb(3)])
+        before = [m.value for m in broker.messages(changelog, 0)]
+        await worker.on_partitions_lost(frozenset({TP("numbers", 0)}))
+        gate.set()
+        await wait_for(lambda: seen == [1, 2, 3])
+        await trio.sleep(0.3)
+        assert [m.value for m in broker.messages(changelog, 0)] == before
+        assert app.tables.discarded_writes == 1
+        worker.stop()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import pytest
 import trio
 
 from streamtrio.testing._apache_kafka import ApacheKafka
@@ -40,7 +41,9 @@ PARTITIONS = 4
 CUT_SECONDS = 30.0 if LONG else 20.0
 
 
-def _worker(name: str, app_id: str, topic: str, bootstrap: str, tmp_path: Path) -> WorkerProcess:
+def _worker(
+    name: str, app_id: str, topic: str, bootstrap: str, tmp_path: Path, standbys: int = 0
+) -> WorkerProcess:
     return WorkerProcess(
         name,
         STOPPER,
@@ -53,6 +56,7 @@ def _worker(name: str, app_id: str, topic: str, bootstrap: str, tmp_path: Path) 
             "STOPPER_OUT": str(tmp_path / f"{name}.out"),
             "STOPPER_MODE": "count",
             "STOPPER_SHUTDOWN_TIMEOUT": "10",
+            "STOPPER_STANDBYS": str(standbys),
         },
     )
 
@@ -76,8 +80,9 @@ def changelog_regressions(records: list[Any]) -> tuple[int, dict[bytes, int]]:
     return regressions, last
 
 
+@pytest.mark.parametrize("standbys", [0, 1], ids=["no-standby", "standby"])
 async def test_a_cut_off_worker_never_lands_table_values_after_the_new_owner(
-    proxied_kafka: ApacheKafka, tmp_path: Path
+    proxied_kafka: ApacheKafka, tmp_path: Path, standbys: int
 ) -> None:
     assert proxied_kafka.proxied is not None
     advertised, listening = proxied_kafka.proxied
@@ -88,8 +93,8 @@ async def test_a_cut_off_worker_never_lands_table_values_after_the_new_owner(
     producer = BackgroundProducer(bootstrap, topic, batch=40, interval=0.2).start()
     async with trio.open_nursery() as nursery:
         await nursery.start(proxy.serve)
-        zombie = _worker("zombie", app_id, topic, advertised, tmp_path)
-        other = _worker("other", app_id, topic, bootstrap, tmp_path)
+        zombie = _worker("zombie", app_id, topic, advertised, tmp_path, standbys)
+        other = _worker("other", app_id, topic, bootstrap, tmp_path, standbys)
         try:
             await zombie.wait_for_log("streamtrio._worker: assigned", timeout=60)
             await other.wait_for_log("streamtrio._worker: assigned", timeout=60, count=1)
@@ -130,7 +135,8 @@ async def test_a_cut_off_worker_never_lands_table_values_after_the_new_owner(
     below = {key: (final.get(key, 0), count) for key, count in truth.items() if final.get(key, 0) < count}
     RESULTS.append(
         Report(
-            f"zombie: one of two workers cut off {CUT_SECONDS:g}s",
+            f"zombie: one of two workers cut off {CUT_SECONDS:g}s"
+            + (", with a standby replica" if standbys else ""),
             "at_least_once",
             faults=1,
             events=produced.total(),

@@ -658,8 +658,6 @@ class Table(MutableMapping[Any, Any]):
         writes are discarded, since its offset is never committed here and
         the new owner processes it again.
         """
-        if self.use_partitioner:
-            return None
         event = current_event()
         if event is None:
             return None
@@ -667,7 +665,9 @@ class Table(MutableMapping[Any, Any]):
         if (message.topic, message.partition) not in self._manager.sources:
             lane = event._lane
             if lane is not None and lane.revoked and lane.tp is not None:
-                return _LOST
+                return _LOST  # GlobalTables and use_partitioner tables too
+            return None
+        if self.use_partitioner:
             return None
         n = message.partition
         if n >= self.partitions:

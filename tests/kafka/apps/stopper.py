@@ -8,7 +8,8 @@ configured through the environment:
 - ``STOPPER_OUT``: a file the agent appends ``partition offset`` lines to;
 - ``STOPPER_MODE``: ``count`` (2 ms per event) or ``hang`` (the agent never
   returns from its first event);
-- ``STOPPER_SHUTDOWN_TIMEOUT``: the app's ``shutdown_timeout``.
+- ``STOPPER_SHUTDOWN_TIMEOUT``: the app's ``shutdown_timeout``;
+- ``STOPPER_STANDBYS`` (optional): the app's ``table_standby_replicas``.
 """
 
 import os
@@ -27,6 +28,7 @@ app = streamtrio.App(
     broker_request_timeout=15.0,
     shutdown_timeout=float(os.environ["STOPPER_SHUTDOWN_TIMEOUT"]),
     rebalance_drain_timeout=5.0,
+    table_standby_replicas=int(os.environ.get("STOPPER_STANDBYS", "0")),
 )
 events = app.topic(
     os.environ["STOPPER_TOPIC"],
