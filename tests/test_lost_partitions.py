@@ -9,6 +9,9 @@ Kafka scenario (a worker cut off by a proxy) is in tests/chaos/test_zombie.py.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 import pytest
@@ -22,42 +25,67 @@ from .conftest import wait_for
 from .test_worker import AppFactory
 
 
-async def test_after_a_loss_the_event_in_flight_writes_and_commits_nothing(
-    streamtrio_app_factory: AppFactory,
-) -> None:
-    broker = streamtrio_app_factory.broker
-    app = streamtrio_app_factory(commit_interval=0.05)
+@dataclass
+class Loss:
+    """What a worker did about the event in flight (offset 2) when its partition was lost."""
+
+    app: streamtrio.App
+    assigned: set[TP]
+    committed: int
+    changelog_before: list[bytes | None]
+    changelog_after: list[bytes | None]
+
+
+async def lose_partition_mid_event(
+    factory: AppFactory, make_table: Callable[[streamtrio.App], Any], add: Callable[[int], int], last: int
+) -> Loss:
+    """Values 1, 2, 3 on one partition, ``table["k"] += add(value)`` each; the partition
+    is lost while the event of value 3 is held in flight, then that event finishes."""
+    broker = factory.broker
+    app = factory(commit_interval=0.05)
     numbers = app.topic("numbers", key_type=str, value_type=int, partitions=1)
-    counts = app.Table("counts", default=int, partitions=1)
+    table = make_table(app)
     gate = trio.Event()
     seen: list[int] = []
 
     @app.agent(numbers)
-    async def count(stream: streamtrio.Stream[int]) -> None:
+    async def write(stream: streamtrio.Stream[int]) -> None:
         async for event in stream.events():
             if event.value == 3:
                 await gate.wait()
-            counts[event.key] += 1
+            table[event.key] += add(event.value)
             seen.append(event.value)
 
-    changelog = f"{app.conf.appid}-counts-changelog"
+    changelog = f"{app.conf.appid}-{table.name}-changelog"
     async with trio.open_nursery() as nursery:
         worker: streamtrio.Worker = await nursery.start(streamtrio.serve, app)
         for value in (1, 2, 3):
             await numbers.send(key="k", value=value)
         await wait_for(lambda: broker.committed(app.conf.appid).get(TP("numbers", 0)) == 2)
-        await wait_for(lambda: [m.value for m in broker.messages(changelog, 0)][-1:] == [msgpack.packb(2)])
+        await wait_for(lambda: [m.value for m in broker.messages(changelog, 0)][-1:] == [msgpack.packb(last)])
         before = [m.value for m in broker.messages(changelog, 0)]
         # The event at offset 2 is in flight when the partition is lost.
         await worker.on_partitions_lost(frozenset({TP("numbers", 0)}))
         gate.set()
         await wait_for(lambda: seen == [1, 2, 3])
         await trio.sleep(0.3)  # several commit intervals
-        assert broker.committed(app.conf.appid)[TP("numbers", 0)] == 2
-        assert [m.value for m in broker.messages(changelog, 0)] == before
-        assert app.tables.discarded_writes == 1
-        assert TP("numbers", 0) not in worker.assigned
+        after = [m.value for m in broker.messages(changelog, 0)]
+        committed = broker.committed(app.conf.appid)[TP("numbers", 0)]
+        assigned = set(worker.assigned)
         worker.stop()
+    return Loss(app, assigned, committed, before, after)
+
+
+async def test_after_a_loss_the_event_in_flight_writes_and_commits_nothing(
+    streamtrio_app_factory: AppFactory,
+) -> None:
+    loss = await lose_partition_mid_event(
+        streamtrio_app_factory, lambda app: app.Table("counts", default=int, partitions=1), lambda v: 1, 2
+    )
+    assert loss.committed == 2
+    assert loss.changelog_after == loss.changelog_before
+    assert loss.app.tables.discarded_writes == 1
+    assert TP("numbers", 0) not in loss.assigned
 
 
 async def test_a_commit_prepared_before_a_loss_is_not_sent_after_it(
@@ -106,33 +134,11 @@ async def test_a_commit_prepared_before_a_loss_is_not_sent_after_it(
 async def test_after_a_loss_the_event_in_flight_writes_nothing_to_a_global_table(
     streamtrio_app_factory: AppFactory,
 ) -> None:
-    broker = streamtrio_app_factory.broker
-    app = streamtrio_app_factory(commit_interval=0.05)
-    numbers = app.topic("numbers", key_type=str, value_type=int, partitions=1)
-    totals = app.GlobalTable("totals", default=int, partitions=1)
-    gate = trio.Event()
-    seen: list[int] = []
-
-    @app.agent(numbers)
-    async def add(stream: streamtrio.Stream[int]) -> None:
-        async for event in stream.events():
-            if event.value == 3:
-                await gate.wait()
-            totals[event.key] += event.value
-            seen.append(event.value)
-
-    changelog = f"{app.conf.appid}-totals-changelog"
-    async with trio.open_nursery() as nursery:
-        worker: streamtrio.Worker = await nursery.start(streamtrio.serve, app)
-        for value in (1, 2, 3):
-            await numbers.send(key="k", value=value)
-        await wait_for(lambda: broker.committed(app.conf.appid).get(TP("numbers", 0)) == 2)
-        await wait_for(lambda: [m.value for m in broker.messages(changelog, 0)][-1:] == [msgpack.packb(3)])
-        before = [m.value for m in broker.messages(changelog, 0)]
-        await worker.on_partitions_lost(frozenset({TP("numbers", 0)}))
-        gate.set()
-        await wait_for(lambda: seen == [1, 2, 3])
-        await trio.sleep(0.3)
-        assert [m.value for m in broker.messages(changelog, 0)] == before
-        assert app.tables.discarded_writes == 1
-        worker.stop()
+    loss = await lose_partition_mid_event(
+        streamtrio_app_factory,
+        lambda app: app.GlobalTable("totals", default=int, partitions=1),
+        lambda v: v,
+        3,
+    )
+    assert loss.changelog_after == loss.changelog_before
+    assert loss.app.tables.discarded_writes == 1
