@@ -46,7 +46,8 @@ async def test_an_unreachable_broker_is_reported_every_five_seconds_until_the_ti
     lines = [r.getMessage() for r in caplog.records]
     assert f"connecting to kafka://127.0.0.1:{port}" in lines
     attempts = [line for line in lines if line.startswith(f"connecting to kafka://127.0.0.1:{port} (attempt")]
-    assert [a.split(",")[0] for a in attempts] == [
+    # Under load a last, short attempt may still fit before the timeout: check the first two.
+    assert [a.split(",")[0] for a in attempts[:2]] == [
         f"connecting to kafka://127.0.0.1:{port} (attempt 1",
         f"connecting to kafka://127.0.0.1:{port} (attempt 2",
     ], lines
