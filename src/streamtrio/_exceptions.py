@@ -30,6 +30,8 @@ raised ``from`` the original, so the cause is never lost::
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 __all__ = [
     "AgentError",
     "AppLoadError",
@@ -229,3 +231,23 @@ class AskTimeoutError(StreamtrioError, TimeoutError):
 
 class WorkerError(StreamtrioError):
     """The worker could not start, or stopped because of an error."""
+
+
+def reraise_unwrapped(group: BaseExceptionGroup[BaseException]) -> NoReturn:
+    """Raise the only exception inside ``group`` (nested single groups too), else ``group``.
+
+    The transport's context managers run a nursery around ``yield``; trio
+    wraps whatever leaves it in an exception group. A lone error is raised
+    bare so callers can catch ``BrokerUnavailableError`` (or their own error
+    from the ``async with`` body) as usual; its own context is kept.
+    """
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+        leaf = leaf.exceptions[0]
+    if leaf is group:
+        raise group
+    context = leaf.__context__
+    try:
+        raise leaf
+    finally:
+        leaf.__context__ = context

@@ -314,6 +314,7 @@ class Worker:
         self.generation += 1
         self.assigned |= assigned
         self._recovering |= assigned
+        self._note_assignment()  # assigned, if still recovering: the recovery reports its waits
         for tp in assigned:
             for inbox in self._route(tp.topic):
                 inbox.add_lane(tp)

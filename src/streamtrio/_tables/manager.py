@@ -100,6 +100,7 @@ class TableManager(Mapping[str, Table]):
         self._stores: dict[str, Store] = {}
         self._persist_lock = trio.Lock()
         self._follow_lock = trio.Lock()
+        self._replay_lock = trio.Lock()
         self._recovery_reader: Reader | None = None
         self._follower: Reader | None = None
         self._following: dict[TP, tuple[Table, int]] = {}
@@ -485,16 +486,20 @@ class TableManager(Mapping[str, Table]):
         try:
             async with self._follow_lock:
                 self._unfollow(list(todo))
-            assert self._recovery_reader is not None
-            self._tracker = tracker = RecoveryTracker(len(todo), trio.current_time())
-            result = await replay(
-                self._recovery_reader,
-                todo,
-                store_for=self._store_for,
-                stall_timeout=self.app.conf.table_recovery_timeout,
-                buffer_size=max((t.recovery_buffer_size for t, _ in todo.values()), default=1000),
-                tracker=tracker,
-            )
+            assert self._recovery_reader is not None and self._worker is not None
+            # One replay at a time: they share the reader (an assignment made
+            # while another recovers waits for it, its partitions paused).
+            async with self._replay_lock:
+                self._tracker = tracker = RecoveryTracker(len(todo), trio.current_time())
+                result = await replay(
+                    self._recovery_reader,
+                    todo,
+                    store_for=self._store_for,
+                    stall_timeout=self.app.conf.table_recovery_timeout,
+                    buffer_size=max((t.recovery_buffer_size for t, _ in todo.values()), default=1000),
+                    tracker=tracker,
+                    open_reader=self._worker.transport.open_reader,
+                )
             if todo:
                 log.info("tables recovered: %s", tracker.snapshot().describe())
             self._recoveries += 1

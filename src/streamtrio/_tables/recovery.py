@@ -10,19 +10,20 @@ interrupted by a crash resumes where it stopped.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._exceptions import RecoveryTimeoutError
+from .._exceptions import RecoveryTimeoutError, reraise_unwrapped
 from .._stream import Event
 from .._types import TP, Message
 from .base import Store
 
 if TYPE_CHECKING:
-    from .._transports.base import Reader
+    from .._transports.base import Reader, ReaderBatch
     from .table import Table
 
 __all__ = ["RecoveryProgress", "RecoveryTracker", "Replay", "apply_messages", "replay"]
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds between progress lines of a long recovery.
 PROGRESS_EVERY = 3.0
+#: Seconds between the warnings of a recovery that reads nothing.
+WAIT_REPORT_EVERY = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +192,10 @@ async def run_changelog_callbacks(events: list[tuple[Table, Message]]) -> None:
     events.clear()
 
 
+async def _estimate_into(tracker: RecoveryTracker, reader: Reader, starts: Mapping[TP, int]) -> None:
+    tracker.total = await _estimate_total(reader, starts)
+
+
 async def replay(
     reader: Reader,
     targets: Mapping[TP, tuple[Table, int]],
@@ -197,12 +204,19 @@ async def replay(
     stall_timeout: float,
     buffer_size: int,
     tracker: RecoveryTracker | None = None,
+    open_reader: Callable[[], AbstractAsyncContextManager[Reader]] | None = None,
 ) -> Replay:
     """Replay the changelog partitions ``targets`` from their persisted offset + 1 to the end.
 
     The end is an end-of-partition event from the reader. Writes reach the
     store every ``buffer_size`` records and at each partition's end. Progress
     is kept in ``tracker`` and logged every :data:`PROGRESS_EVERY` seconds.
+
+    A reader that delivers nothing for :data:`WAIT_REPORT_EVERY` seconds is
+    said so in a warning; with ``open_reader``, the replay then goes on from
+    where it was with a new reader (a new client and connection: a Kafka
+    client can keep a partition stuck after its leader moved, librdkafka
+    issues 5430 and 5593).
 
     Raises:
         RecoveryTimeoutError: nothing arrived for ``timeout`` seconds; names
@@ -218,38 +232,111 @@ async def replay(
         persisted = store_for(table).persisted_offset(tp)
         starts[tp] = OFFSET_BEGINNING if persisted is None else persisted + 1
         result.records[tp] = 0
-    remaining = set(targets)
-    began = trio.current_time()
-    last_report = began
     if tracker is None:
-        tracker = RecoveryTracker(len(targets), began)
-    tracker.total = await _estimate_total(reader, starts)
-    writes: dict[Store, dict[tuple[str, int], dict[bytes, bytes | None]]] = {}
-    offsets: dict[Store, dict[TP, int]] = {}
-    events: list[tuple[Table, Message]] = []
-    buffered = 0
+        tracker = RecoveryTracker(len(targets), trio.current_time())
+    replayer = _Replayer(targets, result, tracker, store_for, stall_timeout, buffer_size, starts)
+    replayer.can_reopen = open_reader is not None
     reader.assign_nowait(starts)
     try:
+        async with trio.open_nursery() as nursery:
+            # The total is for progress only: the replay never waits for it (a
+            # broker slow to answer must not hold the recovery up).
+            nursery.start_soon(_estimate_into, tracker, reader, starts)
+            try:
+                await replayer.run(reader)
+            except _Stalled:
+                reader.unassign_nowait(list(targets))
+                assert open_reader is not None
+                await _read_with_new_readers(replayer, open_reader)
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        reraise_unwrapped(group)
+    finally:
+        reader.unassign_nowait(list(targets))
+    return result
+
+
+async def _read_with_new_readers(
+    replayer: _Replayer, open_reader: Callable[[], AbstractAsyncContextManager[Reader]]
+) -> None:
+    """Go on with a new reader (closing it and opening another whenever it stalls too)."""
+    while True:
+        async with open_reader() as reader:
+            reader.assign_nowait(replayer.positions(replayer.remaining))
+            try:
+                await replayer.run(reader)
+                return
+            except _Stalled:
+                continue
+
+
+class _Stalled(Exception):
+    """The reader delivered nothing for a while: read again with a new one."""
+
+
+class _Replayer:
+    """The replay loop of :func:`replay`: reads until every target reached its end."""
+
+    def __init__(
+        self,
+        targets: Mapping[TP, tuple[Table, int]],
+        result: Replay,
+        tracker: RecoveryTracker,
+        store_for: Any,
+        stall_timeout: float,
+        buffer_size: int,
+        starts: Mapping[TP, int],
+    ) -> None:
+        self.targets = targets
+        self.result = result
+        self.tracker = tracker
+        self.store_for = store_for
+        self.stall_timeout = stall_timeout
+        self.buffer_size = buffer_size
+        self.remaining = set(targets)
+        #: whether a stall ends :meth:`run` (to go on with a new reader)
+        self.can_reopen = False
+        #: the last offset read per partition, for going on with a new reader
+        self._last: dict[TP, int] = {}
+        self._starts = starts
+        #: trio time of the last batch (or of the start)
+        self._progress_at = self._began = trio.current_time()
+
+    def positions(self, tps: Iterable[TP]) -> dict[TP, int]:
+        """Where to go on reading each of ``tps``."""
+        return {tp: self._last[tp] + 1 if tp in self._last else self._starts[tp] for tp in tps}
+
+    async def run(self, reader: Reader) -> None:
+        """Read ``reader`` until every target reached its end.
+
+        Raises:
+            _Stalled: nothing came for :data:`WAIT_REPORT_EVERY` seconds (with ``can_reopen``).
+            RecoveryTimeoutError: nothing came for ``stall_timeout`` seconds.
+        """
+        targets, result, tracker, remaining = self.targets, self.result, self.tracker, self.remaining
+        began = self._began
+        last_report = trio.current_time()
+        writes: dict[Store, dict[tuple[str, int], dict[bytes, bytes | None]]] = {}
+        offsets: dict[Store, dict[TP, int]] = {}
+        events: list[tuple[Table, Message]] = []
+        buffered = 0
         while remaining:
-            batch = None
-            with trio.move_on_after(stall_timeout):
-                batch = await reader.getmany()
-            if batch is None:
-                stuck = ", ".join(
-                    f"table {targets[tp][0].name!r} partition {tp.partition} "
-                    f"(changelog {tp.topic}[{tp.partition}], {result.records[tp]} records replayed)"
-                    for tp in sorted(remaining)
-                )
-                raise RecoveryTimeoutError(
-                    f"recovery made no progress for {stall_timeout:.1f}s (table_recovery_timeout): {stuck}"
-                )
+            try:
+                batch = await self._next_batch(reader)
+            except _Stalled:
+                # What was read is kept: the next reader goes on after it.
+                await flush_staged(writes, offsets)
+                await run_changelog_callbacks(events)
+                raise
             before = sum(result.records.values())
             buffered += apply_messages(
-                batch.messages, targets, writes, offsets, result.records, store_for, events
+                batch.messages, targets, writes, offsets, result.records, self.store_for, events
             )
+            for store_offsets in offsets.values():
+                self._last.update(store_offsets)
             tracker.done += sum(result.records.values()) - before
             done = batch.eof & remaining
-            if buffered >= buffer_size or done:
+            if buffered >= self.buffer_size or done:
                 await flush_staged(writes, offsets)
                 await run_changelog_callbacks(events)
                 buffered = 0
@@ -277,6 +364,39 @@ async def replay(
                 )
         await flush_staged(writes, offsets)
         await run_changelog_callbacks(events)
-    finally:
-        reader.unassign_nowait(list(targets))
-    return result
+
+    async def _next_batch(self, reader: Reader) -> ReaderBatch:
+        """The reader's next batch; says so every :data:`WAIT_REPORT_EVERY` seconds while
+        none comes, and gives up after ``stall_timeout`` seconds without progress.
+
+        Raises:
+            _Stalled: nothing came for :data:`WAIT_REPORT_EVERY` seconds (with ``can_reopen``).
+            RecoveryTimeoutError: nothing came for ``stall_timeout`` seconds.
+        """
+        stall_timeout = self.stall_timeout
+        while True:
+            waited = trio.current_time() - self._progress_at
+            with trio.move_on_after(min(WAIT_REPORT_EVERY, stall_timeout - waited)):
+                batch = await reader.getmany()
+                self._progress_at = trio.current_time()
+                return batch
+            waited = trio.current_time() - self._progress_at
+            stuck = ", ".join(
+                f"table {self.targets[tp][0].name!r} partition {tp.partition} "
+                f"(changelog {tp.topic}[{tp.partition}], {self.result.records[tp]} records replayed)"
+                for tp in sorted(self.remaining)
+            )
+            if waited >= stall_timeout:
+                raise RecoveryTimeoutError(
+                    f"recovery made no progress for {stall_timeout:.1f}s (table_recovery_timeout): {stuck}"
+                )
+            log.warning(
+                "recovering tables: nothing read from the changelogs for %.0fs (the broker may be "
+                "unreachable; %sgiving up after table_recovery_timeout=%.0fs): %s",
+                waited,
+                "reading them again with a new client; " if self.can_reopen else "",
+                stall_timeout,
+                stuck,
+            )
+            if self.can_reopen:
+                raise _Stalled

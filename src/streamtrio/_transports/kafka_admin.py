@@ -13,14 +13,14 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from .._exceptions import BrokerUnavailableError, ConfigurationError, TopicError
+from .._exceptions import BrokerUnavailableError, ConfigurationError, TopicError, reraise_unwrapped
 from .._partitioner import LIBRDKAFKA_NAMES
 from .._types import TopicSpec
 
@@ -282,26 +282,6 @@ def _log_client_error(err: KafkaError) -> None:
     else:
         level = logging.WARNING
     log.log(level, "Kafka client error: %s (%s)", err.str(), err.name())
-
-
-def reraise_unwrapped(group: BaseExceptionGroup[BaseException]) -> NoReturn:
-    """Raise the only exception inside ``group`` (nested single groups too), else ``group``.
-
-    The transport's context managers run a nursery around ``yield``; trio
-    wraps whatever leaves it in an exception group. A lone error is raised
-    bare so callers can catch ``BrokerUnavailableError`` (or their own error
-    from the ``async with`` body) as usual; its own context is kept.
-    """
-    leaf: BaseException = group
-    while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
-        leaf = leaf.exceptions[0]
-    if leaf is group:
-        raise group
-    context = leaf.__context__
-    try:
-        raise leaf
-    finally:
-        leaf.__context__ = context
 
 
 class KafkaAdmin:

@@ -49,6 +49,8 @@ B = TypeVar("B")
 _POLL_TIMEOUT = 0.05
 #: How long the thread waits for room in the batch channel before serving commands again.
 _OFFER_TIMEOUT = 0.05
+#: seconds a reader's thread may spend asking where its partitions end (progress totals)
+_END_OFFSETS_BUDGET = 5.0
 #: Batches waiting in the channel (beyond the one being handed over).
 _CHANNEL_SIZE = 2
 #: Revocation records kept to filter batches fetched before a revocation.
@@ -895,15 +897,23 @@ class KafkaReader(_ThreadOwnedClient[ReaderBatch], Reader):
         return None
 
     def _end_offsets(self, client: Any, tps: frozenset[TP]) -> dict[TP, int]:
+        # One budget for all of them: this thread fetches nothing meanwhile.
+        budget = min(self._request_timeout, _END_OFFSETS_BUDGET)
+        deadline = time.monotonic() + budget
         ends: dict[TP, int] = {}
         for tp in sorted(tps):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TransportError(f"the Kafka reader cannot read the end of {tp} within {budget:g}s")
             try:
-                _low, high = client.get_watermark_offsets(
-                    TopicPartition(tp.topic, tp.partition), timeout=self._request_timeout, cached=False
+                marks = client.get_watermark_offsets(
+                    TopicPartition(tp.topic, tp.partition), timeout=left, cached=False
                 )
             except KafkaException as exc:
                 raise TransportError(f"the Kafka reader cannot read the end of {tp}: {exc.args[0]}") from exc
-            ends[tp] = high
+            if marks is None:  # timed out
+                raise TransportError(f"the Kafka reader cannot read the end of {tp} within {budget:g}s")
+            ends[tp] = marks[1]
         return ends
 
     def _filter_pending(self, tps: frozenset[TP]) -> None:
