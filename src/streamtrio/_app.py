@@ -550,6 +550,7 @@ class App:
     # -- web -----------------------------------------------------------------------
 
     def _init_web(self) -> None:
+        from ._broker_watch import BrokerWatch
         from ._cluster import ClusterMember
         from ._monitor import Monitor
         from ._web.app import WebServer
@@ -558,10 +559,11 @@ class App:
         self._web = WebServer(self)
         self._cluster = ClusterMember(self, url=lambda: self._web.url)
         self._monitor = Monitor(self)
+        self._broker_watch = BrokerWatch(self)
         self._router = Router(self)
         # Declared with the app's topics: the compacted cluster-map topic.
         self._topics.append(self._cluster.topic())
-        self._components.extend([self._web, self._cluster, self._monitor])
+        self._components.extend([self._web, self._cluster, self._monitor, self._broker_watch])
 
     def page(self, path: str, *, name: str | None = None) -> Callable[[F], F]:
         """Serve the decorated view at ``path`` on every worker.

@@ -363,6 +363,7 @@ class Monitor:
             "partitions": partitions,
             "commit": commits,
             "membership": membership,
+            "broker": self.app._broker_watch.stats(),
             "tables": self._tables(),
         }
 

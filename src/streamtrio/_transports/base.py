@@ -514,6 +514,13 @@ class Transport(ABC):
             BrokerUnavailableError: the broker could not be reached in time.
         """
 
+    async def probe(self, within: float) -> str | None:
+        """Ask the broker a cheap question; ``None`` if it answered within ``within``
+        seconds, else what went wrong (the broker watch reports it). An in-process
+        broker always answers."""
+        await trio.lowlevel.checkpoint()
+        return None
+
     @abstractmethod
     async def partition_counts(self, topics: Sequence[str]) -> dict[str, int]:
         """Partition counts of the existing topics among ``topics`` (missing ones absent).

@@ -183,3 +183,6 @@ class KafkaTransport(Transport):
 
     async def partition_counts(self, topics: Sequence[str]) -> dict[str, int]:
         return await self._admin.partition_counts(topics)
+
+    async def probe(self, within: float) -> str | None:
+        return await self._admin.probe(within)

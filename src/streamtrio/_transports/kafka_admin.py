@@ -297,6 +297,8 @@ class KafkaAdmin:
         self._bootstrap = bootstrap
         self._client: Any = None
         self._connected = False
+        #: a topic known to exist, for the broker watch's probe (None: ask for all)
+        self._probe_topic: str | None = None
 
     def _admin(self) -> Any:
         if self._client is None:
@@ -305,14 +307,44 @@ class KafkaAdmin:
             )
         return self._client
 
+    async def probe(self, within: float) -> str | None:
+        """Ask for one topic's metadata; ``None`` if the broker answered in time.
+
+        A metadata request, as at start-up (not an Admin API request:
+        librdkafka 2.16 asserts in ``rd_kafka_admin_response_parse`` when a
+        DescribeCluster answer arrives after its timeout, which a frozen broker
+        causes). One known topic keeps the answer small on big clusters.
+        """
+        admin = self._admin()
+        topic = self._probe_topic
+
+        def call() -> str | None:
+            try:
+                admin.list_topics(topic=topic, timeout=within)
+            except KafkaException as exc:
+                return _reason(exc)
+            return None
+
+        # A thread stuck past the timeout is let go (librdkafka's own timeout
+        # ends it); the watch asks again later.
+        with trio.move_on_after(within + 2.0):
+            return await trio.to_thread.run_sync(call, abandon_on_cancel=True)
+        return f"no answer within {within:g}s"
+
     async def partition_counts(self, topics: Sequence[str]) -> dict[str, int]:
         """Partition counts of the existing topics among ``topics``."""
         existing = await self._list_topics()
-        return {name: existing[name] for name in topics if name in existing}
+        counts = {name: existing[name] for name in topics if name in existing}
+        if counts and self._probe_topic is None:
+            self._probe_topic = min(counts)
+        return counts
 
     async def create_topics(self, specs: Sequence[TopicSpec]) -> list[str]:
         """Create the missing topics among ``specs``; return the names created."""
         existing = await self._list_topics()
+        known = sorted(spec.name for spec in specs if spec.name in existing)
+        if known and self._probe_topic is None:
+            self._probe_topic = known[0]
         missing: dict[str, TopicSpec] = {}
         for spec in specs:
             if spec.name not in existing and spec.name not in missing:
@@ -366,6 +398,8 @@ class KafkaAdmin:
         if created:
             await self._wait_visible({name: missing[name].partitions for name in created})
             log.debug("created topics %s", ", ".join(created))
+            if self._probe_topic is None:
+                self._probe_topic = min(created)
         return created
 
     async def _wait_visible(self, expected: dict[str, int]) -> None:

@@ -91,6 +91,9 @@ _TRANSIENT = frozenset(
         KafkaError._TRANSPORT,
         KafkaError._ALL_BROKERS_DOWN,
         KafkaError._TIMED_OUT,
+        # a request that waited too long for an answer, e.g. the committed offsets
+        # of a new assignment while the broker is frozen: librdkafka asks again
+        KafkaError._TIMED_OUT_QUEUE,
         KafkaError._MAX_POLL_EXCEEDED,
         KafkaError._RESOLVE,
     }
