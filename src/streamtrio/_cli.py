@@ -26,7 +26,7 @@ from ._app import App
 from ._cli_help import PlainCommand
 from ._devbroker import dev_cli
 from ._exceptions import AppLoadError, ConfigurationError, StreamtrioError
-from ._run import EXIT_ERROR, run
+from ._run import EXIT_ERROR, run_beside
 
 __all__ = ["CommandContext", "argument", "build_cli", "build_click", "load_app", "main", "option"]
 
@@ -163,7 +163,6 @@ def run_command(
 
     progress = StartupProgress(app, live=False if no_progress else None)
     _setup_logging(loglevel, progress.console if progress.live else None)
-    app._components.append(progress)
     overrides: dict[str, Any] = {}
     if broker is not None:
         overrides["broker"] = broker
@@ -178,7 +177,7 @@ def run_command(
     if overrides:
         app.conf.update(overrides, source="command line")
         app._transport_obj = None
-    raise typer.Exit(run(app))
+    raise typer.Exit(run_beside(app, progress.serve))
 
 
 def send_command(
