@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import streamtrio
 from streamtrio import TP
-from streamtrio._transports.memory import MemoryBroker
+from streamtrio._transports.memory import MemoryBroker, MemoryReader
 
 from .conftest import running, wait_for
 from .test_web import KEYS, PARTITIONS, orders_app, produce, web_options
@@ -95,7 +95,7 @@ async def test_metrics_count_what_happened(
         assert value(samples, "streamtrio_rebalance_duration_seconds_count") == 1
         assert value(samples, "streamtrio_assigned_partitions") == PARTITIONS
         assert value(samples, "streamtrio_table_keys", table="totals") == len(KEYS)
-        assert value(samples, "streamtrio_recovery_remaining_records") == 0
+        assert value(samples, "streamtrio_recovery_remaining_records", table="totals") == 0
         assert value(samples, "streamtrio_recovery_remaining_partitions") == 0
         assert value(samples, "streamtrio_recovery_replayed_records_total", table="totals") == 0
         assert value(samples, "streamtrio_producer_queued_messages") == 0
@@ -227,4 +227,80 @@ async def test_recovery_replayed_records_per_table(
     assert value(samples, "streamtrio_recovery_replayed_records_total", table="totals") == changelog
     assert value(samples, "streamtrio_standby_applied_records_total", table="totals") == 0
     assert value(samples, "streamtrio_table_keys", table="totals") == len(KEYS)
-    assert value(samples, "streamtrio_recovery_remaining_records") == 0
+    assert value(samples, "streamtrio_recovery_remaining_records", table="totals") == 0
+
+
+def two_table_app(app_factory: AppFactory, datadir: Path) -> streamtrio.App:
+    app = app_factory(
+        "recapp",
+        **web_options(store="lmdb://", datadir=str(datadir), lmdb_sync=False, table_standby_replicas=0),
+    )
+    words = app.topic("words", key_type=str, value_type=int, partitions=2)
+    counts = app.Table("counts", key_type=str, default=int, partitions=2)
+    sums = app.Table("sums", key_type=str, default=int, partitions=2)
+
+    @app.agent(words)
+    async def tally(stream: streamtrio.Stream[int]) -> None:
+        async for event in stream.events():
+            counts[event.key] += 1
+            if event.value % 3 == 0:  # fewer keys, so fewer changelog records than counts
+                sums[f"s{event.value % 7}"] += event.value
+
+    return app
+
+
+async def test_recovery_remaining_records_per_table(
+    app_factory: AppFactory,
+    broker: MemoryBroker,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first = two_table_app(app_factory, tmp_path / "first")
+    async with first.open_client():
+        words = first._topic_named("words")
+        for i in range(600):
+            words.send_soon(key=f"w{i % 150}", value=i)
+        await first.producer.flush()
+    ends = {TP("words", p): broker.end_offset(TP("words", p)) for p in range(2)}
+    async with running(first):
+        await wait_for(lambda: broker.committed(first.id) == ends, timeout=60)
+    changelog = {
+        name: sum(broker.end_offset(TP(f"recapp-{name}-changelog", p)) for p in range(2))
+        for name in ("counts", "sums")
+    }
+    assert changelog["counts"] > changelog["sums"] > 0
+
+    # The second worker has an empty store: it replays both changelogs. Its
+    # recovery is held before its first read, then let go.
+    gate = trio.Event()
+    reading = trio.Event()
+    real_getmany = MemoryReader.getmany
+
+    async def held_getmany(self: MemoryReader) -> Any:
+        reading.set()
+        await gate.wait()
+        return await real_getmany(self)
+
+    monkeypatch.setattr(MemoryReader, "getmany", held_getmany)
+    second = two_table_app(app_factory, tmp_path / "second")
+    async with running(second):
+        url = second.web.url
+        assert url is not None
+        await reading.wait()
+        with trio.fail_after(10):
+            while True:
+                samples = await scrape(client, url)
+                if ("streamtrio_recovery_remaining_records", (("table", "sums"),)) in samples:
+                    break
+                await trio.sleep(0.01)
+        assert value(samples, "streamtrio_recovery_remaining_records", table="counts") == changelog["counts"]
+        assert value(samples, "streamtrio_recovery_remaining_records", table="sums") == changelog["sums"]
+        gate.set()
+        await second.tables.wait_until_recovery_completed()
+        samples = await scrape(client, url)
+        assert value(samples, "streamtrio_recovery_remaining_records", table="counts") == 0
+        assert value(samples, "streamtrio_recovery_remaining_records", table="sums") == 0
+        replayed = "streamtrio_recovery_replayed_records_total"
+        assert value(samples, replayed, table="counts") == changelog["counts"]
+        assert value(samples, replayed, table="sums") == changelog["sums"]

@@ -23,15 +23,17 @@ import trio
 import typer
 
 from ._app import App
+from ._cli_help import PlainCommand
 from ._devbroker import dev_cli
 from ._exceptions import AppLoadError, ConfigurationError, StreamtrioError
-from ._run import EXIT_ERROR, run
+from ._run import EXIT_ERROR, run_beside
 
 __all__ = ["CommandContext", "argument", "build_cli", "build_click", "load_app", "main", "option"]
 
 log = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
+
 
 def option(*param_decls: str, **attrs: Any) -> Callable[[Any], Any]:
     """A command-line option of an ``@app.command`` (Faust's ``faust.cli.option``: click's)."""
@@ -130,15 +132,23 @@ def _setup_logging(level: str, console: Any = None) -> None:
 def run_command(
     app: App,
     broker: Annotated[
-        str | None, typer.Option("--broker", "-b", help="Broker URL (kafka://host:port or memory://).")
+        str | None,
+        typer.Option("--broker", "-b", metavar="URL", help="Broker URL (kafka://host:port or memory://)."),
     ] = None,
     loglevel: Annotated[
-        str, typer.Option("--loglevel", "-l", help="Log level: debug, info, warning, error.")
+        str, typer.Option("--loglevel", "-l", metavar="LEVEL", help="Log level: debug, info, warning, error.")
     ] = "info",
-    datadir: Annotated[str | None, typer.Option("--datadir", help="Worker data directory.")] = None,
-    web_port: Annotated[int | None, typer.Option("--web-port", "-p", help="Web server port.")] = None,
+    datadir: Annotated[
+        str | None, typer.Option("--datadir", metavar="DIR", help="Worker data directory.")
+    ] = None,
+    web_port: Annotated[
+        int | None, typer.Option("--web-port", "-p", metavar="PORT", help="Web server port.")
+    ] = None,
     web_host: Annotated[
-        str | None, typer.Option("--web-host", "-h", help="Host name other workers use to reach this one.")
+        str | None,
+        typer.Option(
+            "--web-host", "-h", metavar="HOST", help="Host name other workers use to reach this one."
+        ),
     ] = None,
     without_web: Annotated[bool, typer.Option("--without-web", help="Serve no web views.")] = False,
     no_progress: Annotated[
@@ -153,7 +163,6 @@ def run_command(
 
     progress = StartupProgress(app, live=False if no_progress else None)
     _setup_logging(loglevel, progress.console if progress.live else None)
-    app._components.append(progress)
     overrides: dict[str, Any] = {}
     if broker is not None:
         overrides["broker"] = broker
@@ -168,7 +177,7 @@ def run_command(
     if overrides:
         app.conf.update(overrides, source="command line")
         app._transport_obj = None
-    raise typer.Exit(run(app))
+    raise typer.Exit(run_beside(app, progress.serve))
 
 
 def send_command(
@@ -179,17 +188,22 @@ def send_command(
         typer.Argument(metavar="VALUE", help="The value (JSON when the topic's values are JSON)."),
     ] = None,
     value_opt: Annotated[
-        str | None, typer.Option("--value", "-v", help="The value, as an option instead of VALUE.")
+        str | None,
+        typer.Option("--value", "-v", metavar="VALUE", help="The value, as an option instead of VALUE."),
     ] = None,
     key: Annotated[
-        str | None, typer.Option("--key", "-k", help="The key (JSON when the topic's keys are JSON).")
+        str | None,
+        typer.Option("--key", "-k", metavar="KEY", help="The key (JSON when the topic's keys are JSON)."),
     ] = None,
-    partition: Annotated[int | None, typer.Option(help="Partition (default: by key).")] = None,
+    partition: Annotated[int | None, typer.Option(metavar="N", help="Partition (default: by key).")] = None,
     file: Annotated[
-        Path | None, typer.Option("--file", "-f", help="Send one message per non-empty line of this file.")
+        Path | None,
+        typer.Option(
+            "--file", "-f", metavar="PATH", help="Send one message per non-empty line of this file."
+        ),
     ] = None,
     count: Annotated[
-        int, typer.Option("--count", "-n", min=1, help="Send the message(s) this many times.")
+        int, typer.Option("--count", "-n", min=1, metavar="N", help="Send the message(s) this many times.")
     ] = 1,
     raw: Annotated[
         bool, typer.Option("--raw", help="Send the key and value text as bytes, without the topic's schema.")
@@ -297,7 +311,7 @@ def tables_command(app: App) -> None:
 #: name, as Faust apps start: ``python app.py worker -l info``.
 _COMMANDS: list[tuple[str, Callable[..., None], str | None]] = [
     ("run", run_command, None),
-    ("worker", run_command, "Start a worker (Faust's name for `run`: `python app.py worker -l info`)."),
+    ("worker", run_command, "Start a worker: `run` under Faust's name (`python app.py worker`)."),
     ("send", send_command, None),
     ("topics", topics_command, None),
     ("agents", agents_command, None),
@@ -419,13 +433,15 @@ def build_cli(bound: App | None = None) -> typer.Typer:
         rich_markup_mode=None,
     )
     for name, fun, help_text in _COMMANDS:
-        cli.command(name=name, help=help_text)(_bind(fun, bound))
+        cli.command(name=name, help=help_text, cls=PlainCommand)(_bind(fun, bound))
     cli.add_typer(dev_cli)
     if bound is not None:
         for fun, options in bound._commands:
             if options.get("params"):
                 continue  # click-style: added by build_click
-            cli.command(name=options["name"], help=options["help"])(_user_command(bound, fun))
+            cli.command(name=options["name"], help=options["help"], cls=PlainCommand)(
+                _user_command(bound, fun)
+            )
     return cli
 
 

@@ -15,8 +15,6 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, TypeAlias
 
-import msgpack
-
 from ._exceptions import ConfigurationError, DecodeError, EncodeError
 from ._records import Record, _namespace_class, revive
 
@@ -127,11 +125,16 @@ class MsgpackCodec(Codec):
 
     name = "msgpack"
 
+    # msgpack is imported when first used: an app that never uses it does not load it.
     def dumps(self, obj: Any) -> bytes:
+        import msgpack
+
         packed: bytes = msgpack.packb(obj, use_bin_type=True, default=_plain)
         return packed
 
     def loads(self, data: bytes) -> Any:
+        import msgpack
+
         return msgpack.unpackb(data, raw=False)
 
 

@@ -16,15 +16,21 @@ from typing import Annotated
 
 import typer
 
+from ._cli_help import PlainCommand
+
 __all__ = ["dev_cli"]
 
 dev_cli = typer.Typer(name="dev", help="Tools for developing streamtrio apps.", no_args_is_help=True)
 
 
-@dev_cli.command("broker")
+@dev_cli.command("broker", cls=PlainCommand)
 def broker_command(
-    port: Annotated[int, typer.Option(help="Broker port on 127.0.0.1 (0: a free one).")] = 9092,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker to start.")] = 60.0,
+    port: Annotated[
+        int, typer.Option(metavar="PORT", help="Broker port on 127.0.0.1 (0: a free one).")
+    ] = 9092,
+    timeout: Annotated[
+        float, typer.Option(metavar="SECONDS", help="Seconds to wait for the broker to start.")
+    ] = 60.0,
 ) -> None:
     """Run Apache Kafka on 127.0.0.1 until Ctrl-C; prints its bootstrap address."""
     from .testing._apache_kafka import (

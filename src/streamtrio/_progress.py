@@ -1,21 +1,25 @@
-"""Start-up progress a person can read: joining the group, recovering tables.
+"""Start-up progress a person can read: the broker, the group, the tables.
 
-:class:`StartupProgress` is a worker component added by ``streamtrio run``.
-In a terminal it keeps a live display (rich, redrawn by its own trio task:
-no refresh thread) of what the worker waits for::
+:class:`StartupProgress` runs beside the worker under ``streamtrio run``,
+from before the worker declares its topics. In a terminal it keeps a live
+display (rich, redrawn by its own trio task: no refresh thread) of what the
+worker waits for::
 
-    ⠋ joining group 'orders-app'                    4s
+    ⠋ connecting to kafka://10.0.0.5:9092            attempt 2, 7s
+    ⠋ joining group 'orders-app'                     4s
     ⠙ recovering tables ━━━━━━━╸━━━━━━━  412000/1000000 records (41%), 180000 records/s, ETA 3.3s
 
-When standard error is not a terminal, or under ``--no-progress``, it logs a
-plain line instead every ``PLAIN_EVERY`` seconds while the worker waits to
-join (the recovery logs its own periodic lines, see :mod:`._tables.recovery`).
-Rows disappear when their wait is over; nothing is drawn while nothing waits.
+Rows disappear when their wait is over; nothing is drawn while nothing
+waits. When standard error is not a terminal, or under ``--no-progress``,
+nothing is drawn: each wait logs its own lines (the admin client each failed
+connection attempt, the worker each 5 s without an assignment, the recovery
+its progress).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,18 +34,13 @@ if TYPE_CHECKING:
 
 __all__ = ["ConsoleLogHandler", "StartupProgress", "Wait", "waits"]
 
-log = logging.getLogger(__name__)
-
-#: Seconds between plain log lines when there is no live display.
-PLAIN_EVERY = 5.0
-
 
 @dataclass(frozen=True, slots=True)
 class Wait:
     """One thing the worker waits for, as a row of the display.
 
     Attributes:
-        key: which wait (``"join"`` or ``"recovery"``).
+        key: which wait (``"connect"``, ``"join"`` or ``"recovery"``).
         description: what it is.
         detail: done/total, rate and ETA where known; otherwise the time waited.
         done: work done (records), for the bar.
@@ -55,12 +54,25 @@ class Wait:
     total: int | None = None
 
 
-def waits(app: App, worker: Worker, since: float) -> list[Wait]:
-    """What ``worker`` waits for now (``since``: trio time the worker started)."""
+def waits(app: App, worker: Worker, joining_since: float | None) -> list[Wait]:
+    """What ``worker`` waits for now.
+
+    Args:
+        app: the worker's app.
+        worker: the worker.
+        joining_since: trio time its consumer was first seen waiting for an
+            assignment (``None``: it is not waiting for one).
+    """
     found: list[Wait] = []
-    now = trio.current_time()
-    if app._needs_group() and worker.generation == 0 and not worker.stopping:
-        found.append(Wait("join", f"joining group {app.id!r}", f"{now - since:.0f}s"))
+    broker = worker.transport.connecting
+    if broker is not None:
+        waited = time.monotonic() - broker.since
+        found.append(
+            Wait("connect", f"connecting to {broker.url}", f"attempt {broker.attempt}, {waited:.0f}s")
+        )
+    if joining_since is not None:
+        waited = trio.current_time() - joining_since
+        found.append(Wait("join", f"joining group {app.conf.appid!r}", f"{waited:.0f}s"))
     recovering = len(worker._recovering)
     if recovering:
         manager = getattr(app, "_table_manager", None)
@@ -81,17 +93,23 @@ def waits(app: App, worker: Worker, since: float) -> list[Wait]:
     return found
 
 
+def _joining(app: App, worker: Worker) -> bool:
+    """The worker's consumer is in the group and has no assignment yet."""
+    return (
+        app._needs_group() and worker.consumer is not None and worker.generation == 0 and not worker.stopping
+    )
+
+
 class StartupProgress:
-    """Worker component showing :func:`waits` (live in a terminal, plain log lines otherwise).
+    """Draws :func:`waits` live in a terminal while a worker starts and runs.
 
     Args:
         app: the app.
-        live: draw a live display (``None``: when the console is a terminal).
+        live: draw a live display (``None``: when the console is a terminal);
+            without it :meth:`serve` draws nothing (the waits log their own lines).
         console: where to draw (default: standard error).
         interval: seconds between redraws.
     """
-
-    name = "progress"
 
     def __init__(
         self,
@@ -118,25 +136,10 @@ class StartupProgress:
     def live(self) -> bool:
         return self._live if self._live is not None else self.console.is_terminal
 
-    def attach(self, worker: Worker) -> None:
-        pass
-
-    async def serve(self, worker: Worker, *, task_status: trio.TaskStatus[None]) -> None:
-        since = trio.current_time()
-        task_status.started()
-        if self.live:
-            await self._serve_live(worker, since)
-        else:
-            await self._serve_plain(worker, since)
-
-    async def _serve_plain(self, worker: Worker, since: float) -> None:
-        while True:
-            await trio.sleep(PLAIN_EVERY)
-            for wait in waits(self.app, worker, since):
-                if wait.key == "join":  # the recovery logs its own progress lines
-                    log.info("%s: no partitions yet after %s", wait.description, wait.detail)
-
-    async def _serve_live(self, worker: Worker, since: float) -> None:
+    async def serve(self, worker: Worker) -> None:
+        """Draw until cancelled (started beside ``worker.serve()``, before it)."""
+        if not self.live:
+            return
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 
         progress = Progress(
@@ -151,10 +154,15 @@ class StartupProgress:
             redirect_stderr=False,
         )
         rows: dict[str, TaskID] = {}
+        joining_since: float | None = None
         progress.start()
         try:
             while True:
-                _show(progress, rows, waits(self.app, worker, since))
+                if not _joining(self.app, worker):
+                    joining_since = None
+                elif joining_since is None:
+                    joining_since = trio.current_time()
+                _show(progress, rows, waits(self.app, worker, joining_since))
                 progress.refresh()
                 await trio.sleep(self.interval)
         finally:

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -80,17 +81,31 @@ class _Signals:
         self.worker.stop()
 
 
-async def _main(app: App, signals: _Signals) -> int:
+#: A task run beside the worker from before it starts (the CLI's progress display).
+Beside = Callable[[Worker], Awaitable[None]]
+
+
+async def _main(app: App, signals: _Signals, beside: Beside | None) -> int:
     worker = Worker(app)
     signals.worker = worker
     signals.token = trio.lowlevel.current_trio_token()
-    try:
-        await worker.serve()
-    except StreamtrioError as exc:
+    async with trio.open_nursery() as nursery:
+        if beside is not None:
+            nursery.start_soon(beside, worker)
+        failed: Exception | None = None
+        try:
+            await worker.serve()
+        except Exception as exc:  # handled below, outside the nursery: not wrapped in a group
+            failed = exc
+        finally:
+            nursery.cancel_scope.cancel()
+    if isinstance(failed, StreamtrioError):
         if worker.error is None:
             # It never started: a configuration, topic or broker problem.
-            log.error("worker could not start: %s", exc)
+            log.error("worker could not start: %s", failed)
         return EXIT_ERROR
+    if failed is not None:
+        raise failed
     if worker.unfinished:
         log.error("stopped with work left undone: %s", "; ".join(worker.unfinished))
         return EXIT_ERROR
@@ -106,10 +121,16 @@ def run(app: App) -> int:
     because of an error (logged with its traceback) or its stop left work
     undone (offsets not committed, messages not delivered; logged by name).
     """
+    return run_beside(app, None)
+
+
+def run_beside(app: App, beside: Beside | None) -> int:
+    """:func:`run`, with ``beside(worker)`` running from before the worker starts
+    until it has stopped (then it is cancelled)."""
     signals = _Signals()
     if threading.current_thread() is threading.main_thread():
         signals.install()
     try:
-        return trio.run(_main, app, signals)
+        return trio.run(_main, app, signals, beside)
     finally:
         signals.restore()

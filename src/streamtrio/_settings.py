@@ -502,8 +502,6 @@ class UnknownEnvironmentSettingWarning(UserWarning):
 
 def _check_env_names() -> None:
     """Warn, once per variable, about ``STREAMTRIO_*`` variables that name no setting."""
-    import difflib
-
     known = {_ENV_PREFIX + name.upper() for name in SETTINGS}
     for var in sorted(os.environ):
         if not var.startswith(_ENV_PREFIX) or var in known or var.startswith(_ENV_NOT_SETTINGS):
@@ -511,6 +509,8 @@ def _check_env_names() -> None:
         if var in _warned_env:
             continue
         _warned_env.add(var)
+        import difflib  # only for a misspelling: not on every App's start
+
         close = difflib.get_close_matches(var, sorted(known), n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]}?)" if close else ""
         warnings.warn(

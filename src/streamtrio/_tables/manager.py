@@ -490,7 +490,8 @@ class TableManager(Mapping[str, Table]):
             # One replay at a time: they share the reader (an assignment made
             # while another recovers waits for it, its partitions paused).
             async with self._replay_lock:
-                self._tracker = tracker = RecoveryTracker(len(todo), trio.current_time())
+                names = {tp: table.name for tp, (table, _n) in todo.items()}
+                self._tracker = tracker = RecoveryTracker(len(todo), trio.current_time(), names)
                 result = await replay(
                     self._recovery_reader,
                     todo,

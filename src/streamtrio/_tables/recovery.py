@@ -10,7 +10,7 @@ interrupted by a crash resumes where it stopped.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -50,6 +50,9 @@ class RecoveryProgress:
         eta: seconds left at that rate (``None`` without a total or a rate).
         elapsed: seconds since the recovery began.
         finished: whether every partition reached its end.
+        tables: records each table still has to replay (``None`` while its
+            changelogs' end is unknown); 0 for a table whose partitions all
+            reached their end.
     """
 
     partitions: int
@@ -60,6 +63,7 @@ class RecoveryProgress:
     eta: float | None
     elapsed: float
     finished: bool
+    tables: Mapping[str, int | None] = field(default_factory=dict)
 
     def describe(self) -> str:
         """One log line: ``1200/5000 records (24%), 800 records/s, ETA 4.8s, 2 partitions left``."""
@@ -72,15 +76,42 @@ class RecoveryProgress:
 
 
 class RecoveryTracker:
-    """The mutable progress of one recovery; :meth:`snapshot` gives a :class:`RecoveryProgress`."""
+    """The mutable progress of one recovery; :meth:`snapshot` gives a :class:`RecoveryProgress`.
 
-    def __init__(self, partitions: int, began: float) -> None:
+    Args:
+        partitions: changelog partitions the recovery replays.
+        began: trio time it began.
+        tables: the table of each changelog partition, for per-table counts.
+    """
+
+    def __init__(self, partitions: int, began: float, tables: Mapping[TP, str] | None = None) -> None:
         self.partitions = partitions
         self.remaining = partitions
         self.done = 0
         self.total: int | None = None
         self.began = began
         self.now = began
+        self.tables: dict[TP, str] = dict(tables or {})
+        #: records replayed per changelog partition (the replay's own counts)
+        self.records: Mapping[TP, int] = {}
+        #: records each changelog partition has to replay, when the reader can tell its end
+        self.to_replay: Mapping[TP, int] | None = None
+        #: changelog partitions not at their end yet (the replay's own set)
+        self.unfinished: Collection[TP] = set(self.tables)
+
+    def remaining_by_table(self) -> dict[str, int | None]:
+        """Records each table still has to replay (``None``: its changelogs' end is unknown)."""
+        left: dict[str, int | None] = {}
+        for tp, name in self.tables.items():
+            if tp not in self.unfinished:
+                n: int | None = 0
+            elif self.to_replay is None or tp not in self.to_replay:
+                n = None
+            else:
+                n = max(self.to_replay[tp] - self.records.get(tp, 0), 0)
+            before = left.get(name, 0)
+            left[name] = None if before is None or n is None else before + n
+        return left
 
     def snapshot(self) -> RecoveryProgress:
         elapsed = max(self.now - self.began, 0.0)
@@ -102,17 +133,18 @@ class RecoveryTracker:
             eta=eta,
             elapsed=elapsed,
             finished=self.remaining == 0,
+            tables=self.remaining_by_table(),
         )
 
 
-async def _estimate_total(reader: Reader, starts: Mapping[TP, int]) -> int | None:
+async def _estimate_total(reader: Reader, starts: Mapping[TP, int]) -> dict[TP, int] | None:
     """Records between each start and its partition's end, if the reader can tell the ends."""
     try:
         ends: Mapping[TP, int] = await reader.end_offsets(list(starts))
     except Exception:  # an estimate only: the progress line says "total unknown"
         log.debug("recovery: the changelogs' end offsets are unknown", exc_info=True)
         return None
-    return sum(max(ends.get(tp, 0) - max(start, 0), 0) for tp, start in starts.items())
+    return {tp: max(ends.get(tp, 0) - max(start, 0), 0) for tp, start in starts.items()}
 
 
 @dataclass(slots=True)
@@ -193,7 +225,8 @@ async def run_changelog_callbacks(events: list[tuple[Table, Message]]) -> None:
 
 
 async def _estimate_into(tracker: RecoveryTracker, reader: Reader, starts: Mapping[TP, int]) -> None:
-    tracker.total = await _estimate_total(reader, starts)
+    tracker.to_replay = await _estimate_total(reader, starts)
+    tracker.total = None if tracker.to_replay is None else sum(tracker.to_replay.values())
 
 
 async def replay(
@@ -236,6 +269,7 @@ async def replay(
         tracker = RecoveryTracker(len(targets), trio.current_time())
     replayer = _Replayer(targets, result, tracker, store_for, stall_timeout, buffer_size, starts)
     replayer.can_reopen = open_reader is not None
+    tracker.records, tracker.unfinished = result.records, replayer.remaining  # read live by the tracker
     reader.assign_nowait(starts)
     try:
         async with trio.open_nursery() as nursery:

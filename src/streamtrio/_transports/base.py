@@ -456,6 +456,21 @@ class Reader(ABC):
         """
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerWait:
+    """A wait for a broker that does not answer yet (shown by the start-up display).
+
+    Attributes:
+        url: the broker URL waited for (``kafka://host:port``).
+        attempt: the attempt running now (1 for the first).
+        since: ``time.monotonic()`` when the wait began.
+    """
+
+    url: str
+    attempt: int
+    since: float
+
+
 class Transport(ABC):
     """Creates producers, consumers and readers for one broker URL.
 
@@ -468,6 +483,11 @@ class Transport(ABC):
         self.url = url
         self.settings = settings
         self.close_by: float | None = None
+
+    @property
+    def connecting(self) -> BrokerWait | None:
+        """The wait for the broker while the first request has no answer yet (else ``None``)."""
+        return None
 
     def close_time_left(self, default: float) -> float:
         """Seconds a closing client may take: ``default``, or less before ``close_by``."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from .._types import TopicSpec
-from .base import Consumer, Producer, QueueBound, Reader, RebalanceListener, Transport
+from .base import BrokerWait, Consumer, Producer, QueueBound, Reader, RebalanceListener, Transport
 from .kafka_admin import (
     KafkaAdmin,
     consumer_config,
@@ -61,6 +61,10 @@ class KafkaTransport(Transport):
         super().__init__(url, settings)
         self.bootstrap_servers = parse_bootstrap(url)
         self._admin = KafkaAdmin(settings, self.bootstrap_servers)
+
+    @property
+    def connecting(self) -> BrokerWait | None:
+        return self._admin.connecting
 
     @contextlib.asynccontextmanager
     async def open_producer(self, *, transactional_id: str | None = None) -> AsyncIterator[Producer]:

@@ -23,6 +23,7 @@ from confluent_kafka.cimpl import NewTopic
 from .._exceptions import BrokerUnavailableError, ConfigurationError, TopicError, reraise_unwrapped
 from .._partitioner import LIBRDKAFKA_NAMES
 from .._types import TopicSpec
+from .base import BrokerWait
 
 if TYPE_CHECKING:
     from .._settings import Settings
@@ -299,6 +300,8 @@ class KafkaAdmin:
         self._connected = False
         #: a topic known to exist, for the broker watch's probe (None: ask for all)
         self._probe_topic: str | None = None
+        #: the wait for the broker while the first request is unanswered (read by the display)
+        self.connecting: BrokerWait | None = None
 
     def _admin(self) -> Any:
         if self._client is None:
@@ -432,28 +435,35 @@ class KafkaAdmin:
             started = time.monotonic()
             deadline = started + timeout
             attempt = 1
+            url = f"kafka://{self._bootstrap}"
             if first:
-                log.info("connecting to kafka://%s", self._bootstrap)
-            while True:
-                wait = max(min(CONNECT_ATTEMPT, deadline - time.monotonic()), 0.1)
-                try:
-                    metadata = admin.list_topics(timeout=wait)
-                    break
-                except KafkaException as exc:
-                    waited = time.monotonic() - started
-                    if waited >= timeout:
-                        raise broker_unavailable(self._bootstrap, timeout, exc) from exc
-                    log.warning(
-                        "connecting to kafka://%s (attempt %d, %.0fs of broker_request_timeout=%gs): %s",
-                        self._bootstrap,
-                        attempt,
-                        waited,
-                        timeout,
-                        _reason(exc),
-                    )
-                    attempt += 1
+                log.info("connecting to %s", url)
+            try:
+                while True:
+                    wait = max(min(CONNECT_ATTEMPT, deadline - time.monotonic()), 0.1)
+                    if first:
+                        self.connecting = BrokerWait(url, attempt, started)
+                    try:
+                        metadata = admin.list_topics(timeout=wait)
+                        break
+                    except KafkaException as exc:
+                        waited = time.monotonic() - started
+                        if waited >= timeout:
+                            raise broker_unavailable(self._bootstrap, timeout, exc) from exc
+                        log.warning(
+                            "connecting to %s (attempt %d, %.0fs of broker_request_timeout=%gs): %s",
+                            url,
+                            attempt,
+                            waited,
+                            timeout,
+                            _reason(exc),
+                        )
+                        attempt += 1
+            finally:
+                if first:
+                    self.connecting = None
             if attempt > 1:
-                log.info("connected to kafka://%s after %.0fs", self._bootstrap, time.monotonic() - started)
+                log.info("connected to %s after %.0fs", url, time.monotonic() - started)
             self._connected = True
             return {
                 name: len(topic.partitions) for name, topic in metadata.topics.items() if topic.error is None

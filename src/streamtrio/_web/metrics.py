@@ -175,8 +175,9 @@ def _table_metrics(app: App) -> Iterable[Metric]:
     )
     remaining = GaugeMetricFamily(
         "streamtrio_recovery_remaining_records",
-        "Changelog records the running recovery still has to replay (0: none runs; "
+        "Changelog records a table's running recovery still has to replay (0: none runs; "
         "absent while the changelogs' end is unknown)",
+        labels=["table"],
     )
     partitions = GaugeMetricFamily(
         "streamtrio_recovery_remaining_partitions",
@@ -189,22 +190,22 @@ def _table_metrics(app: App) -> Iterable[Metric]:
         labels=["table"],
     )
     manager = getattr(app, "_table_manager", None)
-    left: int | None = 0
     parts = 0
     if manager and manager.running:
         st = manager.statistics()
+        progress = st.recovery
+        running = progress is not None and not progress.finished
         for name, table in sorted(manager.items()):
+            left = progress.tables.get(name, 0) if progress is not None and running else 0
+            if left is not None:
+                remaining.add_metric([name], left)
             keys.add_metric([name], len(table))
             misrouted.add_metric([name], table.misrouted_writes)
             changelog = table.changelog_topic_name
             replayed.add_metric([name], sum(n for tp, n in st.recovered.items() if tp.topic == changelog))
             followed.add_metric([name], sum(n for tp, n in st.followed.items() if tp.topic == changelog))
-        progress = st.recovery
-        if progress is not None and not progress.finished:
-            left = None if progress.total is None else progress.total - progress.done
+        if progress is not None and running:
             parts = progress.remaining
-    if left is not None:
-        remaining.add_metric([], left)
     partitions.add_metric([], parts)
     yield keys
     yield replayed
