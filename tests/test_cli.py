@@ -145,3 +145,20 @@ def test_second_sigint_exits_at_once_while_user_code_blocks_the_loop() -> None:
     assert proc.returncode == 130, err
     assert elapsed < 5
     assert "SIGINT received again: exiting at once, without committing" in err
+
+
+def test_second_signal_after_the_graceful_stop_still_exits_130() -> None:
+    """Seen in the chaos suite (tests/chaos/test_signals.py): a SIGINT after the graceful
+    stop, while the process was ending, died by the signal (-2) instead of exiting 130."""
+    proc = start_cli("run", "tests/apps/slow_exit.py")
+    try:
+        assert proc.stdout is not None
+        assert "ready" in proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)
+        assert "exiting slowly" in proc.stdout.readline()  # run() returned; the process ends
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "SIGINT received again: exiting at once" in err

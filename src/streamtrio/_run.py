@@ -62,6 +62,15 @@ class _Signals:
             self._previous[signum] = signal.signal(signum, self._handle)
 
     def restore(self) -> None:
+        """Put the previous handlers back, unless a stop was asked for by a signal.
+
+        After a signal the process is ending; what follows ``run()`` (atexit
+        hooks, librdkafka's threads and destructors) can take seconds, and a
+        second signal then must still exit at once with 130, not raise
+        KeyboardInterrupt there or kill the process by the signal.
+        """
+        if self.received:
+            return
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)  # type: ignore[arg-type]
 

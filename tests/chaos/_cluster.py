@@ -31,7 +31,7 @@ from streamtrio.testing._apache_kafka import ApacheKafka
 
 from ..kafka._util import Produced, WorkerProcess, committed, new_producer, spread_keys, unique
 from ._proxy import TcpProxy
-from ._verify import RESULTS, Report, Truth, verify, web_values
+from ._verify import RESULTS, Report, Truth, get_text, verify, web_values
 
 APP = Path(__file__).resolve().parent / "apps" / "verified.py"
 PARTITIONS = 6
@@ -57,18 +57,39 @@ def _create_topics(bootstrap: str, *names: str) -> None:
         future.result(timeout=15)
 
 
+def poison(kind: str, i: int) -> bytes:
+    """A value the app cannot decode (``"decode"``) or raises on (``"agent"``)."""
+    return {"decode": f"poison{{{i}", "agent": f"-{i}"}[kind].encode()
+
+
 class Workload:
     """Keyed integer events (``spread_keys``), ``batch`` every ``interval`` s, on a thread until stopped.
 
     Like tests/kafka/_util.BackgroundProducer, but a batch waits for its
     delivery reports as long as it takes (a frozen broker holds them for a
     minute); what was delivered is in :attr:`produced`.
+
+    With ``poison_every=k`` every k-th event is a poison value instead, in
+    turn of each kind in ``poison_kinds``: ``"decode"`` (not JSON:
+    ``poison{i``) and ``"agent"`` (a negative integer, ``-i``: the app
+    raises). :meth:`inject` adds one poison value to the next batch.
     """
 
-    def __init__(self, bootstrap: str, topic: str, *, batch: int, interval: float) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        batch: int,
+        interval: float,
+        poison_every: int = 0,
+        poison_kinds: tuple[str, ...] = ("decode", "agent"),
+    ) -> None:
         self.produced = Produced()
         self.error: BaseException | None = None
         self._bootstrap, self._topic, self._batch, self._interval = bootstrap, topic, batch, interval
+        self._poison_every, self._poison_kinds = poison_every, poison_kinds
+        self._injected: list[tuple[bytes, bytes]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="chaos-producer", daemon=True)
 
@@ -89,7 +110,11 @@ class Workload:
 
             sent = 0
             while not self._stop.is_set():
-                for key, value in spread_keys(self._batch, start=sent):
+                events = enumerate(spread_keys(self._batch, start=sent), sent)
+                batch = [self._poisoned(i, item) for i, item in events]
+                batch += self._injected
+                self._injected = []
+                for key, value in batch:
                     while True:
                         try:
                             producer.produce(self._topic, value=value, key=key, on_delivery=delivered)
@@ -103,6 +128,17 @@ class Workload:
                 self._stop.wait(self._interval)
         except BaseException as exc:
             self.error = exc
+
+    def _poisoned(self, i: int, item: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+        k = self._poison_every
+        if not k or i % k != k - 1:
+            return item
+        kind = self._poison_kinds[(i // k) % len(self._poison_kinds)]
+        return item[0], poison(kind, i)
+
+    def inject(self, key: bytes, kind: str, i: int) -> None:
+        """Add the poison value ``poison(kind, i)`` for ``key`` to the next batch."""
+        self._injected = [*self._injected, (key, poison(kind, i))]
 
     def stop(self) -> Produced:
         """Stop after the batch in progress is delivered."""
@@ -126,6 +162,7 @@ class Cluster:
         web: bool,
         shutdown_timeout: float,
         delay: float,
+        env: dict[str, str],
     ) -> None:
         self.kafka = kafka
         self.report = report
@@ -141,7 +178,10 @@ class Cluster:
         self._tmp = tmp_path
         self._incarnations = dict.fromkeys(self.slots, 0)
         self._delay = delay
+        self._env = env
         self.producer: Workload | None = None
+        #: each running worker's /metrics text, read by finish() (web=True) before the stops
+        self.metrics: list[str] = []
 
     @property
     def worker_bootstrap(self) -> str:
@@ -150,7 +190,16 @@ class Cluster:
             return self.kafka.proxied[0]
         return self.kafka.bootstrap
 
-    def start(self, slot: int) -> WorkerProcess:
+    @property
+    def producing(self) -> Workload:
+        assert self.producer is not None
+        return self.producer
+
+    def datadir(self, slot: int) -> Path:
+        return self._tmp / f"data-w{slot}"
+
+    def start(self, slot: int, env: dict[str, str] | None = None) -> WorkerProcess:
+        """Start worker ``slot`` with the cluster's environment, updated with ``env``."""
         assert self.procs[slot] is None, f"w{slot} is running"
         self._incarnations[slot] += 1
         env = {
@@ -159,9 +208,11 @@ class Cluster:
             "CHAOS_SINK": self.sink,
             "CHAOS_PARTITIONS": str(PARTITIONS),
             "CHAOS_GUARANTEE": self.report.guarantee,
-            "CHAOS_DATADIR": str(self._tmp / f"data-w{slot}"),
+            "CHAOS_DATADIR": str(self.datadir(slot)),
             "CHAOS_SHUTDOWN_TIMEOUT": str(self.shutdown_timeout),
             "CHAOS_DELAY": str(self._delay),
+            **self._env,
+            **(env or {}),
         }
         if self.web_ports:
             env["CHAOS_WEB_PORT"] = str(self.web_ports[slot])
@@ -215,6 +266,14 @@ class Cluster:
             self.report.faults += 1
         return code, took
 
+    async def exited(self, slot: int, *, timeout: float = 60.0) -> int:
+        """Wait until worker ``slot`` exits by itself (no signal); its exit code."""
+        proc = self.procs[slot]
+        assert proc is not None
+        code = await proc.wait_async(timeout)
+        self.procs[slot] = None
+        return code
+
     def fault_over(self) -> None:
         self.last_fault_over = time.monotonic()
 
@@ -257,6 +316,7 @@ class Cluster:
             served = await trio.to_thread.run_sync(
                 lambda: (web_values(urls, "counts", truth.counts), web_values(urls, "sums", truth.sums))
             )
+            self.metrics = [await trio.to_thread.run_sync(get_text, f"{url}/metrics") for url in urls]
         for slot in self.running():
             await self.stop(slot, fault=False)
         report = await trio.to_thread.run_sync(
@@ -295,6 +355,9 @@ async def chaos_cluster(
     delay: float = 0.0,
     batch: int = 50,
     interval: float = 0.05,
+    env: dict[str, str] | None = None,
+    poison_every: int = 0,
+    poison_kinds: tuple[str, ...] = ("decode", "agent"),
 ) -> AsyncIterator[Cluster]:
     """A cluster of ``workers`` slots (none started) with the producer running."""
     proxy = None
@@ -311,12 +374,20 @@ async def chaos_cluster(
         web=web,
         shutdown_timeout=shutdown_timeout,
         delay=delay,
+        env=env or {},
     )
     await trio.to_thread.run_sync(_create_topics, kafka.bootstrap, cluster.source, cluster.sink)
     async with trio.open_nursery() as nursery:
         if proxy is not None:
             await nursery.start(proxy.serve)
-        cluster.producer = Workload(kafka.bootstrap, cluster.source, batch=batch, interval=interval).start()
+        cluster.producer = Workload(
+            kafka.bootstrap,
+            cluster.source,
+            batch=batch,
+            interval=interval,
+            poison_every=poison_every,
+            poison_kinds=poison_kinds,
+        ).start()
         try:
             yield cluster
         finally:

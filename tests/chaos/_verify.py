@@ -37,28 +37,36 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from ..kafka._util import Produced, unique
 
-__all__ = ["RESULTS", "Report", "Truth", "verify"]
+__all__ = ["RESULTS", "Report", "Truth", "get_text", "metric", "read_all", "verify"]
 
 
 @dataclass
 class Truth:
     """What was produced: positions, and per key the count and the sum of the values."""
 
-    positions: set[tuple[int, int]]
+    positions: set[tuple[int, int]]  # of the good events
     counts: Counter[str]
     sums: dict[str, int]
+    #: the poison values (neither a non-negative integer) by position
+    poisons: dict[tuple[int, int], bytes] = field(default_factory=dict)
 
     @classmethod
     def of(cls, produced: Produced) -> Truth:
         counts: Counter[str] = Counter()
         sums: dict[str, int] = defaultdict(int)
-        for offsets in produced.values.values():
-            for raw in offsets.values():
+        positions: set[tuple[int, int]] = set()
+        poisons: dict[tuple[int, int], bytes] = {}
+        for partition, offsets in produced.values.items():
+            for offset, raw in offsets.items():
+                if not raw.isdigit():
+                    poisons[(partition, offset)] = raw
+                    continue
                 value = int(raw)
                 key = f"key-{value % 997}"
                 counts[key] += 1
                 sums[key] += value
-        return cls(produced.pairs(), counts, dict(sums))
+                positions.add((partition, offset))
+        return cls(positions, counts, dict(sums), poisons)
 
 
 @dataclass
@@ -80,6 +88,10 @@ class Report:
     hangs: int = 0  # waits that ran out: catching up, a worker's exit
     bad_exits: int = 0  # graceful stops (SIGTERM) that did not exit 0
     faults: int = 0
+    #: the scenario's own checks that failed (poison handling, exit codes, warnings), described
+    failed_checks: list[str] = field(default_factory=list)
+    #: the scenario's own figures ("replayed by the new owner": "0"), printed in the line
+    figures: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def problems(self) -> list[str]:
@@ -100,6 +112,7 @@ class Report:
             found.append(f"{self.hangs} hangs")
         if self.bad_exits:
             found.append(f"{self.bad_exits} graceful stops not exiting 0")
+        found += self.failed_checks
         if self.guarantee == "exactly_once":
             if self.duplicated:
                 found.append(f"{self.duplicated} duplicated at the sink")
@@ -118,7 +131,8 @@ class Report:
             f"lost {self.lost}, duplicated {self.duplicated}, regressions {self.regressions}, "
             f"below {self.below}, above {self.above}, sums wrong {self.sums_wrong}{web}, "
             f"caught up after {caught}, hangs {self.hangs}, bad exits {self.bad_exits}"
-            + (f" ({'; '.join(self.notes)})" if self.notes else "")
+            + "".join(f", {name} {value}" for name, value in self.figures.items())
+            + (f" ({'; '.join(self.notes + self.failed_checks)})" if self.notes or self.failed_checks else "")
         )
 
 
@@ -183,6 +197,26 @@ def sink_positions(records: Sequence[Any]) -> Counter[tuple[int, int]]:
         partition, offset, _value = m.value().decode().split(":")
         seen[(int(partition), int(offset))] += 1
     return seen
+
+
+def get_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text: str = response.read().decode()
+        return text
+
+
+def metric(texts: Iterable[str], name: str, **labels: str) -> float:
+    """The sum over ``texts`` (Prometheus exposition) of the samples of ``name`` with ``labels``."""
+    total = 0.0
+    for text in texts:
+        for line in text.splitlines():
+            sample, _, value = line.rpartition(" ")
+            metric_name, _, rest = sample.partition("{")
+            if metric_name != name:
+                continue
+            if all(f'{k}="{v}"' in rest for k, v in labels.items()):
+                total += float(value)
+    return total
 
 
 def _get_json(url: str, *, attempts: int = 20) -> Any:

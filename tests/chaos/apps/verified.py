@@ -9,7 +9,19 @@ configured through the environment:
 - ``CHAOS_DATADIR``: this worker's data dir (LMDB, and the worker id);
 - ``CHAOS_WEB_PORT`` (optional): serve the web on this port, else no web;
 - ``CHAOS_SHUTDOWN_TIMEOUT``: the app's ``shutdown_timeout``;
-- ``CHAOS_DELAY`` (optional): seconds the agent sleeps per event.
+- ``CHAOS_DELAY`` (optional): seconds the agent sleeps per event;
+- ``CHAOS_STANDBYS`` (optional): ``table_standby_replicas`` (default 1);
+- ``CHAOS_MAX_MAP_SIZE`` (optional): ``lmdb_max_map_size`` (and
+  ``lmdb_map_size``, its 1 MiB minimum, when below 1 GiB);
+- ``CHAOS_PAD`` (optional): also keep ``pads[key]``, a string of this many
+  bytes (to fill a small LMDB map; the verifier ignores it);
+- ``CHAOS_DECODE_ERROR``, ``CHAOS_ON_ERROR`` (optional): the app's
+  ``value_decode_error`` and the agent's ``on_error``.
+
+Values are JSON integers. A value that is not JSON (a *decode poison*) goes
+to the ``value_decode_error`` policy; a negative one (an *agent poison*)
+makes the agent raise before it writes anything, and its ``on_error``
+policy applies.
 
 For each event ``key -> value`` the agent adds one to ``counts[key]``, adds
 the value to ``sums[key] = [last offset, sum]`` unless the event's offset is
@@ -24,6 +36,7 @@ import trio
 import streamtrio
 
 web_port = os.environ.get("CHAOS_WEB_PORT", "")
+max_map_size = int(os.environ.get("CHAOS_MAX_MAP_SIZE", str(1 << 40)))
 app = streamtrio.App(
     os.environ["CHAOS_APP_ID"],
     processing_guarantee=os.environ["CHAOS_GUARANTEE"],
@@ -40,10 +53,14 @@ app = streamtrio.App(
     broker_request_timeout=15.0,
     shutdown_timeout=float(os.environ["CHAOS_SHUTDOWN_TIMEOUT"]),
     rebalance_drain_timeout=3.0,
+    table_standby_replicas=int(os.environ.get("CHAOS_STANDBYS", "1")),
+    lmdb_max_map_size=max_map_size,
+    lmdb_map_size=min(max_map_size, 1 << 30),
+    value_decode_error=os.environ.get("CHAOS_DECODE_ERROR", "raise"),
 )
 partitions = int(os.environ["CHAOS_PARTITIONS"])
 source = app.topic(
-    os.environ["CHAOS_SOURCE"], key_type=str, value_type=bytes, value_serializer="raw", partitions=partitions
+    os.environ["CHAOS_SOURCE"], key_type=str, value_type=int, value_serializer="json", partitions=partitions
 )
 sink = app.topic(
     os.environ["CHAOS_SINK"], key_type=str, value_type=str, value_serializer="raw", partitions=partitions
@@ -52,13 +69,25 @@ sink = app.topic(
 counts = app.Table("counts", default=int, key_type=str, key_serializer="raw", partitions=partitions)
 sums = app.Table("sums", default=lambda: [-1, 0], key_type=str, key_serializer="raw", partitions=partitions)
 delay = float(os.environ.get("CHAOS_DELAY", "0"))
+pad = int(os.environ.get("CHAOS_PAD", "0"))
+pads = (
+    app.Table("pads", default=str, key_type=str, key_serializer="raw", partitions=partitions) if pad else None
+)
 
 
-@app.agent(source)
-async def count(stream: streamtrio.Stream[bytes]) -> None:
+class Poison(Exception):
+    """The agent's failure on a negative value."""
+
+
+@app.agent(source, on_error=os.environ.get("CHAOS_ON_ERROR", "stop"))
+async def count(stream: streamtrio.Stream[int]) -> None:
     async for event in stream.events():
-        key, value, offset = event.key, int(event.value), event.message.offset
+        key, value, offset = event.key, event.value, event.message.offset
+        if value < 0:
+            raise Poison(f"poison value {value} at {event.message.partition}:{offset}")
         counts[key] += 1
+        if pads is not None:
+            pads[key] = f"{offset}".ljust(pad, ".")
         last, total = sums[key]
         if offset > last:
             sums[key] = [offset, total + value]
