@@ -162,3 +162,23 @@ def test_second_signal_after_the_graceful_stop_still_exits_130() -> None:
         proc.kill()
     assert proc.returncode == 130, err
     assert "SIGINT received again: exiting at once" in err
+
+
+def test_a_signal_while_the_interpreter_finalizes_does_not_kill_the_process() -> None:
+    """Seen in the chaos suite: a SIGINT after the graceful stop, while Python destroyed
+    what was left (its SIGINT handler reset to the default), killed the process by the
+    signal (-2). After a signalled stop ``streamtrio run`` now ends the process itself,
+    right after the atexit hooks."""
+    proc = start_cli("run", "tests/apps/slow_finalize.py")
+    try:
+        assert proc.stdout is not None
+        assert "ready" in proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)
+        line = proc.stdout.readline()
+        if "finalizing slowly" in line:  # before: the process sat in finalization
+            proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, (proc.returncode, err)
+    assert "SIGTERM received: shutting down gracefully" in err

@@ -177,7 +177,7 @@ def run_command(
     if overrides:
         app.conf.update(overrides, source="command line")
         app._transport_obj = None
-    raise typer.Exit(run_beside(app, progress.serve))
+    raise typer.Exit(run_beside(app, progress.serve, end_process=True))
 
 
 def send_command(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import trio
 
@@ -133,13 +135,38 @@ def run(app: App) -> int:
     return run_beside(app, None)
 
 
-def run_beside(app: App, beside: Beside | None) -> int:
+def run_beside(app: App, beside: Beside | None, *, end_process: bool = False) -> int:
     """:func:`run`, with ``beside(worker)`` running from before the worker starts
-    until it has stopped (then it is cancelled)."""
+    until it has stopped (then it is cancelled).
+
+    With ``end_process`` (``streamtrio run``), a stop asked for by a signal ends
+    the process right after, with the exit code: see :func:`_end_process`.
+    """
     signals = _Signals()
     if threading.current_thread() is threading.main_thread():
         signals.install()
     try:
-        return trio.run(_main, app, signals, beside)
+        code = trio.run(_main, app, signals, beside)
     finally:
         signals.restore()
+    if end_process and signals.received:
+        _end_process(code)
+    return code
+
+
+def _end_process(code: int) -> NoReturn:
+    """End the process now, after a stop asked for by a signal, keeping the handlers.
+
+    Interpreter finalization would reset SIGINT to its default action while
+    it destroys what is left (confluent-kafka's clients, for seconds): a
+    second signal then killed the process by the signal instead of exiting
+    130. The atexit hooks still run, then logs and output are flushed.
+    """
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

@@ -36,16 +36,7 @@ STOPPED = "streamtrio._worker: revoked"
     "when",
     [
         "during the stop",
-        pytest.param(
-            "while the process ends",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="a SIGINT after the graceful stop, while the process ends, kills it by the "
-                "signal (-2): run() keeps its handlers now (tests/test_cli.py covers the atexit "
-                "window), but during interpreter finalization (confluent-kafka's clients "
-                "destroyed) Python has reset SIGINT to its default action",
-            ),
-        ),
+        "while the process ends",
     ],
 )
 async def test_sigterm_then_sigint_exits_at_once_with_130(
