@@ -30,6 +30,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if _HERE in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.kafka)
             item.add_marker(pytest.mark.slow)
+            if not LONG and item.get_closest_marker("chaos_long_only") is not None:
+                # CI keeps under its time budget with one variant of a family;
+                # `nox -s chaos` runs them all.
+                item.add_marker(pytest.mark.skip(reason="a long-only chaos variant: nox -s chaos"))
 
 
 def _free_port() -> int:

@@ -84,7 +84,9 @@ def check_poisons(cluster: Cluster, truth: Truth, decode_policy: str) -> None:
     report.failed_checks += wrong[:5]
 
 
-@pytest.mark.parametrize("decode_policy", ["skip", "dead_letter"])
+@pytest.mark.parametrize(
+    "decode_policy", [pytest.param("skip", marks=pytest.mark.chaos_long_only), "dead_letter"]
+)
 async def test_poison_values_are_skipped_or_dead_lettered_with_their_coordinates(
     proxied_kafka: ApacheKafka, tmp_path: Path, decode_policy: str
 ) -> None:
@@ -113,7 +115,7 @@ def find(produced: Any, value: bytes) -> tuple[int, int] | None:
     return None
 
 
-@pytest.mark.parametrize("on_error", ["stop", "restart"])
+@pytest.mark.parametrize("on_error", ["stop", pytest.param("restart", marks=pytest.mark.chaos_long_only)])
 async def test_a_value_the_agent_raises_on_is_never_committed_past(
     proxied_kafka: ApacheKafka, tmp_path: Path, on_error: str
 ) -> None:

@@ -197,7 +197,7 @@ def kind_regressions(records: list[Any], kind: str) -> tuple[int, dict[tuple[str
     return regressions, last
 
 
-@pytest.mark.parametrize("kind", ["windowed", "global"])
+@pytest.mark.parametrize("kind", ["windowed", pytest.param("global", marks=pytest.mark.chaos_long_only)])
 async def test_the_zombie_with_a_windowed_table_and_with_a_global_table(
     proxied_kafka: ApacheKafka, tmp_path: Path, kind: str
 ) -> None:
