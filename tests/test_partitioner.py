@@ -256,6 +256,7 @@ async def test_with_the_producers_partitioner_every_key_is_where_the_router_look
             "partitioner": "consistent_random",
             "misrouted_writes": 0,
             "event_writes": len(WORDS),
+            "foreign_writes": 0,
         }
     assert "partitioner places the key" not in caplog.text
 

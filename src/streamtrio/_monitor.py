@@ -376,6 +376,8 @@ class Monitor:
                 # writes from events on another partition than their key's, among those checked
                 "misrouted_writes": table.misrouted_writes,
                 "event_writes": table.event_writes,
+                # writes outside events to partitions another worker owns (not applied there)
+                "foreign_writes": table.foreign_writes,
             }
             for name, table in sorted(manager.items())
         }

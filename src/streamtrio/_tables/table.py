@@ -304,6 +304,8 @@ class Table(MutableMapping[Any, Any]):
         self.event_writes = 0
         self.misrouted_writes = 0
         self._misroute_logged = False
+        #: writes outside events to keys of partitions another worker owns (not applied there)
+        self.foreign_writes = 0
 
     # -- timers -------------------------------------------------------------------
 
@@ -732,15 +734,38 @@ class Table(MutableMapping[Any, Any]):
             return TablePartition(_LOST)  # written to, then dropped
         if n is not None and key is not _MISSING and self._windowing is None:
             self._check_placement(n, key=key)
+        outside = n is None
         if n is None:
             found, value = self._find(kbytes)
-            if found is not None and value is not _MISSING:
-                return found
-            n = self._home(kbytes)
+            n = found.number if found is not None and value is not _MISSING else self._home(kbytes)
         part = self._parts.get(n)
         if part is None:
             part = self._parts[n] = TablePartition(n)
+        if outside and part.view is None and not self.is_global:
+            self._note_foreign_write(n, kbytes)
         return part
+
+    def _note_foreign_write(self, n: int, kbytes: bytes) -> None:
+        """A write outside an event to a partition another worker owns: count it, say so once.
+
+        It reaches the changelog, but its owner does not apply it (owners do not
+        read their own changelog back) and overwrites it with its next write.
+        """
+        self.foreign_writes += 1
+        if self.foreign_writes > 1:
+            return
+        log.warning(
+            "table %r: key %r was written outside an event (a timer, task or web view) on a worker "
+            "that does not own its partition %d: the write goes to the changelog, but the owner "
+            "does not apply it and its own next write of the key replaces it. Write where the "
+            "partition is owned: send an event to the table's source topic, or route the web "
+            "request to the owner (@app.table_route). Counted in /stats "
+            "(tables.%s.foreign_writes); logged once per table.",
+            self.name,
+            self.schema.loads_key(kbytes, topic=self.changelog_topic_name),
+            n,
+            self.name,
+        )
 
     def partition_for_key(self, key: Any) -> int:
         """The changelog partition a write of ``key`` made now goes to."""
