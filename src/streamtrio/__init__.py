@@ -184,6 +184,7 @@ def uuid() -> str:
 
     return str(_uuid.uuid4())
 
+
 __all__ = [
     "TP",
     "Agent",

@@ -453,4 +453,3 @@ class RecordingTransport(Transport):
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
-
