@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 
 RecoverCallback = Callable[[], Awaitable[None]]
 ChangelogCallback = Callable[["Event[Any]"], Awaitable[None]]
+#: Told of every write of a user key before it is made: ``(table, partition, key bytes, key,
+#: new value or DELETED)`` (a table-table join's change stream).
+ChangeListener = Callable[["Table", "TablePartition", bytes, Any, Any], None]
 #: ``on_window_close(key, value)``, sync or async; key is ``(table key, (start, end))``.
 WindowCloseCallback = Callable[[Any, Any], "Awaitable[None] | None"]
 
@@ -300,6 +303,8 @@ class Table(MutableMapping[Any, Any]):
         self._sessions: Sessions | None = None
         #: the stream-stream join this table buffers, once ``window_join`` used it
         self._join_buffer: WindowJoin | None = None
+        #: told of each write of a user key (table-table join change streams)
+        self._change_listeners: list[ChangeListener] = []
         #: writes from events, and those found on another partition than their key's (sampled)
         self.event_writes = 0
         self.misrouted_writes = 0
@@ -828,6 +833,9 @@ class Table(MutableMapping[Any, Any]):
         )
 
     def _put(self, part: TablePartition, kbytes: bytes, key: Any, value: Any, vbytes: bytes | None) -> None:
+        if self._change_listeners and part.number != _LOST and not kbytes.startswith(RESERVED):
+            for listener in self._change_listeners:
+                listener(self, part, kbytes, key, value)
         layer = part.dirty
         layer.data[kbytes] = (key, value, vbytes)
         if self._manager.eager and part.number != _LOST:
