@@ -94,7 +94,6 @@ def test_faust_metadata_is_written_by_default() -> None:
     assert data["__faust"] == {"ns": "geo.Circle"}
     assert data["points"][0]["__faust"] == {"ns": "geo.Point"}
     assert Point(1, 2).asdict() == {"x": 1, "y": 2}  # asdict has fields only
-
     # the default namespace is module.QualName, as in Faust
     class Local(faust.Record):
         a: int
@@ -129,7 +128,7 @@ def test_faust_bytes_for_a_declared_base_build_the_subclass() -> None:
     assert isinstance(Schema(value_type=Shape).loads_value(FAUST_CIRCLE), Circle)
     assert isinstance(Shape.loads(FAUST_CIRCLE), Circle)
     drawing = Drawing.loads(
-        b'{"title": "t", "main": ' + FAUST_CIRCLE + b', "extra": ' + FAUST_CIRCLE + b", "
+        b'{"title": "t", "main": ' + FAUST_CIRCLE + b', "extra": ' + FAUST_CIRCLE + b', '
         b'"layers": {"l1": ' + FAUST_CIRCLE + b'}, "__faust": {"ns": "geo.Drawing"}}'
     )
     assert isinstance(drawing.main, Circle)

@@ -184,7 +184,6 @@ def uuid() -> str:
 
     return str(_uuid.uuid4())
 
-
 __all__ = [
     "TP",
     "Agent",

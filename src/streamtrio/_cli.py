@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
 
-
 def option(*param_decls: str, **attrs: Any) -> Callable[[Any], Any]:
     """A command-line option of an ``@app.command`` (Faust's ``faust.cli.option``: click's)."""
     import click

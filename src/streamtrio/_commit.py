@@ -190,7 +190,8 @@ class Committer:
             while True:
                 await trio.sleep(REPORT_WAIT_EVERY)
                 log.warning(
-                    "commit: waiting %.0fs for %s (is the broker reachable?); nothing is committed meanwhile",
+                    "commit: waiting %.0fs for %s (is the broker reachable?); nothing is "
+                    "committed meanwhile",
                     trio.current_time() - started,
                     what(),
                 )

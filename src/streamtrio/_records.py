@@ -1166,7 +1166,9 @@ class Record:
             ) from exc
 
     @classmethod
-    def loads(cls: type[_R], data: bytes, serializer: Any = None, *, default_serializer: Any = None) -> _R:
+    def loads(
+        cls: type[_R], data: bytes, serializer: Any = None, *, default_serializer: Any = None
+    ) -> _R:
         """Decode ``data`` with a codec and build an instance with :meth:`from_data`.
 
         Raises:

@@ -391,7 +391,8 @@ class Worker:
                 todo = await self.committer.prepare_revoked(offsets)
             if scope.cancelled_caught:
                 log.warning(
-                    "revoked %s: what their events produced was not delivered in time; not committing %s",
+                    "revoked %s: what their events produced was not delivered in time; "
+                    "not committing %s",
                     _tps(revoked),
                     _offsets(offsets),
                 )

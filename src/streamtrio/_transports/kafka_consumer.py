@@ -692,9 +692,9 @@ class KafkaConsumer(_ThreadOwnedClient[list[Message]], Consumer):
             raise self._commit_error(described, error) from KafkaException(error)
         for p in partitions:
             if p.error is not None:
-                raise self._commit_error(f"{p.topic}[{p.partition}]@{p.offset}", p.error) from KafkaException(
-                    p.error
-                )
+                raise self._commit_error(
+                    f"{p.topic}[{p.partition}]@{p.offset}", p.error
+                ) from KafkaException(p.error)
 
     def _commit_error(self, described: str, error: Any) -> CommitError:
         retriable = isinstance(error, KafkaError) and (

@@ -147,7 +147,6 @@ def register_builtin_views(quart: QuartTrio, app: App) -> None:
     quart.add_url_rule("/table/<name>/<key>/", "streamtrio.table_key", table_key_view, methods=["GET"])
     quart.add_url_rule("/health", "streamtrio.health", health, methods=["GET"])
     quart.add_url_rule("/ready", "streamtrio.ready", ready, methods=["GET"])
-
     async def metrics() -> Response:
         from quart import Response, request
 

@@ -453,3 +453,4 @@ class RecordingTransport(Transport):
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
