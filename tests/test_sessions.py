@@ -31,9 +31,10 @@ Session = tuple[str, tuple[float, float]]
 
 
 def reference(
-    events: list[tuple[str, float]], gap: float = GAP, expires: float | None = EXPIRES
+    events: list[tuple[str, float]], gap: float = GAP, expires: float | None = EXPIRES, idle: float = 0.0
 ) -> tuple[dict[Session, int], dict[Session, int], int]:
-    """(closed sessions, open sessions, late count) after ``events`` on one partition."""
+    """(closed sessions, open sessions, late count) after ``events`` on one partition,
+    then ``idle`` seconds without events (stream time follows the clock meanwhile)."""
     newest: float | None = None
     accepted: dict[str, list[float]] = {}
     late = 0
@@ -57,7 +58,9 @@ def reference(
         sessions[(key, (T0 + start, T0 + prev))] = count
     assert newest is not None
     closed = {
-        s: c for s, c in sessions.items() if expires is not None and s[1][1] - T0 + gap + expires < newest
+        s: c
+        for s, c in sessions.items()
+        if expires is not None and s[1][1] - T0 + gap + expires < newest + idle
     }
     return closed, {s: c for s, c in sessions.items() if s not in closed}, late
 
@@ -67,6 +70,7 @@ def session_app(
 ) -> tuple[streamtrio.App, streamtrio.Table, streamtrio.SessionWrapper, list[int]]:
     options.setdefault("commit_interval", 0.05)
     expires = options.pop("expires", EXPIRES)
+    gap = options.pop("gap", GAP)
     partitions = options.pop("partitions", 1)
     app = app_factory(**options)
     clicks = app.topic("clicks", key_type=str, value_type=int, partitions=partitions)
@@ -78,7 +82,7 @@ def session_app(
         partitions=partitions,
         on_window_close=lambda key, value: closed.append((key, value)),
     )
-    sessions = table.session(GAP, expires=expires)
+    sessions = table.session(gap, expires=expires)
     processed = [0]
 
     @app.agent(clicks)
@@ -112,8 +116,9 @@ async def test_a_late_event_bridging_two_sessions_merges_them(
         assert sessions.sessions("a") == [((T0, T0 + 8), 3)]
         assert table.info()["sessions_merged"] == 1
         assert dict(table.items()) == {("a", (T0, T0 + 8)): 3, ("b", (T0 + 1, T0 + 1)): 1}
-        # nothing closes before stream time passes end + gap + expires (8 + 5 + 10)
-        await produce(app, [("c", 23.0)])
+        # nothing closes before stream time passes end + gap + expires (8 + 5 + 10): at 20,
+        # and one second without events later (stream time 21), a is still open
+        await produce(app, [("c", 20.0)])
         await wait_for(lambda: processed[0] == 5)
         await trio.sleep(1)
         assert closed == [(("b", (T0 + 1, T0 + 1)), 1)]
@@ -122,7 +127,7 @@ async def test_a_late_event_bridging_two_sessions_merges_them(
         await trio.sleep(1)
         assert closed == [(("b", (T0 + 1, T0 + 1)), 1), (("a", (T0, T0 + 8)), 3)]
         assert sessions.late_dropped == 1
-        assert dict(table.items()) == {("c", (T0 + 23, T0 + 23.5)): 2}
+        assert dict(table.items()) == {("c", (T0 + 20, T0 + 23.5)): 2}
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -137,13 +142,15 @@ async def test_sessions_match_the_reference_on_random_out_of_order_events(
         # mostly in order, some up to 15 s behind (late beyond expires, or bridging)
         t = clock - (rng.random() * 15 if rng.random() < 0.3 else 0)
         events.append((f"k{rng.randrange(5)}", round(t * 4) / 4))
-    expected_closed, expected_open, late = reference(events)
+    # two seconds without events after the last: stream time reaches newest + 2.1 (times on a
+    # quarter-second grid, so a close point within a poll of it cannot make the test flaky)
+    expected_closed, expected_open, late = reference(events, idle=2.1)
     closed: list[tuple[Any, Any]] = []
     app, table, sessions, processed = session_app(app_factory, closed)
     async with running(app):
         await produce(app, events)
         await wait_for(lambda: processed[0] == len(events))
-        await trio.sleep(2)
+        await trio.sleep(2.1)
         assert len(closed) == len({k for k, _ in closed})  # each session reported once
         assert dict(closed) == expected_closed
         assert dict(table.items()) == expected_open
@@ -216,23 +223,39 @@ def test_session_api(app_factory: AppFactory) -> None:
 async def test_sessions_move_to_a_second_worker_and_close_once(
     app_factory: AppFactory, tmp_path: Path
 ) -> None:
+    # Real time here, and stream time follows it on idle partitions (a rebalance leaves them
+    # idle for a while): times in thousands of seconds, so the seconds the test lasts move
+    # stream time past no close point except those equal to the newest time (idle=1).
     rng = random.Random(5)
+    scale = 1000.0
     events: list[tuple[str, float]] = []
     for k in range(16):
         t = 0.0
-        while t < 80:
+        while t < 80 * scale:
             events.append((f"k{k}", t))
-            t += rng.choice([1.0, 2.0, 7.0, 12.0])
+            t += rng.choice([1.0, 2.0, 7.0, 12.0]) * scale
     events.sort(key=lambda e: e[1])  # in time order: per partition, nothing is late
     closed: list[tuple[Any, Any]] = []
     a, table_a, _, processed_a = session_app(
-        app_factory, closed, partitions=4, datadir=str(tmp_path / "a"), table_standby_replicas=0
+        app_factory,
+        closed,
+        partitions=4,
+        datadir=str(tmp_path / "a"),
+        table_standby_replicas=0,
+        gap=GAP * scale,
+        expires=EXPIRES * scale,
     )
     b, table_b, _, processed_b = session_app(
-        app_factory, closed, partitions=4, datadir=str(tmp_path / "b"), table_standby_replicas=0
+        app_factory,
+        closed,
+        partitions=4,
+        datadir=str(tmp_path / "b"),
+        table_standby_replicas=0,
+        gap=GAP * scale,
+        expires=EXPIRES * scale,
     )
-    first = [e for e in events if e[1] < 40]
-    second = [e for e in events if e[1] >= 40]
+    first = [e for e in events if e[1] < 40 * scale]
+    second = [e for e in events if e[1] >= 40 * scale]
     async with running(a):
         await produce(a, first)
         await wait_for(lambda: processed_a[0] == len(first))
@@ -250,7 +273,7 @@ async def test_sessions_move_to_a_second_worker_and_close_once(
     expected_closed: dict[Session, int] = {}
     expected_open: dict[Session, int] = {}
     for evs in by_partition.values():
-        c, o, late = reference(evs)
+        c, o, late = reference(evs, GAP * scale, EXPIRES * scale, idle=1.0)
         assert late == 0
         expected_closed |= c
         expected_open |= o
@@ -259,17 +282,25 @@ async def test_sessions_move_to_a_second_worker_and_close_once(
     assert still_open == expected_open
 
 
+@pytest.mark.parametrize("closed_by", ["events", "idle"])
 async def test_kill_9_while_sessions_close_then_restart_reports_each_once_under_exactly_once(
-    app_factory: AppFactory, broker: Any, tmp_path: Path
+    app_factory: AppFactory, broker: Any, tmp_path: Path, closed_by: str, request: pytest.FixtureRequest
 ) -> None:
+    """closed_by="events": a later event closes every session; "idle": the last ten sessions
+    close by the clock on the idle partition, and the kill hits those closes."""
     from typing import cast
 
     from streamtrio._transports.memory import MemoryConsumer, MemoryProducer
 
     events = [(f"k{i % 10}", float(i // 10) * 20) for i in range(300)]  # 300 one-event sessions
-    events.append(("sentinel", 10_000.0))  # closes every one of them
-    before_sentinel = reference(events[:-1])
+    before_sentinel = reference(events)
     expected = before_sentinel[0] | before_sentinel[1]
+    if closed_by == "events":
+        events.append(("sentinel", 10_000.0))  # closes every one of them
+        kill_at = 100
+    else:
+        request.getfixturevalue("autojump_clock")
+        kill_at = 295
     scope = trio.CancelScope()
     closes = [0]
 
@@ -307,7 +338,7 @@ async def test_kill_9_while_sessions_close_then_restart_reports_each_once_under_
 
         return app
 
-    app = make(kill_at=100)
+    app = make(kill_at=kill_at)
     with scope:
         async with running(app):
             await produce(app, events)
@@ -323,3 +354,73 @@ async def test_kill_9_while_sessions_close_then_restart_reports_each_once_under_
     assert closes[0] > len(expected)  # the killed run's last closes ran, and were not committed...
     assert len(outputs()) == len(expected)  # ...so none is reported twice
     assert set(outputs()) == {f"{k}@{start}={v}" for (k, (start, _)), v in expected.items()}
+
+
+async def test_a_session_closes_on_an_idle_partition_after_gap_plus_expires_of_clock_time(
+    app_factory: AppFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    closed: list[tuple[Any, Any]] = []
+    app, table, sessions, processed = session_app(app_factory, closed)
+    async with running(app):
+        await produce(app, [("a", 0.0), ("a", 2.0), ("b", 4.0)])
+        await wait_for(lambda: processed[0] == 3)
+        start = trio.current_time()
+        # a closes once stream time passes 2 + 5 + 10 = 17: 13 s of idle clock after b@4
+        await trio.sleep(12.5)
+        assert closed == []
+        await wait_for(lambda: len(closed) == 1, timeout=1.0)
+        assert closed == [(("a", (T0, T0 + 2)), 2)]
+        assert 13 <= trio.current_time() - start < 13.1
+        await wait_for(lambda: len(closed) == 2, timeout=2.1)  # b: 4 + 15 = 19
+        assert closed[1] == (("b", (T0 + 4, T0 + 4)), 1)
+        assert dict(table.items()) == {}
+        assert table.stream_time(0) is not None and table.stream_time(0) >= T0 + 19  # type: ignore[operator]
+        # the clock moved stream time: an event for the closed session is late, not a reopening
+        await produce(app, [("a", 3.0), ("c", 30.0)])
+        await wait_for(lambda: processed[0] == 5)
+        assert sessions.late_dropped == 1
+        assert sessions.sessions("a") == []
+        await trio.sleep(20)
+        assert closed[2:] == [(("c", (T0 + 30, T0 + 30)), 1)]
+
+
+async def test_a_busy_partition_does_not_close_sessions_by_the_clock(
+    app_factory: AppFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An event in flight holds the partition's stream time: only timestamps move it then."""
+    closed: list[tuple[Any, Any]] = []
+    app = app_factory(commit_interval=0.05)
+    clicks = app.topic("clicks", key_type=str, value_type=int, partitions=1)
+    table = app.Table(
+        "sessions",
+        default=int,
+        key_type=str,
+        value_type=int,
+        partitions=1,
+        on_window_close=lambda key, value: closed.append((key, value)),
+    )
+    sessions = table.session(GAP, expires=EXPIRES)
+    gate = trio.Event()
+    processed = [0]
+
+    @app.agent(clicks)
+    async def count(stream: streamtrio.Stream[int]) -> None:
+        async for event in stream.events():
+            sessions[event.key] += 1
+            if event.key == "hold":
+                await gate.wait()
+            processed[0] += 1
+
+    async with running(app):
+        await produce(app, [("a", 0.0), ("hold", 1.0)])
+        await wait_for(lambda: processed[0] == 1)
+        await trio.sleep(60)  # "hold" is in flight all along
+        assert closed == []
+        gate.set()
+        await wait_for(lambda: processed[0] == 2)
+        start = trio.current_time()
+        await wait_for(lambda: len(closed) == 1, timeout=20)
+        # idle from here (seen at the next check, within table_cleanup_interval): a (close
+        # point 15) needs 14 s of clock after stream time 1
+        assert 14 <= trio.current_time() - start <= 15.01
+        assert closed == [(("a", (T0, T0)), 1)]

@@ -20,13 +20,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from .._exceptions import ConfigurationError, EncodeError
+from .._exceptions import ConfigurationError, EncodeError, TableError
 from .._records import FieldDescriptor
+from .._stream import current_event
 from .._topic import Topic
 
 if TYPE_CHECKING:
     from .._stream import Event, Stream
-    from .table import Table
+    from .table import Table, TablePartition
 
 __all__ = ["JoinKey", "TableJoin", "join_table"]
 
@@ -116,6 +117,12 @@ async def join_table(
 
 
 TableHow = Literal["inner", "left", "outer"]
+#: ``joiner(left value, right value)``: the value of a joined row in a change stream.
+Joiner = Callable[[Any, Any], Any]
+
+
+def _pair(left: Any, right: Any) -> Any:
+    return [left, right]
 
 
 class TableJoin(Mapping[Any, tuple[Any, Any]]):
@@ -132,6 +139,9 @@ class TableJoin(Mapping[Any, tuple[Any, Any]]):
     Both tables must be co-partitioned unless one is a GlobalTable: the same
     partition count (checked at every read while a worker runs, since the
     changelogs' real counts are known only then).
+
+    :meth:`changes_to` adds a change stream: every write of either table
+    produces the key's new joined row (or a tombstone) to a topic.
     """
 
     def __init__(self, left: Table, right: Table, how: TableHow = "inner") -> None:
@@ -147,6 +157,89 @@ class TableJoin(Mapping[Any, tuple[Any, Any]]):
         self.left = left
         self.right = right
         self.how = how
+        self._target: Topic[Any] | None = None
+        self._joiner: Joiner = _pair
+
+    def changes_to(self, topic: Topic[Any], *, joiner: Joiner | None = None) -> TableJoin:
+        """Produce this join's change stream to ``topic`` (Kafka Streams' ``KTable#join(...).toStream()``).
+
+        Every write of a key in either table (set, delete, pop) produces, as
+        an output of the event being processed, ``key -> joiner(left, right)``
+        when the key has a joined row after the write (``[left, right]`` by
+        default, ``None`` for a missing side of a left or outer join), or
+        ``key -> None`` (a tombstone) when the write took its row out of the
+        join; nothing when it had none before either. See ``docs/joins.md``.
+
+        Returns:
+            this join.
+
+        Raises:
+            ConfigurationError: not a Topic, a GlobalTable side, a self-join, or a
+                change stream already set.
+        """
+        if not isinstance(topic, Topic):
+            raise ConfigurationError(
+                f"table join change stream: expected a Topic (app.topic(...)), got {topic!r}"
+            )
+        left, right = self.left, self.right
+        if left.is_global or right.is_global:
+            raise ConfigurationError(
+                f"table join change stream of {left.name!r} and {right.name!r}: both tables must be "
+                "partitioned (a GlobalTable is written on every worker, so the other side's value is "
+                "not at hand where it changes)"
+            )
+        if left is right:
+            raise ConfigurationError(f"table join change stream: {left.name!r} joined with itself")
+        if self._target is not None:
+            raise ConfigurationError(f"{self!r} already produces its changes to {self._target!r}")
+        if joiner is not None and not callable(joiner):
+            raise ConfigurationError(f"table join joiner must be callable, got {joiner!r}")
+        self._target = topic
+        self._joiner = joiner or _pair
+        left._change_listeners.append(self._changed)
+        right._change_listeners.append(self._changed)
+        return self
+
+    def _row(self, left: Any, right: Any) -> tuple[Any, Any] | None:
+        """The joined row of a key whose sides are ``left`` and ``right`` (``_MISSING`` if absent)."""
+        from .table import _MISSING
+
+        has_left, has_right = left is not _MISSING, right is not _MISSING
+        how = self.how
+        if (how == "inner" and not (has_left and has_right)) or (how == "left" and not has_left):
+            return None
+        if not (has_left or has_right):
+            return None
+        return (left if has_left else None), (right if has_right else None)
+
+    def _changed(self, table: Table, part: TablePartition, kbytes: bytes, key: Any, value: Any) -> None:
+        """A write of ``key`` in either table, before it is made: produce the new row or a tombstone."""
+        from .table import _MISSING, DELETED
+
+        self._check()
+        other = self.right if table is self.left else self.left
+        opart = other._parts.get(part.number)
+        if part.view is None or opart is None or opart.view is None:
+            raise TableError(
+                f"{self!r}: key {key!r:.80} was written to {table.name!r} partition {part.number}, which "
+                f"this worker does not serve: its {other.name!r} value is not here, so the change stream "
+                "cannot say what the joined row became. Write joined tables from the agents that own "
+                "the key's partition (not from web views or another partition's events)"
+            )
+        old = table._get_in(part, kbytes)
+        new = _MISSING if value is DELETED else value
+        theirs = other._get_in(opart, other._encode_key(key))
+        if table is self.left:
+            before, after = self._row(old, theirs), self._row(new, theirs)
+        else:
+            before, after = self._row(theirs, old), self._row(theirs, new)
+        if after is None and before is None:
+            return
+        out = None if after is None else self._joiner(*after)
+        event = current_event()
+        timestamp = None if event is None else event.message.timestamp
+        assert self._target is not None
+        self._target.send_soon(key=key, value=out, timestamp=timestamp)
 
     def _check(self) -> None:
         left, right = self.left, self.right

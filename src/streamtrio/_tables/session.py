@@ -35,12 +35,13 @@ from .._stream import current_event
 from .base import MAX_KEY_SIZE
 from .table import _MISSING, DELETED, Table, TablePartition
 from .timers import KeyTimer, timer_key
-from .windowed import _IN_PLACE, _SUFFIX, split_window_key, window_key
+from .windowed import _IN_PLACE, _SUFFIX, Emit, emit_update, split_window_key, window_key
 from .windows import Duration, WindowRange, _duration_us, _expires_us, from_us, to_us
 
 if TYPE_CHECKING:
     from .._stream import Event
     from .base import StorePartition
+    from .timers import Clock
 
 __all__ = ["SessionSet", "SessionWindow", "SessionWrapper"]
 
@@ -55,12 +56,25 @@ class SessionWindow:
     Args:
         gap: the inactivity gap (seconds, ``timedelta`` or ``"30s"``).
         expires: how long, after a session could last grow (``end + gap``), it
-            is kept for late events; then it closes. ``None``: never closes.
+            is kept; then it is deleted. ``None``: never (unless ``grace`` is given).
+        grace: how long, after ``end + gap``, a session still accepts late
+            events; then it is final (``on_window_close`` reports it with
+            ``emit="final"``). Defaults to ``expires``; at most ``expires``.
     """
 
-    def __init__(self, gap: Duration, expires: Duration | None = None) -> None:
+    def __init__(self, gap: Duration, expires: Duration | None = None, grace: Duration | None = None) -> None:
         self._gap = _duration_us(gap, "session gap")
         self._expires = _expires_us(expires)
+        self._grace = None if grace is None else _duration_us(grace, "session grace", zero=True)
+        if self._grace is None:
+            self._grace = self._expires
+        elif self._expires is None:
+            self._expires = self._grace
+        elif self._grace > self._expires:
+            raise ConfigurationError(
+                f"session grace ({from_us(self._grace)}s) must not exceed expires "
+                f"({from_us(self._expires)}s): a session is kept at least until it is final"
+            )
 
     @property
     def gap(self) -> float:
@@ -70,18 +84,27 @@ class SessionWindow:
     def expires(self) -> float | None:
         return None if self._expires is None else from_us(self._expires)
 
+    @property
+    def grace(self) -> float | None:
+        return None if self._grace is None else from_us(self._grace)
+
     def __repr__(self) -> str:
         expires = "" if self._expires is None else f", expires={from_us(self._expires)!r}"
+        if self._grace is not None and self._grace != self._expires:
+            expires += f", grace={from_us(self._grace)!r}"
         return f"SessionWindow(gap={self.gap!r}{expires})"
 
 
 class Sessions:
     """The session state of one table (``table._sessions``)."""
 
-    def __init__(self, table: Table, window: SessionWindow, merge: Callable[[Any, Any], Any]) -> None:
+    def __init__(
+        self, table: Table, window: SessionWindow, merge: Callable[[Any, Any], Any], emit: Emit = "final"
+    ) -> None:
         self.table = table
         self.window = window
         self.merge = merge
+        self.emit = emit
         self.late_dropped = 0
         self.closed = 0
         self.merged = 0
@@ -89,6 +112,8 @@ class Sessions:
         self._index: dict[int, tuple[StorePartition, dict[bytes, list[tuple[int, int]]]]] = {}
         timers = table._timer_service()
         timers.closer = self._close
+        timers.expirer = self._expire
+        timers.idle_advance = True
 
     def reset(self) -> None:
         self._index = {}
@@ -167,7 +192,7 @@ class Sessions:
         t = to_us(event.message.timestamp)
         stream = timers.state(n, part)
         stream_time = None if stream is None else stream.stream
-        if window._expires is not None and stream_time is not None and t < stream_time - window._expires:
+        if window._grace is not None and stream_time is not None and t < stream_time - window._grace:
             self.late_dropped += 1
             log.debug("session table %r: late event for key %r at %s dropped", table.name, key, t)
             return
@@ -182,7 +207,7 @@ class Sessions:
             if old is not _MISSING:
                 current = old if current is _MISSING else self.merge(current, old)
             table._put(part, raw, (key, (from_us(s), from_us(e))), DELETED, None)
-            self._cancel_close(kbytes, s, e)
+            self._cancel_timers(kbytes, s, e)
             sessions.remove((s, e))
             start, end = min(start, s), max(end, e)
         if len(joined) > 1:
@@ -198,42 +223,87 @@ class Sessions:
         raw = window_key(kbytes, start, end)
         table._put(part, raw, (key, (from_us(start), from_us(end))), result, table._encode_value(key, result))
         insort(sessions, (start, end))
-        if window._expires is not None:
-            close = end + gap + window._expires + 1
-            timers.schedule_raw(timer_key("close", close, kbytes), kbytes, [start, end], "close")
+        self._schedule_timers(kbytes, start, end)
+        if self.emit == "update":
+            for s, e in joined:
+                if (s, e) != (start, end):
+                    emit_update(table, (key, (from_us(s), from_us(e))), None)  # merged away: a tombstone
+            emit_update(table, (key, (from_us(start), from_us(end))), result)
 
-    def _cancel_close(self, kbytes: bytes, start: int, end: int) -> None:
+    def _timers_of(self, kbytes: bytes, start: int, end: int) -> list[tuple[bytes, Clock]]:
+        """The internal timers of a session: its close (report) and its expiry (delete), as needed."""
         window = self.window
+        grace, expires = window._grace, window._expires
+        if grace is None or expires is None:
+            return []
+        found: list[tuple[bytes, Clock]] = []
+        final = self.emit == "final"
+        if final:
+            found.append((timer_key("close", end + window._gap + grace + 1, kbytes), "close"))
+        if not final or expires > grace:
+            found.append((timer_key("expire", end + window._gap + expires + 1, kbytes), "expire"))
+        return found
+
+    def _schedule_timers(self, kbytes: bytes, start: int, end: int) -> None:
         timers = self.table._timers
-        if window._expires is None or timers is None:
+        assert timers is not None
+        for raw, clock in self._timers_of(kbytes, start, end):
+            timers.schedule_raw(raw, kbytes, [start, end], clock)
+
+    def _cancel_timers(self, kbytes: bytes, start: int, end: int) -> None:
+        timers = self.table._timers
+        if timers is None:
             return
-        close = end + window._gap + window._expires + 1
-        timers.cancel_raw(timer_key("close", close, kbytes), kbytes)
+        for raw, _clock in self._timers_of(kbytes, start, end):
+            timers.cancel_raw(raw, kbytes)
 
     async def _close(self, timer: KeyTimer) -> None:
-        """The close timer of a session fired: report it once, then delete it."""
+        """The close timer of a session fired (emit="final"): report it once; delete it
+        now, or at its expiry when ``expires > grace``."""
+        found = self._live(timer)
+        if found is None:
+            return  # merged into another session meanwhile
+        part, raw, key, value = found
+        await self.table.on_window_close(key, value)
+        window = self.window
+        if window._grace == window._expires:
+            self._remove(timer, part, raw, key)
+        self.closed += 1
+
+    async def _expire(self, timer: KeyTimer) -> None:
+        """The expiry timer of a session fired: delete it (reported already, or emit="update")."""
+        found = self._live(timer)
+        if found is not None:
+            part, raw, key, _value = found
+            self._remove(timer, part, raw, key)
+            if self.emit == "update":
+                self.closed += 1
+
+    def _live(self, timer: KeyTimer) -> tuple[TablePartition, bytes, Any, Any] | None:
+        """The session of an internal timer, if it is still there."""
         table = self.table
         start, end = timer.value
-        kbytes = timer.key
-        key = self._plain_key(kbytes)
-        n = timer.partition
-        part = table._parts.get(n)
+        part = table._parts.get(timer.partition)
         if part is None:
-            return
-        raw = window_key(kbytes, start, end)
+            return None
+        raw = window_key(timer.key, start, end)
         value = table._get_in(part, raw)
         if value is _MISSING:
-            return  # merged into another session meanwhile
-        range_ = (from_us(start), from_us(end))
-        await table.on_window_close((key, range_), value)
-        if table._parts.get(n) is part:
-            table._put(part, raw, (key, range_), DELETED, None)
-            entry = self._index.get(n)
-            if entry is not None and entry[0] is part.view:
-                sessions = entry[1].get(kbytes)
-                if sessions is not None and (start, end) in sessions:
-                    sessions.remove((start, end))
-            self.closed += 1
+            return None
+        return part, raw, (self._plain_key(timer.key), (from_us(start), from_us(end))), value
+
+    def _remove(self, timer: KeyTimer, part: TablePartition, raw: bytes, key: Any) -> None:
+        table = self.table
+        n = timer.partition
+        if table._parts.get(n) is not part:
+            return  # revoked while a callback ran: the new owner closes it
+        table._put(part, raw, key, DELETED, None)
+        entry = self._index.get(n)
+        if entry is not None and entry[0] is part.view:
+            sessions = entry[1].get(timer.key)
+            start, end = timer.value
+            if sessions is not None and (start, end) in sessions:
+                sessions.remove((start, end))
 
     def info(self) -> dict[str, Any]:
         return {

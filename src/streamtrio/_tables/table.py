@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from .session import Sessions, SessionWrapper
     from .stream_join import WindowJoin
     from .timers import Clock, KeyTimer, TimerCallback, TimerService
-    from .windowed import Windowing, WindowWrapper
+    from .windowed import Emit, Windowing, WindowWrapper
     from .windows import Window
 
 __all__ = ["GlobalTable", "Table"]
@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 
 RecoverCallback = Callable[[], Awaitable[None]]
 ChangelogCallback = Callable[["Event[Any]"], Awaitable[None]]
+#: Told of every write of a user key before it is made: ``(table, partition, key bytes, key,
+#: new value or DELETED)`` (a table-table join's change stream).
+ChangeListener = Callable[["Table", "TablePartition", bytes, Any, Any], None]
 #: ``on_window_close(key, value)``, sync or async; key is ``(table key, (start, end))``.
 WindowCloseCallback = Callable[[Any, Any], "Awaitable[None] | None"]
 
@@ -300,6 +303,8 @@ class Table(MutableMapping[Any, Any]):
         self._sessions: Sessions | None = None
         #: the stream-stream join this table buffers, once ``window_join`` used it
         self._join_buffer: WindowJoin | None = None
+        #: told of each write of a user key (table-table join change streams)
+        self._change_listeners: list[ChangeListener] = []
         #: writes from events, and those found on another partition than their key's (sampled)
         self.event_writes = 0
         self.misrouted_writes = 0
@@ -412,13 +417,17 @@ class Table(MutableMapping[Any, Any]):
         """The window of a windowed table, else ``None``."""
         return None if self._windowing is None else self._windowing.window
 
-    def using_window(self, window: Window, *, key_index: bool = False) -> WindowWrapper:
+    def using_window(self, window: Window, *, key_index: bool = False, emit: Emit = "final") -> WindowWrapper:
         """Window this table with ``window``; returns the :class:`WindowWrapper` to use.
 
+        ``emit="final"`` calls ``on_window_close`` once per window when it is
+        final; ``emit="update"`` calls it (a plain function) after every update
+        of a window, with its new value (``docs/windows.md``).
+
         Raises:
-            ConfigurationError: a GlobalTable, or the table already has another window.
+            ConfigurationError: a GlobalTable, the table already has another window, or a bad ``emit``.
         """
-        from .windowed import Windowing, WindowWrapper
+        from .windowed import Windowing, WindowWrapper, check_emit
         from .windows import Window as _Window
 
         if not isinstance(window, _Window):
@@ -427,9 +436,10 @@ class Table(MutableMapping[Any, Any]):
             raise ConfigurationError(f"global table {self.name!r} cannot be windowed; use app.Table")
         if self._sessions is not None:
             raise ConfigurationError(f"table {self.name!r} has session windows; use one table per window")
+        emit = check_emit(self, emit)
         if self._windowing is None:
-            self._windowing = Windowing(self, window)
-        elif self._windowing.window is not window:
+            self._windowing = Windowing(self, window, emit)
+        elif self._windowing.window is not window or self._windowing.emit != emit:
             raise ConfigurationError(
                 f"table {self.name!r} is already windowed with {self._windowing.window!r}; "
                 "use one table per window"
@@ -444,11 +454,12 @@ class Table(MutableMapping[Any, Any]):
         key_index: bool = False,
         *,
         grace: float | timedelta | str | None = None,
+        emit: Emit = "final",
     ) -> WindowWrapper:
         """Tumbling windows ``[k*size, (k+1)*size)`` (see :class:`streamtrio.TumblingWindow`)."""
         from .windows import TumblingWindow
 
-        return self.using_window(TumblingWindow(size, expires, grace), key_index=key_index)
+        return self.using_window(TumblingWindow(size, expires, grace), key_index=key_index, emit=emit)
 
     def hopping(
         self,
@@ -458,29 +469,37 @@ class Table(MutableMapping[Any, Any]):
         key_index: bool = False,
         *,
         grace: float | timedelta | str | None = None,
+        emit: Emit = "final",
     ) -> WindowWrapper:
         """Hopping windows ``[k*step, k*step + size)`` (see :class:`streamtrio.HoppingWindow`)."""
         from .windows import HoppingWindow
 
-        return self.using_window(HoppingWindow(size, step, expires, grace), key_index=key_index)
+        return self.using_window(HoppingWindow(size, step, expires, grace), key_index=key_index, emit=emit)
 
     def session(
         self,
         gap: float | timedelta | str,
         expires: float | timedelta | str | None = None,
         *,
+        grace: float | timedelta | str | None = None,
+        emit: Emit = "final",
         merge: Callable[[Any, Any], Any] | None = None,
     ) -> SessionWrapper:
         """Session windows: per key, events closer than ``gap`` form one session.
 
-        A session closes (``on_window_close`` runs once) when stream time
-        passes ``end + gap + expires``; ``merge(a, b)`` combines the values of
-        sessions a late event bridges (default ``+``). See ``docs/windows.md``.
+        A session is final when stream time passes ``end + gap + grace``
+        (``grace`` defaults to ``expires``): with ``emit="final"``
+        ``on_window_close`` runs once then; with ``emit="update"`` it runs
+        after every update instead. It is deleted at ``end + gap + expires``.
+        On an idle partition stream time follows the clock, so sessions close
+        on time. ``merge(a, b)`` combines the values of sessions a late event
+        bridges (default ``+``). See ``docs/windows.md``.
 
         Raises:
-            ConfigurationError: a GlobalTable, or the table has another window.
+            ConfigurationError: a GlobalTable, the table has another window, or a bad argument.
         """
         from .session import Sessions, SessionWindow, SessionWrapper, check_merge
+        from .windowed import check_emit
 
         if self.is_global:
             raise ConfigurationError(f"global table {self.name!r} cannot be windowed; use app.Table")
@@ -490,7 +509,9 @@ class Table(MutableMapping[Any, Any]):
                 "use one table per window"
             )
         if self._sessions is None:
-            self._sessions = Sessions(self, SessionWindow(gap, expires), check_merge(merge))
+            self._sessions = Sessions(
+                self, SessionWindow(gap, expires, grace), check_merge(merge), check_emit(self, emit)
+            )
         return SessionWrapper(self)
 
     def join(self, other: Table, *, how: TableHow = "inner") -> TableJoin:
@@ -837,6 +858,9 @@ class Table(MutableMapping[Any, Any]):
         )
 
     def _put(self, part: TablePartition, kbytes: bytes, key: Any, value: Any, vbytes: bytes | None) -> None:
+        if self._change_listeners and part.number != _LOST and not kbytes.startswith(RESERVED):
+            for listener in self._change_listeners:
+                listener(self, part, kbytes, key, value)
         layer = part.dirty
         layer.data[kbytes] = (key, value, vbytes)
         if self._manager.eager and part.number != _LOST:

@@ -46,6 +46,7 @@ from __future__ import annotations
 import heapq
 import inspect
 import logging
+import math
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -79,15 +80,17 @@ TIMER_PREFIX = RESERVED + b"T"
 _TIMER_END = RESERVED + b"U"
 #: The stored stream time of a partition with timers.
 STREAM_KEY = RESERVED + b"clock"
-#: "close" timers are event-time timers of the windowing (session close): not the user's.
-_CLOCKS = {"event": b"e", "wall": b"w", "close": b"c"}
+#: "close" and "expire" timers are event-time timers of the windowing (a session is
+#: final / is deleted) and of stream-stream joins: not the user's.
+_CLOCKS = {"event": b"e", "wall": b"w", "close": b"c", "expire": b"x"}
+_INTERNAL = ("close", "expire")
 _CLOCK_NAMES = {v[0]: k for k, v in _CLOCKS.items()}
 _OFFSET = 1 << 63
 _WHEN = struct.Struct(">Q")
 _STREAM = struct.Struct(">q")
 _HEAD = len(TIMER_PREFIX) + 1 + _WHEN.size
 
-Clock = Literal["event", "wall", "close"]
+Clock = Literal["event", "wall", "close", "expire"]
 #: ``on_timer(timer)``, sync or async.
 TimerCallback = Callable[["KeyTimer"], "Awaitable[None] | None"]
 
@@ -136,6 +139,10 @@ class _PartState:
     wall_heap: list[tuple[int, bytes]] = field(default_factory=list)
     #: fired, deletion waiting for the outputs' delivery (at_least_once)
     firing: set[bytes] = field(default_factory=set)
+    #: trio time of the last event that used the table here (or of the state's build)
+    mark: float = field(default_factory=trio.current_time)
+    #: events were in flight at the last idle check: look again soon
+    busy: bool = False
 
 
 @asynccontextmanager
@@ -174,12 +181,17 @@ class TimerService:
     def __init__(self, table: Table) -> None:
         self.table = table
         self.callbacks: list[TimerCallback] = []
-        #: fires the "close" timers (session windows)
+        #: fire the "close" and "expire" timers (session windows, stream-stream joins)
         self.closer: TimerCallback | None = None
+        self.expirer: TimerCallback | None = None
+        #: stream time follows the clock while a partition is idle (session windows)
+        self.idle_advance = False
         self.fired = 0
+        self.advanced = 0
         self._parts: dict[int, _PartState] = {}
         self._wakeup = trio.Event()
         self._base: tuple[float, float] | None = None
+        self._poll = 1.0
 
     # -- clocks --------------------------------------------------------------------------
 
@@ -258,6 +270,7 @@ class TimerService:
         state = self.state(n, part)
         if state is None:
             return
+        state.mark = trio.current_time()
         t = to_us(event.message.timestamp)
         if state.stream is not None and t <= state.stream:
             return
@@ -352,7 +365,7 @@ class TimerService:
                     rows[raw] = msgpack.unpackb(vbytes)
             for raw, value in rows.items():
                 split = split_timer_key(raw)
-                if split is None or split[0] == "close" or (wanted is not None and split[2] != wanted):
+                if split is None or split[0] in _INTERNAL or (wanted is not None and split[2] != wanted):
                     continue
                 found.append(KeyTimer(self._decode(split[2]), from_us(split[1]), split[0], value, n))
         found.sort(key=lambda t: (t.when, t.clock, t.partition))
@@ -367,7 +380,7 @@ class TimerService:
         """Fire due timers until cancelled (started by the table manager)."""
         self._parts = {}
         self._base = (time.time(), trio.current_time())
-        poll = min(1.0, float(worker.app.conf.table_cleanup_interval))
+        poll = self._poll = min(1.0, float(worker.app.conf.table_cleanup_interval))
         table = self.table
         while True:
             wakeup = self._wakeup = trio.Event()
@@ -386,6 +399,8 @@ class TimerService:
             for state in self._parts.values():
                 if state.wall_heap:
                     deadline = min(deadline, self._trio_time_of(state.wall_heap[0][0]))
+                if self.idle_advance:
+                    deadline = min(deadline, self._idle_due(state))
             with trio.move_on_at(deadline):
                 await wakeup.wait()
 
@@ -400,6 +415,8 @@ class TimerService:
             part = table._parts.get(n)
             if part is None or part.view is not state.view:
                 continue
+            if self.idle_advance and self._idle_due(state) <= trio.current_time():
+                await self._advance_idle(worker, n, part, state)
             while True:
                 if state.event_heap and state.stream is not None and state.event_heap[0][0] <= state.stream:
                     _when, raw = heapq.heappop(state.event_heap)
@@ -433,8 +450,9 @@ class TimerService:
         split = split_timer_key(raw)
         assert split is not None
         clock, when, kbytes = split
-        # A "close" timer belongs to the windowing: its key is the raw stored key.
-        key = kbytes if clock == "close" else self._decode(kbytes)
+        # An internal timer belongs to the windowing or a join: its key is the raw stored key.
+        internal = clock in _INTERNAL
+        key = kbytes if internal else self._decode(kbytes)
         timer = KeyTimer(key, from_us(when), clock, value, n)
         source = next((tp for tp in sorted(table._manager.sources) if tp.partition == n), None)
         if source is None:
@@ -461,7 +479,11 @@ class TimerService:
                 event._parent = delivered
             token = _current_event.set(event)
             try:
-                for callback in self.callbacks if clock != "close" else [self.closer]:
+                if internal:
+                    callbacks = [self.closer if clock == "close" else self.expirer]
+                else:
+                    callbacks = list(self.callbacks)
+                for callback in callbacks:
                     if callback is None:
                         continue
                     result = callback(timer)
@@ -478,6 +500,46 @@ class TimerService:
                 _current_event.reset(token)
         event.ack()
         return True
+
+    # -- idle partitions (session windows) ------------------------------------------------------
+
+    def _idle_due(self, state: _PartState) -> float:
+        """The trio time at which an idle partition's stream time reaches its next event-time timer."""
+        if state.stream is None or not state.event_heap or state.event_heap[0][0] <= state.stream:
+            return math.inf  # nothing to wait for, or due already (fired by event time)
+        if state.busy:
+            return state.mark + self._poll
+        return state.mark + from_us(max(0, state.event_heap[0][0] - state.stream))
+
+    async def _advance_idle(self, worker: Worker, n: int, part: TablePartition, state: _PartState) -> None:
+        """Move an idle partition's stream time on by the trio time since its last event.
+
+        As a windowed table's: with nothing buffered or in flight for the
+        partition, stream time follows the clock from the last event, so
+        sessions close on time when no event comes. The write is a step of
+        its own (one transaction under exactly_once); the timers it makes due
+        fire after it, each in its own step.
+        """
+        from .windowed import partition_idle
+
+        async with firing_step(self.table.app, worker):
+            if self.table._parts.get(n) is not part or part.view is not state.view or state.stream is None:
+                return
+            now = trio.current_time()
+            idle = partition_idle(worker, n)
+            if not idle or state.busy:
+                # Events are in flight: they move stream time themselves. Idle time counts
+                # from the first check that finds none (at most a poll after the last).
+                state.busy = not idle
+                state.mark = now
+                return
+            t = state.stream + to_us(now - state.mark)
+            state.mark = now
+            if t <= state.stream:
+                return
+            state.stream = t
+            self.table._put(part, STREAM_KEY, STREAM_KEY, t, _STREAM.pack(t))
+            self.advanced += 1
 
     def _delete(self, n: int, part: TablePartition, state: _PartState, raw: bytes) -> None:
         from .table import DELETED

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
@@ -57,6 +57,12 @@ log = logging.getLogger(__name__)
 #: ``relative_to`` accepts a field, ``f(event) -> float | datetime``, a datetime or epoch seconds.
 RelativeTo = FieldDescriptor | Callable[[Any], float | datetime] | datetime | float | None
 
+#: When a windowed table's ``on_window_close`` callback sees a window: once, when it is
+#: final (Kafka Streams' ``suppress(untilWindowCloses)`` / ``EmitStrategy.onWindowClose``),
+#: or at every update (Kafka Streams' default, ``EmitStrategy.onWindowUpdate``).
+Emit = Literal["final", "update"]
+EMITS = ("final", "update")
+
 _OFFSET = 1 << 63
 _BOUNDS = struct.Struct(">QQ")
 _SUFFIX = _BOUNDS.size
@@ -74,6 +80,17 @@ def split_window_key(raw: bytes) -> tuple[bytes, int, int] | None:
         return None
     start, end = _BOUNDS.unpack_from(raw, len(raw) - _SUFFIX)
     return raw[:-_SUFFIX], start - _OFFSET, end - _OFFSET
+
+
+def partition_idle(worker: Worker | None, n: int) -> bool:
+    """Nothing buffered or in flight on the source lanes of partition ``n``."""
+    if worker is None:
+        return True
+    for _topic, inbox in worker._topic_inboxes:
+        for tp, lane in inbox.lanes.items():
+            if tp is not None and tp.partition == n and (lane.buffer or lane.unacked() > 0):
+                return False
+    return True
 
 
 @dataclass(eq=False)
@@ -99,9 +116,10 @@ class _PartitionState:
 class Windowing:
     """The windowed state of one table, shared by its WindowWrappers."""
 
-    def __init__(self, table: Table, window: Window) -> None:
+    def __init__(self, table: Table, window: Window, emit: Emit = "final") -> None:
         self.table = table
         self.window = window
+        self.emit = emit
         self.key_index = False
         self.late_dropped = 0
         self.closed = 0
@@ -343,16 +361,6 @@ class Windowing:
             if not await self.expire(worker):
                 return
 
-    def _idle(self, worker: Worker | None, n: int) -> bool:
-        """Nothing buffered or in flight on the source lanes of partition ``n``."""
-        if worker is None:
-            return True
-        for _topic, inbox in worker._topic_inboxes:
-            for tp, lane in inbox.lanes.items():
-                if tp is not None and tp.partition == n and (lane.buffer or lane.unacked() > 0):
-                    return False
-        return True
-
     async def expire(self, worker: Worker | None) -> bool:
         """Advance idle partitions' stream time and close the windows it expired.
 
@@ -369,7 +377,7 @@ class Windowing:
             state = self.state(n, part)
             if state is None:
                 continue
-            if state.stream is not None and self._idle(worker, n):
+            if state.stream is not None and partition_idle(worker, n):
                 state.stream += to_us(now - state.mark)
             state.mark = now
             if expires is None or state.stream is None:
@@ -407,7 +415,7 @@ class Windowing:
             else:
                 value = table._get_in(part, raw)
             fired = self._parts[n].fired
-            report = fired is None or when > fired
+            report = (fired is None or when > fired) and self.emit == "final"
             if not report and window._grace != expires:
                 continue  # reported before a restart; deleted at end + expires
             closing.append((n, start, end, kbytes, raw, value, report))
@@ -445,6 +453,22 @@ class Windowing:
                 self._reported(owner, stream)
                 self._parts[n].fired = stream
         return True
+
+    def emit_updates(
+        self, n: int, part: TablePartition, key: Any, kbytes: bytes, start: int, end: int, value: Any
+    ) -> None:
+        """emit="update": report the windows a write changed (a sliding bucket is in several)."""
+        window = self.window
+        table = self.table
+        if not window._aggregates:
+            emit_update(table, (key, (from_us(start), from_us(end))), value)
+            return
+        before, after = window._before, window._after  # type: ignore[attr-defined]
+        # The window of event time u, [u - before, u + after], contains the bucket at t = start.
+        for u in self.buckets_in(n, part, kbytes, start - after, start + before):
+            total = self._sum(part, kbytes, self.buckets_in(n, part, kbytes, u - before, u + after))
+            if total is not _MISSING:
+                emit_update(table, (key, (from_us(u - before), from_us(u + after))), total)
 
     def _sum(self, part: TablePartition, kbytes: bytes, times: list[int]) -> Any:
         table = self.table
@@ -717,6 +741,8 @@ class WindowWrapper:
             table._put(part, raw, (key, range_), result, table._encode_value(key, result))
             if new:
                 w._added(state, raw, kbytes, start, end)
+            if w.emit == "update" and n != _LOST:
+                w.emit_updates(n, part, key, kbytes, start, end, result)
         if late:
             w.late_dropped += 1
             log.debug(
@@ -861,6 +887,42 @@ class WindowWrapper:
 
     def __repr__(self) -> str:
         return f"<WindowWrapper {self.table.name!r} {self.window!r}>"
+
+
+def emit_update(table: Table, key: Any, value: Any) -> None:
+    """Call the ``on_window_close`` callback of an ``emit="update"`` table with a window's new value.
+
+    It runs inside the write, so it must be a plain function (its ``send_soon``
+    outputs belong to the event being processed).
+
+    Raises:
+        TableError: the callback returned an awaitable.
+    """
+    callback = table._on_window_close
+    if callback is None:
+        return
+    result = callback(key, value)
+    if inspect.isawaitable(result):
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+        raise TableError(
+            f"table {table.name!r}: with emit='update' on_window_close runs inside each write and "
+            "must be a plain function, not async (use topic.send_soon inside it)"
+        )
+
+
+def check_emit(table: Table, emit: Any) -> Emit:
+    """Validate ``emit=`` of a windowed table (and its callback for ``"update"``)."""
+    if emit not in EMITS:
+        raise ConfigurationError(f"table {table.name!r}: emit must be 'final' or 'update', got {emit!r}")
+    callback = table._on_window_close
+    if emit == "update" and callback is not None and inspect.iscoroutinefunction(callback):
+        raise ConfigurationError(
+            f"table {table.name!r}: with emit='update' on_window_close runs inside each write and "
+            "must be a plain function, not async (use topic.send_soon inside it)"
+        )
+    return emit  # type: ignore[no-any-return]
 
 
 async def call_window_close(callback: Callable[[Any, Any], Any] | None, key: Any, value: Any) -> None:
