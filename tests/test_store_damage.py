@@ -24,8 +24,10 @@ AppFactory = Callable[..., streamtrio.App]
 PARTITIONS = 4
 
 
-def count_app(app_factory: AppFactory, datadir: Path) -> tuple[streamtrio.App, Any]:
-    app = app_factory(store="lmdb://", datadir=str(datadir), commit_interval=0.05, table_standby_replicas=0)
+def count_app(app_factory: AppFactory, datadir: Path, standbys: int = 0) -> tuple[streamtrio.App, Any]:
+    app = app_factory(
+        store="lmdb://", datadir=str(datadir), commit_interval=0.05, table_standby_replicas=standbys
+    )
     words = app.topic("words", key_type=str, value_type=str, partitions=PARTITIONS)
     counts = app.Table("counts", default=int, key_type=str, value_type=int, partitions=PARTITIONS)
 
@@ -108,3 +110,43 @@ async def test_damaged_store_is_rebuilt_from_the_changelog_with_a_warning(
         assert (datadir / CORRUPTED_DIR / "data.mdb").exists()
     if damage is garble_a_value:
         assert "a checksum failed in t:counts:" in caplog.text
+
+
+async def test_a_deleted_store_rebuilt_by_the_standby_follower_is_warned_about_too(
+    app_factory: AppFactory,
+    broker: MemoryBroker,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seen in the chaos suite: with standbys on (the default), the follower had refilled
+    the deleted store before the assignment, the recovery replayed 0 records, and no
+    warning named the directory."""
+    datadir = tmp_path / "data"
+    words = [f"word-{(i * 7919) % 500}" for i in range(2000)]
+    app, _ = count_app(app_factory, datadir, standbys=1)
+    async with app.open_client():
+        topic = app._topic_named("words")
+        for word in words:
+            topic.send_soon(key=word, value=word)
+        await app.producer.flush()
+    ends = {TP("words", p): broker.end_offset(TP("words", p)) for p in range(PARTITIONS)}
+    async with running(app):
+        await wait_for(lambda: broker.committed(app.id) == ends, timeout=60)
+    delete(datadir)
+    caplog.set_level(logging.WARNING)
+    changelog = sum(broker.end_offset(TP("testapp-counts-changelog", p)) for p in range(PARTITIONS))
+    app2, counts2 = count_app(app_factory, datadir, standbys=1)
+    manager = app2.tables
+    on_assign = manager._on_assign
+
+    async def after_the_follower(assigned: frozenset[TP]) -> None:
+        # The follower has read every changelog record before the recovery starts.
+        await wait_for(lambda: sum(manager._followed.values()) >= changelog, timeout=30)
+        await on_assign(assigned)
+
+    monkeypatch.setattr(manager, "_on_assign", after_the_follower)
+    async with running(app2):
+        await app2.tables.wait_until_recovery_completed()
+        assert dict(counts2.items()) == Counter(words)
+    assert f"the store in {datadir} was rebuilt from the changelogs" in caplog.text

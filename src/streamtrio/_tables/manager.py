@@ -530,8 +530,10 @@ class TableManager(Mapping[str, Table]):
         rebuilt: dict[Store, int] = {}
         for tp, (table, _n) in todo.items():
             store = self._store_for(table)
-            if store.fresh and records.get(tp) and store not in self._warned:
-                rebuilt[store] = rebuilt.get(store, 0) + records[tp]
+            # the standby follower may have refilled the store before this recovery
+            count = records.get(tp, 0) + self._followed.get(tp, 0)
+            if store.fresh and count and store not in self._warned:
+                rebuilt[store] = rebuilt.get(store, 0) + count
         for store, count in rebuilt.items():
             self._warned.add(store)
             where = getattr(store, "path", None)
