@@ -789,12 +789,17 @@ class App:
     async def declare_topics(self) -> list[str]:
         """Create the app's topics that do not exist yet; returns the names created."""
         specs: dict[str, TopicSpec] = {}
+        internal: set[str] = set()
         for topic in self._declared_topics():
             for name in topic.topics:
                 specs.setdefault(name, topic.spec(name))
+                if topic.internal:
+                    internal.add(name)
         created = await self._transport().create_topics(list(specs.values()))
-        if created:
-            log.info("created topics: %s", ", ".join(sorted(created)))
+        if mine := sorted(set(created) - internal):
+            log.info("created topics: %s", ", ".join(mine))
+        if theirs := sorted(set(created) & internal):
+            log.debug("created internal topics: %s", ", ".join(theirs))
         return created
 
     def _needs_group(self) -> bool:

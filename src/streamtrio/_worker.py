@@ -260,6 +260,16 @@ class Worker:
 
     # -- the rebalance listener ------------------------------------------------
 
+    def _log_partitions(self, what: str, tps: Collection[TP]) -> None:
+        """Log ``what % partitions`` at INFO for the app's topics; the internal
+        leader topic's partition only at DEBUG."""
+        leader = self.app.leader_topic_name
+        mine = [tp for tp in tps if tp.topic != leader]
+        if mine:
+            log.info(what, _tps(mine))
+        if internal := [tp for tp in tps if tp.topic == leader]:
+            log.debug(what, _tps(internal))
+
     def source_partitions(self) -> set[TP]:
         """Assigned partitions of the app's topics (not the internal leader topic)."""
         leader = self.app.leader_topic_name
@@ -345,7 +355,7 @@ class Worker:
         self._note_assignment()
         if self.consumer is not None and tps:
             self.consumer.resume_nowait(tps)
-        log.info("assigned %s", _tps(job.tps))
+        self._log_partitions("assigned %s", job.tps)
 
     async def _settle_assignments(self, leaving: frozenset[TP]) -> None:
         """Partitions are revoked or lost: stop the assign hooks still running for them
@@ -404,9 +414,9 @@ class Worker:
         self._paused -= revoked
         self._note_assignment()
         if self.exactly_once:
-            log.info("revoked %s (offsets committed in the transaction)", _tps(revoked))
+            self._log_partitions("revoked %s (offsets committed in the transaction)", revoked)
         else:
-            log.info("revoked %s%s", _tps(revoked), f" (committing {_offsets(todo)})" if todo else "")
+            self._log_partitions("revoked %s" + (f" (committing {_offsets(todo)})" if todo else ""), revoked)
         return todo
 
     async def on_partitions_lost(self, lost: frozenset[TP]) -> None:

@@ -502,7 +502,12 @@ class TableManager(Mapping[str, Table]):
                     open_reader=self._worker.transport.open_reader,
                 )
             if todo:
-                log.info("tables recovered: %s", tracker.snapshot().describe())
+                progress = tracker.snapshot()
+                log.log(
+                    logging.INFO if progress.done else logging.DEBUG,
+                    "tables recovered: %s",
+                    progress.describe(),
+                )
             self._recoveries += 1
             for tp, n in result.records.items():
                 self._recovered[tp] = self._recovered.get(tp, 0) + n
