@@ -51,6 +51,8 @@ _POLL_TIMEOUT = 0.05
 _OFFER_TIMEOUT = 0.05
 #: seconds a reader's thread may spend asking where its partitions end (progress totals)
 _END_OFFSETS_BUDGET = 5.0
+#: seconds of one ask within that budget (a close is noticed between two)
+_END_OFFSETS_SLICE = 0.25
 #: Batches waiting in the channel (beyond the one being handed over).
 _CHANNEL_SIZE = 2
 #: Revocation records kept to filter batches fetched before a revocation.
@@ -900,23 +902,33 @@ class KafkaReader(_ThreadOwnedClient[ReaderBatch], Reader):
         return None
 
     def _end_offsets(self, client: Any, tps: frozenset[TP]) -> dict[TP, int]:
-        # One budget for all of them: this thread fetches nothing meanwhile.
+        # One budget for all of them, asked in short slices: this thread fetches
+        # nothing meanwhile, and a close must not wait for the answers (seen:
+        # seconds per partition during a rebalance, holding a stop up).
         budget = min(self._request_timeout, _END_OFFSETS_BUDGET)
         deadline = time.monotonic() + budget
         ends: dict[TP, int] = {}
         for tp in sorted(tps):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TransportError(f"the Kafka reader cannot read the end of {tp} within {budget:g}s")
-            try:
-                marks = client.get_watermark_offsets(
-                    TopicPartition(tp.topic, tp.partition), timeout=left, cached=False
-                )
-            except KafkaException as exc:
-                raise TransportError(f"the Kafka reader cannot read the end of {tp}: {exc.args[0]}") from exc
-            if marks is None:  # timed out
-                raise TransportError(f"the Kafka reader cannot read the end of {tp} within {budget:g}s")
-            ends[tp] = marks[1]
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._close_deadline is not None:
+                    raise TransportError(f"the Kafka reader cannot read the end of {tp} within {budget:g}s")
+                try:
+                    marks = client.get_watermark_offsets(
+                        TopicPartition(tp.topic, tp.partition),
+                        timeout=min(left, _END_OFFSETS_SLICE),
+                        cached=False,
+                    )
+                except KafkaException as exc:
+                    err = exc.args[0] if exc.args else None
+                    if isinstance(err, KafkaError) and err.code() == KafkaError._TIMED_OUT:
+                        continue
+                    raise TransportError(
+                        f"the Kafka reader cannot read the end of {tp}: {exc.args[0]}"
+                    ) from exc
+                if marks is not None:  # None: this slice timed out
+                    ends[tp] = marks[1]
+                    break
         return ends
 
     def _filter_pending(self, tps: frozenset[TP]) -> None:
