@@ -25,11 +25,11 @@ def test_faust_style_commands_take_options_arguments_and_self() -> None:
 def test_worker_command_with_loglevel(monkeypatch: Any) -> None:
     started: list[tuple[Any, Any]] = []
 
-    def fake_run(app: Any) -> int:
+    def fake_run(app: Any, beside: Any, *, end_process: bool = False) -> int:
         started.append((app.conf.web_port, app.conf.web_enabled))
         return 0
 
-    monkeypatch.setattr(_cli, "run", fake_run)
+    monkeypatch.setattr(_cli, "run_beside", fake_run)
     group = build_click(cli_app.app)
     result = CliRunner().invoke(group, ["worker", "-l", "info", "-p", "6067"])
     assert result.exit_code == 0, result.output
