@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._exceptions import RecoveryTimeoutError, reraise_unwrapped
+from .._exceptions import RecoveryTimeoutError
 from .._stream import Event
 from .._types import TP, Message
 from .base import Store
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 PROGRESS_EVERY = 3.0
 #: Seconds between the warnings of a recovery that reads nothing.
 WAIT_REPORT_EVERY = 10.0
+#: Seconds a recovery waits for the changelogs' end offsets (its progress total) before it starts.
+ESTIMATE_WAIT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,21 +272,20 @@ async def replay(
     replayer = _Replayer(targets, result, tracker, store_for, stall_timeout, buffer_size, starts)
     replayer.can_reopen = open_reader is not None
     tracker.records, tracker.unfinished = result.records, replayer.remaining  # read live by the tracker
+    # The total is for progress only: asked before the partitions are assigned
+    # (a Kafka reader's ListOffsets queue behind its own long-poll fetches) and
+    # never waited for longer than ESTIMATE_WAIT (a broker slow to answer must
+    # not hold the recovery up).
+    with trio.move_on_after(ESTIMATE_WAIT):
+        await _estimate_into(tracker, reader, starts)
     reader.assign_nowait(starts)
     try:
-        async with trio.open_nursery() as nursery:
-            # The total is for progress only: the replay never waits for it (a
-            # broker slow to answer must not hold the recovery up).
-            nursery.start_soon(_estimate_into, tracker, reader, starts)
-            try:
-                await replayer.run(reader)
-            except _Stalled:
-                reader.unassign_nowait(list(targets))
-                assert open_reader is not None
-                await _read_with_new_readers(replayer, open_reader)
-            nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        reraise_unwrapped(group)
+        try:
+            await replayer.run(reader)
+        except _Stalled:
+            reader.unassign_nowait(list(targets))
+            assert open_reader is not None
+            await _read_with_new_readers(replayer, open_reader)
     finally:
         reader.unassign_nowait(list(targets))
     return result

@@ -50,7 +50,7 @@ _POLL_TIMEOUT = 0.05
 #: How long the thread waits for room in the batch channel before serving commands again.
 _OFFER_TIMEOUT = 0.05
 #: seconds a reader's thread may spend asking where its partitions end (progress totals)
-_END_OFFSETS_BUDGET = 5.0
+_END_OFFSETS_BUDGET = 2.0
 #: seconds of one ask within that budget (a close is noticed between two)
 _END_OFFSETS_SLICE = 0.25
 #: Batches waiting in the channel (beyond the one being handed over).
