@@ -213,9 +213,9 @@ def send_command(
         typer.Option("--topic-not-in-app", help="Send to a topic the app does not declare (as raw bytes)."),
     ] = False,
 ) -> None:
-    """Send messages encoded with the topic's schema; print where each landed.
+    """Send messages encoded with the topic's schema.
 
-    What a worker would refuse (not JSON, a Record with a missing field, a
+    Prints where each message landed. What a worker would refuse (not JSON, a Record with a missing field, a
     value its codec cannot read) is refused before anything is sent.
     """
     from ._cli_send import Refused, declared_topic, encode_messages, raw_topic
