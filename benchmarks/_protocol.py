@@ -8,6 +8,7 @@ and prints exactly one result line, ``BENCH-RESULT {json}``, on stdout::
 
     {"events": 1000000,          # events processed
      "first": 12.3, "last": 19.8,  # time.perf_counter() at the first and last event
+     "cpu": 7.4,                 # CPU seconds of the process (all threads) between them
      "sum": 5500000,             # the sum over all keys (amounts; counts for windows)
      "error": null,              # a reason when the system could not run the workload
      ...}                        # extras (latency percentiles, replayed records)
@@ -46,23 +47,27 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 class Meter:
-    """Counts events and notes the time of the first and the last one."""
+    """Counts events and notes the time (and the process's CPU time) of the first and the last one."""
 
-    __slots__ = ("count", "first", "last", "target")
+    __slots__ = ("count", "cpu_first", "cpu_last", "first", "last", "target")
 
     def __init__(self, target: int) -> None:
         self.target = target
         self.count = 0
         self.first = 0.0
         self.last = 0.0
+        self.cpu_first = 0.0
+        self.cpu_last = 0.0
 
     def tick(self) -> bool:
         """One event processed; returns True at the last one."""
         count = self.count = self.count + 1
         if count == 1:
             self.first = time.perf_counter()
+            self.cpu_first = time.process_time()
         if count >= self.target:
             self.last = time.perf_counter()
+            self.cpu_last = time.process_time()
             return True
         return False
 
@@ -73,6 +78,7 @@ def report(meter: Meter | None, total: int | None, *, error: str | None = None, 
         "events": meter.count if meter else 0,
         "first": meter.first if meter else 0.0,
         "last": meter.last if meter else 0.0,
+        "cpu": meter.cpu_last - meter.cpu_first if meter else 0.0,
         "sum": total,
         "error": error,
     }

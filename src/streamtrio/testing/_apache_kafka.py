@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -234,6 +234,7 @@ def run_apache_kafka(
     version: str | None = None,
     work_dir: Path | None = None,
     proxied_port: int | None = None,
+    jvm_options: Sequence[str] = _JVM_OPTIONS,
 ) -> Iterator[ApacheKafka]:
     """Run a fresh single-node Apache Kafka for the duration of the block.
 
@@ -247,6 +248,9 @@ def run_apache_kafka(
         version: the Kafka version (default :func:`kafka_version`); fetched if need be.
         work_dir: where the settings, data and log go (default: a temporary
             directory removed afterwards).
+        jvm_options: the JVM's options (default: a small heap and the quick
+            C1 compiler, which start fast; the benchmarks give it a bigger heap
+            and the full JIT, so that the broker is not what they measure).
 
     Raises:
         KafkaBrokerError: Java is missing, the jars cannot be fetched, or the
@@ -273,9 +277,10 @@ def run_apache_kafka(
         classpath = str(libs / "*")
         log4j = f"-Dlog4j2.configurationFile={work_dir / 'log4j2.properties'}"
         _format_storage(java, classpath, log4j, config, log_path)
+        jvm = tuple(jvm_options)
         with open(work_dir / "stdout.log", "wb") as out:
             proc = subprocess.Popen(
-                [java, *_JVM_OPTIONS, log4j, "-cp", classpath, "kafka.Kafka", str(config)],
+                [java, *jvm, log4j, "-cp", classpath, "kafka.Kafka", str(config)],
                 cwd=work_dir,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
