@@ -82,6 +82,16 @@ def test_a_worker_without_web_loads_no_web_stack_and_no_pytest() -> None:
 def test_building_an_app_loads_only_what_an_app_needs() -> None:
     loaded = modules_after('import streamtrio\napp = streamtrio.App("x")')
     assert "streamtrio._app" in loaded
-    # msgpack: only for the msgpack codec; difflib: only to name a misspelled STREAMTRIO_* variable
-    for lazy in ("msgpack", "difflib", "confluent_kafka", "lmdb", "rich", "typer", "httpx", "quart"):
+    # msgpack, msgspec: only for the msgpack codec, for decoding JSON; difflib: only to name a misspelled STREAMTRIO_* variable
+    for lazy in (
+        "msgpack",
+        "msgspec",
+        "difflib",
+        "confluent_kafka",
+        "lmdb",
+        "rich",
+        "typer",
+        "httpx",
+        "quart",
+    ):
         assert lazy not in loaded, lazy
