@@ -955,7 +955,14 @@ _CONTAINERS = (dict, list)
 
 
 def revive(value: Any) -> Any:
-    """Public face of :func:`_revive` (codecs and tables use it)."""
+    """Public face of :func:`_revive` (codecs and tables use it).
+
+    With no Record class registered there is nothing to revive: the value is
+    returned without the walk (a third of a microsecond for a small dict,
+    paid by every event of an untyped topic).
+    """
+    if not _REGISTRY:
+        return value
     return _revive(value)
 
 
