@@ -1,4 +1,6 @@
 import json
+import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -305,3 +307,33 @@ def test_record_dumps_reports_unknown_serializer() -> None:
         Account("u", 1).dumps(serializer="nope")
     with pytest.raises(DecodeError, match="codec 'json' cannot decode Account"):
         Account.loads(b"\x00")
+
+
+def test_msgpack_codec_from_many_threads_at_once() -> None:
+    # Packers are reused; the default hook (Decimal here) runs Python code
+    # mid-pack, where another thread may take over and pack with the codec too.
+    codec = get_codec("msgpack")
+    values = [[i, Decimal(i), f"k{i}", [Decimal(-i)] * 3] for i in range(300)]
+    expected = [msgpack.packb([i, str(i), f"k{i}", [str(-i)] * 3]) for i in range(300)]
+    wrong: list[int] = []
+
+    def pack_all() -> None:
+        for _ in range(20):
+            for i, value in enumerate(values):
+                if codec.dumps(value) != expected[i]:
+                    wrong.append(i)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=pack_all) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert wrong == []
+    with pytest.raises(TypeError):
+        codec.dumps(object())
+    assert codec.dumps([1, "a"]) == msgpack.packb([1, "a"])  # nothing left over from the failure

@@ -82,7 +82,8 @@ def test_a_worker_without_web_loads_no_web_stack_and_no_pytest() -> None:
 def test_building_an_app_loads_only_what_an_app_needs() -> None:
     loaded = modules_after('import streamtrio\napp = streamtrio.App("x")')
     assert "streamtrio._app" in loaded
-    # msgpack, msgspec: only for the msgpack codec, for decoding JSON; difflib: only to name a misspelled STREAMTRIO_* variable
+    # msgpack: only for the msgpack codec; msgspec: only to decode JSON;
+    # difflib: only to name a misspelled STREAMTRIO_* variable
     for lazy in (
         "msgpack",
         "msgspec",

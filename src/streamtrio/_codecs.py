@@ -144,15 +144,32 @@ class JSONCodec(Codec):
 
 
 class MsgpackCodec(Codec):
-    """msgpack with distinct str and bin types."""
+    """msgpack with distinct str and bin types.
+
+    ``msgpack.packb`` builds a new Packer for every call, which costs more
+    than packing a small key or value; Packers are kept for reuse instead. A
+    Packer is not safe to share (its ``default`` hook runs Python code
+    mid-pack, where another thread, or a nested call from the hook, may use
+    the codec), so each call takes one off the free list (atomic under the
+    GIL) and puts it back when done: concurrent calls never share one.
+    """
 
     name = "msgpack"
 
+    def __init__(self) -> None:
+        self._free: list[Any] = []  # msgpack.Packer
+
     # msgpack is imported when first used: an app that never uses it does not load it.
     def dumps(self, obj: Any) -> bytes:
-        import msgpack
+        free = self._free
+        try:
+            packer = free.pop()
+        except IndexError:
+            import msgpack
 
-        packed: bytes = msgpack.packb(obj, use_bin_type=True, default=_plain)
+            packer = msgpack.Packer(use_bin_type=True, default=_plain)
+        packed: bytes = packer.pack(obj)  # its buffer is emptied even when it raises
+        free.append(packer)
         return packed
 
     def loads(self, data: bytes) -> Any:
