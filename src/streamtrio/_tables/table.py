@@ -74,6 +74,8 @@ class _Deleted:
 #: The value of a key deleted in a layer (a tombstone until it is persisted).
 DELETED: Any = _Deleted()
 _MISSING: Any = object()
+#: Key types whose encoding cannot change while the key object lives.
+_IMMUTABLE_KEYS = frozenset({str, bytes, int})
 #: The partition of an event from a source partition no longer owned: its writes are dropped.
 _LOST = -1
 #: Writes from events whose placement is checked: every one of a table's
@@ -254,6 +256,10 @@ class Table(MutableMapping[Any, Any]):
             key_serializer=key_serializer,
             value_serializer=value_serializer,
         )
+        #: the last key encoded and its bytes: ``table[key] += 1`` encodes it once
+        #: (only for immutable key types, compared by identity)
+        self._last_key: Any = _MISSING
+        self._last_kbytes = b""
         # Keys are *stored* with key_serializer (msgpack by default, so a str key
         # comes back a str) but *partitioned* the way producers encode them: with
         # the table's explicit key_serializer, else the app's. Otherwise the
@@ -639,6 +645,8 @@ class Table(MutableMapping[Any, Any]):
     # -- codecs ---------------------------------------------------------------------
 
     def _encode_key(self, key: Any) -> bytes:
+        if key is self._last_key:
+            return self._last_kbytes
         try:
             raw = self.schema.dumps_key(key) if key is not None else self.schema.key_codec.dumps(None)
         except Exception as exc:
@@ -649,6 +657,9 @@ class Table(MutableMapping[Any, Any]):
                 f"table {self.name!r}: key {key!r:.80} encodes to {size} bytes; "
                 f"a table key must be 1 to {MAX_KEY_SIZE} bytes"
             )
+        if type(key) in _IMMUTABLE_KEYS:
+            self._last_key = key
+            self._last_kbytes = raw
         return raw
 
     def _encode_value(self, key: Any, value: Any) -> bytes:
