@@ -116,6 +116,44 @@ def test_iteration_does_not_hold_a_read_transaction(tmp_path: Path) -> None:
         assert len(rest) == n - 1
 
 
+def test_lmdb_reads_share_a_snapshot_only_until_the_next_write(tmp_path: Path) -> None:
+    # get() reuses one read transaction between writes: every write, a new
+    # database and the growth of the map end it, so reads see what was written.
+    with _lmdb(tmp_path, map_size=256 * 1024, max_map_size=64 << 20) as store:
+        part = store.partition("t", 0)
+        store.write_batch({("t", 0): {b"a": b"1"}}, {})
+        assert part.get(b"a") == b"1"
+        assert part.get(b"b") is None
+        store.write_batch({("t", 0): {b"b": b"2", b"a": None}}, {})
+        assert part.get(b"b") == b"2"
+        assert part.get(b"a") is None
+        part.write({b"c": b"3"})
+        assert part.get(b"c") == b"3"
+        # a database created after the read transaction began
+        assert store.partition("new", 0).get(b"x") is None
+        store.write_batch({("new", 0): {b"x": b"1"}}, {})
+        assert store.partition("new", 0).get(b"x") == b"1"
+        # the map grows (remapped) while a read transaction was open
+        big = {b"%08d" % i: b"x" * 200 for i in range(5000)}
+        store.write_batch({("t", 1): big}, {})
+        assert store.statistics().map_size > 256 * 1024  # type: ignore[operator]
+        assert store.partition("t", 1).get(b"00004999") == b"x" * 200
+        assert part.get(b"b") == b"2"
+        store.drop_partition("t", 0, changelog=None)
+        assert part.get(b"b") is None
+
+
+def test_lmdb_reads_between_rewrites_pin_no_old_snapshot(tmp_path: Path) -> None:
+    # A read transaction left open would keep LMDB from reusing the pages that
+    # every rewrite frees: the file would grow by the data's size per rewrite.
+    with _lmdb(tmp_path, map_size=64 << 20) as store:
+        part = store.partition("t", 0)
+        for round_ in range(60):
+            store.write_batch({("t", 0): {b"%05d" % i: b"%d" % round_ * 100 for i in range(2000)}}, {})
+            assert part.get(b"00007") == b"%d" % round_ * 100
+        assert store.statistics().bytes_used < 8 << 20  # type: ignore[operator]
+
+
 def test_range(store: Store) -> None:
     part = store.partition("per_min", 0)
     # Windowed keys: key + window start, so a range is one key's windows.

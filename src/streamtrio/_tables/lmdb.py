@@ -202,8 +202,10 @@ def _describe(names: Iterable[tuple[str, int]]) -> str:
 class LMDBPartition(StorePartition):
     """A view of one table partition of an :class:`LMDBStore`.
 
-    Reads run on the calling thread, in short read transactions; values are
-    checked against their checksum (:class:`CorruptedStoreError` otherwise).
+    Reads run on the calling thread; values are checked against their
+    checksum (:class:`CorruptedStoreError` otherwise). :meth:`get` uses the
+    store's shared read transaction (see :class:`LMDBStore`), the others a
+    short one of their own.
     """
 
     def __init__(self, store: LMDBStore, table: str, partition: int) -> None:
@@ -219,15 +221,19 @@ class LMDBPartition(StorePartition):
         return [(self.table, self.partition)]
 
     def get(self, key: bytes) -> bytes | None:
-        db = self._store._lookup(self._name)
+        store = self._store
+        db = store._lookup(self._name)
         if db is None or not 0 < len(key) <= MAX_KEY_SIZE:
             return None
         try:
-            with self._store._read(db) as txn:
-                raw = txn.get(key)
+            with store._resize_lock:
+                txn = store._reader
+                if txn is None:
+                    txn = store._reader = store._env.begin()
+                raw = txn.get(key, db=db)
         except lmdb.Error as exc:
-            raise self._store._error(exc, "reading", self._where()) from exc
-        return None if raw is None else self._store._value(raw, self.table, self.partition, key)
+            raise store._error(exc, "reading", self._where()) from exc
+        return None if raw is None else store._value(raw, self.table, self.partition, key)
 
     def get_many(self, keys: Iterable[bytes]) -> dict[bytes, bytes]:
         db = self._store._lookup(self._name)
@@ -354,6 +360,14 @@ class LMDBStore(Store):
         # Held by readers for the life of a read transaction and by the map growth:
         # set_mapsize remaps the file, which must not happen under a reader's feet.
         self._resize_lock = threading.Lock()
+        # The read transaction that get() shares, begun at the first read after a
+        # write: a table's reads between two commits (thousands, every one a miss
+        # when the keys are new) then cost one begin instead of one each. Used and
+        # ended only under _resize_lock (the environment is opened with MDB_NOTLS,
+        # so a read transaction may pass between threads that take turns); every
+        # write ends it once committed, so reads see what was written and no old
+        # snapshot stays pinned (which would keep LMDB from reusing freed pages).
+        self._reader: lmdb.Transaction[bytes] | None = None
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -520,7 +534,15 @@ class LMDBStore(Store):
             self._dbs.clear()
             self._release_dir_lock()
 
+    def _end_reader(self) -> None:
+        """End the shared read transaction (after a write; before a resize or close)."""
+        with self._resize_lock:
+            reader, self._reader = self._reader, None
+            if reader is not None:
+                reader.abort()
+
     def _close_env(self) -> None:
+        self._end_reader()
         try:
             if not self._sync:
                 self._env.sync(True)
@@ -576,6 +598,7 @@ class LMDBStore(Store):
             db = self._dbs.get(name)
             if db is None:
                 db = self._dbs[name] = self._env.open_db(name, create=True)
+                self._end_reader()  # begun before the database existed
             return db
 
     def _error(self, exc: lmdb.Error, doing: str, names: Iterable[tuple[str, int]]) -> StoreError:
@@ -602,6 +625,9 @@ class LMDBStore(Store):
             return False
         new = min(self.map_size * 2, self.max_map_size)
         with self._resize_lock:
+            if self._reader is not None:
+                self._reader.abort()
+                self._reader = None
             self._env.set_mapsize(new)
         log.info("LMDB store in %s: map grown from %d to %d bytes", self.path, self.map_size, new)
         self.map_size = new
@@ -658,6 +684,7 @@ class LMDBStore(Store):
                                 txn.put(key, _seal(value), db=db)
                     for tp, offset in offsets.items():
                         txn.put(_offset_key(tp), _OFFSET.pack(offset), db=self._meta)
+                self._end_reader()
                 return
             except lmdb.MapFullError as exc:
                 # The transaction was aborted: grow the map and write it all again.
@@ -697,6 +724,8 @@ class LMDBStore(Store):
                         txn.delete(_offset_key(changelog), db=self._meta)
             except lmdb.Error as exc:
                 raise self._error(exc, "dropping", [(table, partition)]) from exc
+            finally:
+                self._end_reader()
             # The handle dies with the committed drop; the name is free for reuse.
             self._dbs.pop(name, None)
 
