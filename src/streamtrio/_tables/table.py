@@ -33,7 +33,7 @@ import trio
 from .._codecs import Codec, Schema
 from .._exceptions import ClosedError, ConfigurationError, EncodeError, ProducerError, TableError
 from .._partitioner import key_placement
-from .._stream import current_event
+from .._stream import _current_event, current_event
 from .._topic import Topic
 from .._types import TP, RecordMetadata
 from .base import MAX_KEY_SIZE, StorePartition
@@ -260,6 +260,10 @@ class Table(MutableMapping[Any, Any]):
         #: (only for immutable key types, compared by identity)
         self._last_key: Any = _MISSING
         self._last_kbytes = b""
+        #: the event whose partition was found last, and that partition:
+        #: ``table[key] += 1`` finds it once (see _event_partition)
+        self._last_event: Any = None
+        self._last_event_partition = 0
         # Keys are *stored* with key_serializer (msgpack by default, so a str key
         # comes back a str) but *partitioned* the way producers encode them: with
         # the table's explicit key_serializer, else the app's. Otherwise the
@@ -692,9 +696,16 @@ class Table(MutableMapping[Any, Any]):
         writes are discarded, since its offset is never committed here and
         the new owner processes it again.
         """
-        event = current_event()
+        event = _current_event.get()
         if event is None:
             return None
+        if event is self._last_event:
+            # Found before for this event, on a partition then assigned. A revoke
+            # or a loss revokes the event's lane before it changes the sources,
+            # so while the lane is not revoked the answer stands.
+            lane = event._lane
+            if lane is None or not lane.revoked:
+                return self._last_event_partition
         message = event.message
         if (message.topic, message.partition) not in self._manager.sources:
             lane = event._lane
@@ -713,6 +724,8 @@ class Table(MutableMapping[Any, Any]):
         timers = self._timers
         if timers is not None and (part := self._parts.get(n)) is not None:
             timers.observe(n, part, event)
+        self._last_event = event
+        self._last_event_partition = n
         return n
 
     def _check_running(self) -> None:
