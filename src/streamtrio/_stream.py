@@ -585,7 +585,15 @@ class Stream(Generic[T]):
                 self._held = [event for event in held if not event.acked]
                 return
             for event in held:
-                event.ack()
+                # event.ack() and event._complete(), inlined for the common case
+                # (nothing produced on its behalf, not failed or retired)
+                if event._outputs or event._acked or event._retired or event._failed or event._parent:
+                    event.ack()
+                    continue
+                event._acked = event._done = True
+                lane = event._lane
+                if lane is not None:
+                    lane.ack(event.message.offset)
             held.clear()
 
     async def _take_event(self) -> Event[T]:
