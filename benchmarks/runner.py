@@ -422,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print("[bench] warmed the broker up with one raw pass over the events", flush=True)
             for job in jobs:
-                timeout = args.timeout or 90 + job.events / (1_000 if job.system == "faust" else 10_000)
+                per_second = {"faust": 1_000, "quix": 2_000}.get(job.system, 10_000)
+                timeout = args.timeout or 90 + job.events / per_second
                 print(
                     f"[bench] {job.label} / {job.workload} ({job.events:,} events) ...", end=" ", flush=True
                 )
