@@ -32,6 +32,9 @@ RESULT_PREFIX = "BENCH-RESULT "
 WORKLOADS = ("stateless", "stateful", "windowed")
 #: Tumbling window size of the windowed workload, in seconds.
 WINDOW_SECONDS = 10
+#: Event time the produced events span (workload.SPAN_SECONDS): a grace period this
+#: long lets no system drop an event as late, whatever order its partitions arrive in.
+SPAN_SECONDS = 100
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -14,10 +14,11 @@ import time
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+# The windowed workload sees SPAN_SECONDS / 10 windows per key.
+from ._protocol import SPAN_SECONDS
+
 PARTITIONS = 8
 KEYS = 10_000
-#: Event time the produced events span (the windowed workload sees SPAN / 10 windows per key).
-SPAN_SECONDS = 100
 
 __all__ = [
     "KEYS",
