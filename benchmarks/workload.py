@@ -15,7 +15,10 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 # The windowed workload sees SPAN_SECONDS / 10 windows per key.
-from ._protocol import SPAN_SECONDS
+try:
+    from ._protocol import SPAN_SECONDS
+except ImportError:  # imported as a plain module beside paced_producer.py
+    from _protocol import SPAN_SECONDS  # type: ignore[no-redef]
 
 PARTITIONS = 8
 KEYS = 10_000
