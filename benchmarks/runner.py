@@ -78,6 +78,8 @@ class Outcome:
     rss_mb: float | None = None
     #: CPU time of the whole process (every thread) per event, first event to last
     cpu_us: float | None = None
+    #: the machine's 1-minute load average when the run ended (a shared machine's noise)
+    load: float | None = None
     result: dict[str, Any] = field(default_factory=dict)
 
 
@@ -127,7 +129,7 @@ def run_job(job: Job, *, bootstrap: str, python: Path, workdir: Path, prefix: st
     stdout = out_path.read_text(errors="replace")
     stderr = err_path.read_text(errors="replace")
     rss_mb = rusage.ru_maxrss / 1024 if rusage is not None else None  # KiB on Linux
-    outcome = Outcome(job, ok=False, rss_mb=rss_mb)
+    outcome = Outcome(job, ok=False, rss_mb=rss_mb, load=os.getloadavg()[0])
     result = parse_result(stdout) or parse_result(stderr)
     if status is None:
         outcome.reason = f"timed out after {timeout:.0f}s"
@@ -179,8 +181,8 @@ def table(outcomes: list[Outcome]) -> str:
     quix = {o.job.workload: o.rate for o in outcomes if o.job.system == "quix" and o.ok}
     lines = [
         "| system | workload | events | events/s | CPU µs/event | peak RSS MB | vs streamtrio "
-        "| vs quix | vs raw |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| vs quix | vs raw | load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for o in outcomes:
         if o.job.workload in ("latency", "replay"):
@@ -191,7 +193,8 @@ def table(outcomes: list[Outcome]) -> str:
         lines.append(
             f"| {o.job.label} | {o.job.workload} | {o.job.events:,} | {_fmt_rate(rate)} | {cpu} | {rss} | "
             f"{_ratio(rate, st.get(o.job.workload))} | {_ratio(rate, quix.get(o.job.workload))} | "
-            f"{_ratio(rate, raw_distinct if o.job.workload == 'distinct' else raw)} |"
+            f"{_ratio(rate, raw_distinct if o.job.workload == 'distinct' else raw)} | "
+            f"{'-' if o.load is None else f'{o.load:.1f}'} |"
         )
     failures = [o for o in outcomes if not o.ok]
     if failures:
@@ -437,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 shown = f"{outcome.rate:,.0f}/s" if outcome.ok else f"FAILED: {outcome.reason}"
                 rss = f", peak RSS {outcome.rss_mb:.0f} MB" if outcome.rss_mb is not None else ""
+                rss += f", load {outcome.load:.1f}" if outcome.load is not None else ""
                 print(shown + rss, flush=True)
                 outcomes.append(outcome)
     finally:
