@@ -530,3 +530,37 @@ async def test_default_table_partitions_keys_like_the_producer(app_factory: Any)
     for key in keys:
         assert counts.key_partition(key) == partition_for_key(key.encode(), 8)
         assert app.router.table_partition("placement", key).partition == partition_for_key(key.encode(), 8)
+
+
+async def test_partitions_revoked_while_recovering_are_followed_as_standbys(
+    app_factory: AppFactory, broker: MemoryBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen in the chaos standby failover: a worker whose first recovery was cancelled by a
+    revoke (a second worker joined) never followed the revoked partitions as a standby,
+    and replayed their whole changelog when it took them over later."""
+    from streamtrio._tables import manager as manager_module
+
+    real_replay = manager_module.replay
+    calls: list[int] = []
+
+    async def first_recovery_held(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            await trio.sleep_forever()  # until the revoke cancels it
+        return await real_replay(*args, **kwargs)
+
+    monkeypatch.setattr(manager_module, "replay", first_recovery_held)
+    first, _ = word_count_app(app_factory, table_standby_replicas=1)
+    second, _ = word_count_app(app_factory, table_standby_replicas=1)
+    async with running(first) as a:
+        await wait_for(lambda: len(calls) == 1)
+        async with running(second) as b:
+            await wait_for(lambda: bool(b.source_partitions()) and bool(a.source_partitions()))
+            await first.tables.wait_until_recovery_completed()
+            theirs = {tp.partition for tp in b.source_partitions()}
+            standbys = set(first.tables.statistics().standbys)
+            assert {TP(CHANGELOG, n) for n in theirs} <= standbys, (theirs, standbys)
+            await produce(first, corpus(400))
+            await wait_for(
+                lambda: all(first.tables.statistics().followed.get(TP(CHANGELOG, n), 0) > 0 for n in theirs)
+            )

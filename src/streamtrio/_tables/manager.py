@@ -599,6 +599,11 @@ class TableManager(Mapping[str, Table]):
         async with self._persist_lock:
             for table in self._partitioned():
                 for n in gone:
+                    # Followed as a standby from now on, also when its recovery was
+                    # cancelled before it served (no view) or it was lost (no part).
+                    tp = table.changelog_tp(n)
+                    if n < table.partitions and tp not in self._following:
+                        follow[tp] = (table, n)
                     part = table._parts.get(n)
                     if part is None or part.view is None:
                         continue
@@ -612,7 +617,6 @@ class TableManager(Mapping[str, Table]):
                             lost,
                         )
                     del table._parts[n]
-                    follow[table.changelog_tp(n)] = (table, n)
         worker = self._worker
         if (
             follow
