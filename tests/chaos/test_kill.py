@@ -36,7 +36,9 @@ async def kill_loop(cluster: Cluster, *, kills: int, every: float) -> None:
     cluster.fault_over()
 
 
-@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+@pytest.mark.parametrize(
+    "guarantee", [pytest.param("at_least_once", marks=pytest.mark.chaos_long_only), "exactly_once"]
+)
 async def test_kill_9_loop(proxied_kafka: ApacheKafka, tmp_path: Path, guarantee: str) -> None:
     async with chaos_cluster(proxied_kafka, tmp_path, "kill -9 loop", guarantee=guarantee) as cluster:
         await kill_loop(cluster, kills=KILLS, every=EVERY)

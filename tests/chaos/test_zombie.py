@@ -82,7 +82,11 @@ def changelog_regressions(records: list[Any]) -> tuple[int, dict[bytes, int]]:
     return regressions, last
 
 
-@pytest.mark.parametrize("standbys", [0, 1], ids=["no-standby", "standby"])
+@pytest.mark.parametrize(
+    "standbys",
+    [0, pytest.param(1, marks=pytest.mark.chaos_long_only)],
+    ids=["no-standby", "standby"],
+)
 async def test_a_cut_off_worker_never_lands_table_values_after_the_new_owner(
     proxied_kafka: ApacheKafka, tmp_path: Path, standbys: int
 ) -> None:
