@@ -48,6 +48,20 @@ def count_app(
     return app, counts
 
 
+async def filled_datadir(app_factory: AppFactory, broker: MemoryBroker, datadir: Path) -> int:
+    """Count 2,000 words into a table with a first worker; the changelog's length."""
+    app, _ = count_app(app_factory, datadir)
+    async with app.open_client():
+        topic = app._topic_named("words")
+        for i in range(4000):
+            topic.send_soon(key=f"w{i % 2000}", value=f"w{i % 2000}")
+        await app.producer.flush()
+    ends = {TP("words", p): broker.end_offset(TP("words", p)) for p in range(PARTITIONS)}
+    async with running(app):
+        await wait_for(lambda: broker.committed(app.id) == ends, timeout=60)
+    return sum(broker.end_offset(TP("testapp-counts-changelog", p)) for p in range(PARTITIONS))
+
+
 @pytest.mark.parametrize("ends_known", [True, False])
 async def test_recovery_logs_done_total_rate_eta_and_exposes_progress(
     app_factory: AppFactory,
@@ -57,16 +71,7 @@ async def test_recovery_logs_done_total_rate_eta_and_exposes_progress(
     monkeypatch: pytest.MonkeyPatch,
     ends_known: bool,
 ) -> None:
-    app, _ = count_app(app_factory, tmp_path / "first")
-    async with app.open_client():
-        topic = app._topic_named("words")
-        for i in range(4000):
-            topic.send_soon(key=f"w{i % 2000}", value=f"w{i % 2000}")
-        await app.producer.flush()
-    ends = {TP("words", p): broker.end_offset(TP("words", p)) for p in range(PARTITIONS)}
-    async with running(app):
-        await wait_for(lambda: broker.committed(app.id) == ends, timeout=60)
-    changelog = sum(broker.end_offset(TP("testapp-counts-changelog", p)) for p in range(PARTITIONS))
+    changelog = await filled_datadir(app_factory, broker, tmp_path / "first")
 
     if not ends_known:
         # A broker that does not say where its partitions end: the progress
@@ -98,20 +103,6 @@ async def test_recovery_logs_done_total_rate_eta_and_exposes_progress(
         assert progress.total is None and progress.eta is None
         assert re.match(r"recovering tables: \d+ records \(total unknown\), \d+ records/s", lines[0])
     assert f"tables recovered: {changelog}" in caplog.text
-
-
-async def filled_datadir(app_factory: AppFactory, broker: MemoryBroker, datadir: Path) -> int:
-    """Count 2,000 words into a table with a first worker; the changelog's length."""
-    app, _ = count_app(app_factory, datadir)
-    async with app.open_client():
-        topic = app._topic_named("words")
-        for i in range(4000):
-            topic.send_soon(key=f"w{i % 2000}", value=f"w{i % 2000}")
-        await app.producer.flush()
-    ends = {TP("words", p): broker.end_offset(TP("words", p)) for p in range(PARTITIONS)}
-    async with running(app):
-        await wait_for(lambda: broker.committed(app.id) == ends, timeout=60)
-    return sum(broker.end_offset(TP("testapp-counts-changelog", p)) for p in range(PARTITIONS))
 
 
 async def test_recovery_does_not_wait_for_a_broker_that_never_tells_the_end_offsets(

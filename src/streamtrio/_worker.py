@@ -114,7 +114,6 @@ class Worker:
         self._channel_inboxes: list[Inbox[Any]] = []
         self._routes: dict[str, list[Inbox[Message]]] = {}
         self._paused: set[TP] = set()
-        self._recovering: set[TP] = set()
         #: assignments whose hooks (table recovery) still run, in the hooks nursery
         self._assigning: list[_Assignment] = []
         self._hooks_nursery: trio.Nursery | None = None
@@ -260,6 +259,11 @@ class Worker:
 
     # -- the rebalance listener ------------------------------------------------
 
+    @property
+    def _recovering(self) -> frozenset[TP]:
+        """Partitions whose assign hooks (table recovery) still run: they stay paused."""
+        return frozenset(tp for job in self._assigning for tp in job.tps)
+
     def _log_partitions(self, what: str, tps: Collection[TP]) -> None:
         """Log ``what % partitions`` at INFO for the app's topics; the internal
         leader topic's partition only at DEBUG."""
@@ -323,7 +327,6 @@ class Worker:
         later rebalance up, nor costs the member its membership)."""
         self.generation += 1
         self.assigned |= assigned
-        self._recovering |= assigned
         self._note_assignment()  # assigned, if still recovering: the recovery reports its waits
         for tp in assigned:
             for inbox in self._route(tp.topic):
@@ -350,7 +353,6 @@ class Worker:
         if job.scope.cancel_called:
             return  # revoked or lost meanwhile: see _settle_assignments
         tps = job.tps & self.assigned
-        self._recovering -= job.tps
         self._paused -= job.tps
         self._note_assignment()
         if self.consumer is not None and tps:
@@ -367,10 +369,8 @@ class Worker:
         for job in pending:
             await job.finished.wait()
         for job in pending:
-            self._recovering -= job.tps
             rest = job.tps - leaving
             if rest:
-                self._recovering |= rest
                 self._start_assignment(rest)
 
     async def on_partitions_revoked(self, revoked: frozenset[TP]) -> Mapping[TP, int]:

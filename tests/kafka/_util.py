@@ -32,6 +32,25 @@ APPS = Path(__file__).resolve().parent / "apps"
 FAST_GROUP: dict[str, Any] = {"broker_session_timeout": 2.0, "broker_heartbeat_interval": 0.2}
 
 
+def lmdb_app(app_id: str, bootstrap: str, datadir: Path, **settings: Any) -> Any:
+    """An App on ``bootstrap`` with LMDB tables in ``datadir``, no web, a fast group;
+    ``settings`` add to or override these."""
+    import streamtrio
+
+    return streamtrio.App(
+        app_id,
+        **{
+            "broker": f"kafka://{bootstrap}",
+            "store": "lmdb://",
+            "datadir": str(datadir),
+            "web_enabled": False,
+            "shutdown_timeout": 20.0,
+            **FAST_GROUP,
+            **settings,
+        },
+    )
+
+
 def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
 

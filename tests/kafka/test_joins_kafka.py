@@ -17,23 +17,13 @@ import trio
 
 import streamtrio
 
-from ._util import FAST_GROUP, read_topic, wait_for
+from ._util import lmdb_app, read_topic, wait_for
 
 PARTITIONS = 2
 
 
 def make_app(app_id: str, bootstrap: str, datadir: Path, **options: Any) -> Any:
-    app = streamtrio.App(
-        app_id,
-        broker=f"kafka://{bootstrap}",
-        store="lmdb://",
-        datadir=str(datadir),
-        web_enabled=False,
-        commit_interval=0.3,
-        shutdown_timeout=20.0,
-        **FAST_GROUP,
-        **options,
-    )
+    app = lmdb_app(app_id, bootstrap, datadir, commit_interval=0.3, **options)
     customers_topic = app.topic(f"{app_id}-customers", key_type=str, value_type=str, partitions=PARTITIONS)
     orders = app.topic(f"{app_id}-orders", key_type=str, value_type=int, partitions=PARTITIONS)
     enriched = app.topic(f"{app_id}-enriched", key_type=str, value_type=str, partitions=PARTITIONS)

@@ -19,24 +19,20 @@ import trio
 
 import streamtrio
 
-from ._util import FAST_GROUP, read_topic, unique, wait_for
+from ._util import lmdb_app, read_topic, unique, wait_for
 
 PARTITIONS = 2
 GAP = 1.0
 
 
 def session_app(app_id: str, bootstrap: str, datadir: Path, **options: Any) -> Any:
-    app = streamtrio.App(
+    app = lmdb_app(
         app_id,
-        broker=f"kafka://{bootstrap}",
-        store="lmdb://",
-        datadir=str(datadir),
-        web_enabled=False,
+        bootstrap,
+        datadir,
         processing_guarantee="exactly_once",
         commit_interval=0.2,
         table_cleanup_interval=0.2,
-        shutdown_timeout=20.0,
-        **FAST_GROUP,
         **options,
     )
     clicks = app.topic(f"{app_id}-clicks", key_type=str, value_type=int, partitions=PARTITIONS)

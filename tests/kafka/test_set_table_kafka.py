@@ -11,22 +11,13 @@ import trio
 import streamtrio
 from streamtrio import TP
 
+from ._util import lmdb_app
+
 PARTITIONS = 4
 
 
 def set_app(app_id: str, bootstrap: str, datadir: Path) -> tuple[streamtrio.App, Any, Any, list[int]]:
-    app = streamtrio.App(
-        app_id,
-        broker=f"kafka://{bootstrap}",
-        store="lmdb://",
-        datadir=str(datadir),
-        web_enabled=False,
-        commit_interval=0.5,
-        broker_session_timeout=2.0,
-        broker_heartbeat_interval=0.2,
-        shutdown_timeout=20.0,
-        table_standby_replicas=0,
-    )
+    app = lmdb_app(app_id, bootstrap, datadir, commit_interval=0.5, table_standby_replicas=0)
     ops = app.topic(f"{app_id}-ops", key_type=str, value_type=None, partitions=PARTITIONS)
     members = app.SetTable("members", value_type=str, partitions=PARTITIONS)
     done = [0]

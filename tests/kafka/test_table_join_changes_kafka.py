@@ -21,7 +21,7 @@ import trio
 
 import streamtrio
 
-from ._util import FAST_GROUP, read_topic, unique, wait_for
+from ._util import lmdb_app, read_topic, unique, wait_for
 
 PARTITIONS = 2
 
@@ -62,17 +62,7 @@ def outer_reference(ops: list[Op]) -> tuple[dict[str, list[Any]], dict[str, list
 
 
 def join_app(app_id: str, bootstrap: str, datadir: Path, guarantee: str) -> Any:
-    app = streamtrio.App(
-        app_id,
-        broker=f"kafka://{bootstrap}",
-        store="lmdb://",
-        datadir=str(datadir),
-        web_enabled=False,
-        processing_guarantee=guarantee,
-        commit_interval=0.2,
-        shutdown_timeout=20.0,
-        **FAST_GROUP,
-    )
+    app = lmdb_app(app_id, bootstrap, datadir, processing_guarantee=guarantee, commit_interval=0.2)
     sources = {
         side: app.topic(f"{app_id}-{side}-writes", key_type=str, partitions=PARTITIONS) for side in "lr"
     }

@@ -14,6 +14,8 @@ import trio
 import streamtrio
 from streamtrio import TP
 
+from ._util import lmdb_app
+
 log = logging.getLogger(__name__)
 
 PARTITIONS = 8
@@ -21,18 +23,7 @@ TOTAL = 100_000
 
 
 def word_count_app(app_id: str, bootstrap: str, datadir: Path, **options: Any) -> tuple[streamtrio.App, Any]:
-    app = streamtrio.App(
-        app_id,
-        broker=f"kafka://{bootstrap}",
-        store="lmdb://",
-        datadir=str(datadir),
-        web_enabled=False,
-        commit_interval=0.5,
-        broker_session_timeout=2.0,
-        broker_heartbeat_interval=0.2,
-        shutdown_timeout=20.0,
-        **options,
-    )
+    app = lmdb_app(app_id, bootstrap, datadir, commit_interval=0.5, **options)
     words = app.topic(f"{app_id}-words", key_type=str, value_type=str, partitions=PARTITIONS)
     counts = app.Table("counts", default=int, key_type=str, value_type=int, partitions=PARTITIONS)
     processed = [0]

@@ -19,7 +19,7 @@ import trio
 
 import streamtrio
 
-from ._util import FAST_GROUP, wait_for
+from ._util import lmdb_app, wait_for
 
 PARTITIONS = 2
 GAP = 2.0
@@ -28,17 +28,8 @@ DELAY = 3.0
 
 
 def make_app(app_id: str, bootstrap: str, datadir: Path, log: dict[str, list[Any]], **options: Any) -> Any:
-    app = streamtrio.App(
-        app_id,
-        broker=f"kafka://{bootstrap}",
-        store="lmdb://",
-        datadir=str(datadir),
-        web_enabled=False,
-        commit_interval=0.3,
-        processing_guarantee="exactly_once",
-        shutdown_timeout=20.0,
-        **FAST_GROUP,
-        **options,
+    app = lmdb_app(
+        app_id, bootstrap, datadir, commit_interval=0.3, processing_guarantee="exactly_once", **options
     )
     clicks = app.topic(f"{app_id}-clicks", key_type=str, value_type=int, partitions=PARTITIONS)
     visits = app.Table(

@@ -26,7 +26,7 @@ import trio
 
 import streamtrio
 
-from ._util import FAST_GROUP, read_topic, unique, wait_for
+from ._util import lmdb_app, read_topic, unique, wait_for
 
 PARTITIONS = 2
 UNIT = 60
@@ -69,17 +69,13 @@ async def test_tumbling_updates_match_the_reference_exactly_once(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     app_id = unique("emit")
-    app = streamtrio.App(
+    app = lmdb_app(
         app_id,
-        broker=f"kafka://{kafka_bootstrap}",
-        store="lmdb://",
-        datadir=str(tmp_path),
-        web_enabled=False,
+        kafka_bootstrap,
+        tmp_path,
         processing_guarantee="exactly_once",
         commit_interval=0.2,
         table_cleanup_interval=0.2,
-        shutdown_timeout=20.0,
-        **FAST_GROUP,
     )
     clicks = app.topic(f"{app_id}-clicks", key_type=str, value_type=int, partitions=PARTITIONS)
     out = app.topic(f"{app_id}-updates", key_type=str, partitions=PARTITIONS)

@@ -18,23 +18,13 @@ import trio
 
 import streamtrio
 
+from ._util import lmdb_app
+
 PARTITIONS = 4
 
 
 def windowed_app(app_id: str, bootstrap: str, datadir: Path, closed: list[Any], **options: Any) -> Any:
-    app = streamtrio.App(
-        app_id,
-        broker=f"kafka://{bootstrap}",
-        store="lmdb://",
-        datadir=str(datadir),
-        web_enabled=False,
-        commit_interval=0.3,
-        table_cleanup_interval=0.2,
-        broker_session_timeout=2.0,
-        broker_heartbeat_interval=0.2,
-        shutdown_timeout=20.0,
-        **options,
-    )
+    app = lmdb_app(app_id, bootstrap, datadir, commit_interval=0.3, table_cleanup_interval=0.2, **options)
     clicks = app.topic(f"{app_id}-clicks", key_type=str, value_type=int, partitions=PARTITIONS)
     table = app.Table(
         "per_second",

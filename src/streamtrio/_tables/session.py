@@ -35,8 +35,8 @@ from .._stream import current_event
 from .base import MAX_KEY_SIZE
 from .table import _MISSING, DELETED, Table, TablePartition
 from .timers import KeyTimer, timer_key
-from .windowed import _IN_PLACE, _SUFFIX, Emit, emit_update, split_window_key, window_key
-from .windows import Duration, WindowRange, _duration_us, _expires_us, from_us, to_us
+from .windowed import _SUFFIX, Emit, add_in_place_operators, emit_update, split_window_key, window_key
+from .windows import Duration, WindowRange, _duration_us, _grace_and_expires, from_us, to_us
 
 if TYPE_CHECKING:
     from .._stream import Event
@@ -64,17 +64,7 @@ class SessionWindow:
 
     def __init__(self, gap: Duration, expires: Duration | None = None, grace: Duration | None = None) -> None:
         self._gap = _duration_us(gap, "session gap")
-        self._expires = _expires_us(expires)
-        self._grace = None if grace is None else _duration_us(grace, "session grace", zero=True)
-        if self._grace is None:
-            self._grace = self._expires
-        elif self._expires is None:
-            self._expires = self._grace
-        elif self._grace > self._expires:
-            raise ConfigurationError(
-                f"session grace ({from_us(self._grace)}s) must not exceed expires "
-                f"({from_us(self._expires)}s): a session is kept at least until it is final"
-            )
+        self._grace, self._expires = _grace_and_expires(grace, expires, "session")
 
     @property
     def gap(self) -> float:
@@ -355,15 +345,7 @@ class SessionSet:
         return f"<SessionSet {self.wrapper.table.name}[{self.key!r}]>"
 
 
-def _in_place(op: Callable[[Any, Any], Any]) -> Callable[[SessionSet, Any], SessionSet]:
-    def method(self: SessionSet, other: Any) -> SessionSet:
-        return self.apply(op, other)
-
-    return method
-
-
-for _name, _op in _IN_PLACE.items():
-    setattr(SessionSet, _name, _in_place(_op))
+add_in_place_operators(SessionSet)
 
 
 class SessionWrapper:

@@ -595,15 +595,20 @@ class WindowSet:
         return f"<WindowSet {self.table.name}[{self.key!r}] {self.wrapper.window!r}>"
 
 
-def _in_place(op: Callable[[Any, Any], Any]) -> Callable[[WindowSet, Any], WindowSet]:
-    def method(self: WindowSet, other: Any) -> WindowSet:
+def _in_place(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def method(self: Any, other: Any) -> Any:
         return self.apply(op, other)
 
     return method
 
 
-for _name, _op in _IN_PLACE.items():
-    setattr(WindowSet, _name, _in_place(_op))
+def add_in_place_operators(cls: type) -> None:
+    """Give ``cls`` (with ``apply(op, other)``) ``+=``, ``-=``, ... on the current value."""
+    for name, op in _IN_PLACE.items():
+        setattr(cls, name, _in_place(op))
+
+
+add_in_place_operators(WindowSet)
 
 
 def _replace(_old: Any, new: Any) -> Any:

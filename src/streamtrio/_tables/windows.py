@@ -72,6 +72,27 @@ def _expires_us(value: Duration | None) -> int | None:
     return None if value is None else _duration_us(value, "window expires", zero=True)
 
 
+def _grace_and_expires(
+    grace: Duration | None, expires: Duration | None, what: str
+) -> tuple[int | None, int | None]:
+    """``(grace, expires)`` in µs: each defaults to the other; grace must not exceed expires.
+
+    ``what`` ("window", "session") names the thing in the error.
+    """
+    expires_us = _expires_us(expires)
+    grace_us = None if grace is None else _duration_us(grace, f"{what} grace", zero=True)
+    if grace_us is None:
+        return expires_us, expires_us
+    if expires_us is None:
+        return grace_us, grace_us
+    if grace_us > expires_us:
+        raise ConfigurationError(
+            f"{what} grace ({from_us(grace_us)}s) must not exceed expires "
+            f"({from_us(expires_us)}s): a {what} is kept at least until it is final"
+        )
+    return grace_us, expires_us
+
+
 class Window(ABC):
     """The ranges a timestamp belongs to, and when a range closes.
 
@@ -87,17 +108,7 @@ class Window(ABC):
     _aggregates: bool = False
 
     def __init__(self, expires: Duration | None, grace: Duration | None = None) -> None:
-        self._expires = _expires_us(expires)
-        self._grace = None if grace is None else _duration_us(grace, "window grace", zero=True)
-        if self._grace is None:
-            self._grace = self._expires
-        elif self._expires is None:
-            self._expires = self._grace
-        elif self._grace > self._expires:
-            raise ConfigurationError(
-                f"window grace ({from_us(self._grace)}s) must not exceed expires "
-                f"({from_us(self._expires)}s): a window is kept at least until it is final"
-            )
+        self._grace, self._expires = _grace_and_expires(grace, expires, "window")
 
     @property
     def expires(self) -> float | None:
