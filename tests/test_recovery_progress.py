@@ -164,7 +164,9 @@ async def test_a_worker_whose_recovery_stalls_names_the_recovery_not_a_missing_a
     app2, _ = count_app(app_factory, tmp_path / "second", broker_session_timeout=2.0)
     async with running(app2) as worker:
         await trio.sleep(30.0)
-        assert worker.source_partitions() == {TP("words", p) for p in range(PARTITIONS)}
+        assert {tp for tp in worker.source_partitions() if tp.topic == "words"} == {
+            TP("words", p) for p in range(PARTITIONS)
+        }
         assert app2.monitor.stats()["membership"]["unassigned_for_seconds"] is None
     assert "no partition assigned" not in caplog.text
     assert "recovering tables: nothing read from the changelogs for 30s" in caplog.text

@@ -90,7 +90,9 @@ async def test_set_table_assignment_and_errors(app_factory: AppFactory) -> None:
     app = app_factory("sets-assign", commit_interval=0.05)
     members = app.SetTable("members", partitions=1)
     assert isinstance(members, streamtrio.SetTable)
-    async with running(app):
+    async with running(app) as worker:
+        # served here once assigned (before, a write goes to the owner: docs/tables.md)
+        await wait_for(lambda: bool(worker.source_partitions()) and not worker._assigning)
         members["k"] = ["a", "b", "a"]
         assert members["k"] == {"a", "b"}
         members["k"].update({"c"}, ["d"])

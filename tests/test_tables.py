@@ -484,28 +484,6 @@ async def test_on_recover_persisted_offset_info_and_writes_outside_events(
         counts["outside"]
 
 
-async def test_a_write_outside_an_event_to_another_workers_partition_is_counted_and_said(
-    app_factory: AppFactory, caplog: pytest.LogCaptureFixture
-) -> None:
-    """docs/tables.md said the owner applies such a write from the changelog: it does not
-    (issue 20 keeps that open). Until it does, the write is never silent."""
-    first, counts_a = word_count_app(app_factory, table_standby_replicas=0)
-    second, _ = word_count_app(app_factory, table_standby_replicas=0)
-    async with running(first) as a, running(second) as b:
-        await wait_for(lambda: bool(a.source_partitions()) and bool(b.source_partitions()))
-        await first.tables.wait_until_recovery_completed()
-        owned_by_b = {tp.partition for tp in b.source_partitions()}
-        key = next(f"k{i}" for i in range(1000) if counts_a.key_partition(f"k{i}") in owned_by_b)
-        counts_a[key] = 7  # a timer or web view on worker A
-        counts_a[key] = 8
-        assert first.monitor.stats()["tables"]["counts"]["foreign_writes"] == 2
-        assert second.monitor.stats()["tables"]["counts"]["foreign_writes"] == 0
-    warnings = [r.getMessage() for r in caplog.records if "written outside an event" in r.getMessage()]
-    assert len(warnings) == 1, warnings
-    assert f"table 'counts': key {key!r} was written outside an event" in warnings[0]
-    assert f"does not own its partition {counts_a.key_partition(key)}" in warnings[0]
-
-
 def test_tables_cli_lists_changelog_topics(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

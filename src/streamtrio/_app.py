@@ -816,6 +816,7 @@ class App:
 
     def _declared_topics(self) -> list[Topic[Any]]:
         """Every named topic the app uses, created at start if missing."""
+        self.tables.declare_writes_topics()
         topics = [t for t in self._topics if t.pattern is None]
         if self._needs_group():
             topics.append(

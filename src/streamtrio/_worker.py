@@ -100,6 +100,8 @@ class Worker:
         self.exactly_once = app.conf.processing_guarantee == "exactly_once"
         self.assigned: set[TP] = set()
         self.generation = 0
+        #: set when an assignment was received and its assign hooks all finished
+        self._settled = trio.Event()
         self.error: BaseException | None = None
         self.stopping = False
         self.ready = False
@@ -266,16 +268,24 @@ class Worker:
 
     def _log_partitions(self, what: str, tps: Collection[TP]) -> None:
         """Log ``what % partitions`` at INFO for the app's topics; the internal
-        leader topic's partition only at DEBUG."""
-        leader = self.app.leader_topic_name
-        mine = [tp for tp in tps if tp.topic != leader]
-        if mine:
+        topics' (the leader topic, the tables' writes topics) only at DEBUG."""
+        internal = self._internal_topics()
+        if mine := [tp for tp in tps if tp.topic not in internal]:
             log.info(what, _tps(mine))
-        if internal := [tp for tp in tps if tp.topic == leader]:
-            log.debug(what, _tps(internal))
+        if theirs := [tp for tp in tps if tp.topic in internal]:
+            log.debug(what, _tps(theirs))
+
+    def _internal_topics(self) -> frozenset[str]:
+        """The consumed topics streamtrio keeps for itself: the leader topic and the
+        tables' writes topics (see docs/tables.md, "Writes outside events")."""
+        tables = self.app.tables.values()
+        return frozenset(
+            [self.app.leader_topic_name] + [t.writes_topic_name for t in tables if t.writes_topic is not None]
+        )
 
     def source_partitions(self) -> set[TP]:
-        """Assigned partitions of the app's topics (not the internal leader topic)."""
+        """Assigned partitions of the topics the agents consume (not the leader topic;
+        the tables' writes topics included: their agents apply them)."""
         leader = self.app.leader_topic_name
         return {tp for tp in self.assigned if tp.topic != leader}
 
@@ -327,11 +337,22 @@ class Worker:
         later rebalance up, nor costs the member its membership)."""
         self.generation += 1
         self.assigned |= assigned
+        if self._settled.is_set():
+            self._settled = trio.Event()
         self._note_assignment()  # assigned, if still recovering: the recovery reports its waits
         for tp in assigned:
             for inbox in self._route(tp.topic):
                 inbox.add_lane(tp)
         self._start_assignment(assigned)
+
+    async def wait_assigned(self) -> None:
+        """Wait until the group assigned this worker its partitions (maybe none) and
+        their tables are recovered; again after each new assignment."""
+        while True:
+            settled = self._settled
+            await settled.wait()
+            if settled is self._settled:
+                return
 
     def _start_assignment(self, tps: frozenset[TP]) -> None:
         job = _Assignment(tps)
@@ -350,6 +371,8 @@ class Worker:
         finally:
             self._assigning.remove(job)
             job.finished.set()
+            if not self._assigning:
+                self._settled.set()
         if job.scope.cancel_called:
             return  # revoked or lost meanwhile: see _settle_assignments
         tps = job.tps & self.assigned

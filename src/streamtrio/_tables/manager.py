@@ -130,6 +130,15 @@ class TableManager(Mapping[str, Table]):
         self._tables[table.name] = table
         return table
 
+    def declare_writes_topics(self) -> None:
+        """Give each plain table its writes topic and the agent applying it (idempotent).
+
+        Done when the app's topics are declared, after the tables were
+        windowed or joined (those keep writes outside events local).
+        """
+        for table in self._tables.values():
+            table._declare_writes_topic()
+
     def __getitem__(self, name: str) -> Table:
         return self._tables[name]
 
@@ -217,6 +226,7 @@ class TableManager(Mapping[str, Table]):
         self._tracker = None
         for table in self._tables.values():
             table._parts = {}
+            table._foreign = {}
             if table._windowing is not None:
                 table._windowing.reset()
 
@@ -306,6 +316,7 @@ class TableManager(Mapping[str, Table]):
         self._follower = None
         for table in self._tables.values():
             table._parts = {}
+            table._foreign = {}
 
     def _banner(self) -> str:
         parts = []
@@ -336,11 +347,21 @@ class TableManager(Mapping[str, Table]):
                     actual,
                 )
                 table.partitions = actual
+        writes = [t.writes_topic_name for t in self._tables.values() if t.writes_topic is not None]
+        for name, count in (await worker.transport.partition_counts(writes)).items():
+            table = next(t for t in self._tables.values() if t.writes_topic_name == name)
+            if count != table.partitions:
+                raise TableError(
+                    f"table {table.name!r}: its writes topic {name!r} has {count} partitions and its "
+                    f"changelog {table.changelog_topic_name!r} {table.partitions}: they must be equal "
+                    f"(delete {name!r} when no worker runs, it is created again at start)"
+                )
         sources = {
             name: topic
             for agent in self.app.agents.values()
             if isinstance(topic := agent.channel, Topic)
             for name in topic.topics
+            if name not in writes
         }
         source_counts = await worker.transport.partition_counts(sorted(sources))
         for name, count in source_counts.items():
@@ -637,22 +658,25 @@ class TableManager(Mapping[str, Table]):
         eager = self.eager
         send = None
         for table in self._tables.values():
-            topic = table.changelog_topic_name
-            for part in table._parts.values():
-                layer = part.dirty
-                if not layer.data and not layer.outstanding:
-                    continue
-                part.dirty = type(layer)()
-                part.pending.append(layer)
-                if eager:
-                    continue
-                if send is None:
-                    send = self.producer.send_nowait
-                number = part.number
-                delivered = layer.delivered
-                layer.outstanding += len(layer.data)
-                for kbytes, entry in layer.data.items():
-                    send(topic, kbytes, entry[2], partition=number, on_delivery=delivered)
+            for parts, topic in (
+                (table._parts, table.changelog_topic_name),
+                (table._foreign, table.writes_topic_name),
+            ):
+                for part in parts.values():
+                    layer = part.dirty
+                    if not layer.data and not layer.outstanding:
+                        continue
+                    part.dirty = type(layer)()
+                    part.pending.append(layer)
+                    if eager:
+                        continue
+                    if send is None:
+                        send = self.producer.send_nowait
+                    number = part.number
+                    delivered = layer.delivered
+                    layer.outstanding += len(layer.data)
+                    for kbytes, entry in layer.data.items():
+                        send(topic, kbytes, entry[2], partition=number, on_delivery=delivered)
 
     async def abort_commit(self) -> None:
         """The transaction was aborted (exactly_once): drop every write not committed.
@@ -670,6 +694,8 @@ class TableManager(Mapping[str, Table]):
                     part.pending.clear()
                     if part.view is None:
                         del table._parts[n]
+                dropped += sum(part.unpersisted() for part in table._foreign.values())
+                table._foreign = {}
                 table._rolled_back()  # its in-memory indexes are rebuilt from the store
         if dropped:
             log.info("tables: rolled back %d uncommitted writes", dropped)
@@ -684,6 +710,7 @@ class TableManager(Mapping[str, Table]):
             reached: dict[Store, dict[TP, int]] = {}
             taken: list[tuple[TablePartition, int]] = []
             for table in self._tables.values():
+                self._sent_foreign(table)
                 for n, part in list(table._parts.items()):
                     ready = 0
                     for layer in part.pending:
@@ -722,3 +749,23 @@ class TableManager(Mapping[str, Table]):
                 await write_batch(store, writes.get(store, {}), reached.get(store, {}))
             for part, ready in taken:
                 del part.pending[:ready]
+
+    def _sent_foreign(self, table: Table) -> None:
+        """Forget the writes outside events delivered to the owners' writes topic.
+
+        Raises:
+            TableError: one was not delivered (the commit does not happen).
+        """
+        for n, part in list(table._foreign.items()):
+            pending = part.pending
+            while pending and not pending[0].outstanding:
+                error = pending[0].error
+                if error is not None:
+                    raise TableError(
+                        f"table {table.name!r}: a write made outside an event to "
+                        f"{table.writes_topic_name}[{n}] (for the worker owning partition {n}) "
+                        f"was not delivered: {error}"
+                    ) from error
+                del pending[0]
+            if not pending and not part.dirty.data:
+                del table._foreign[n]

@@ -43,7 +43,8 @@ if TYPE_CHECKING:
     from datetime import datetime, timedelta
 
     from .._app import App
-    from .._stream import Event
+    from .._stream import Event, Stream
+    from .._types import Message
     from .._worker import Worker
     from .joins import TableHow, TableJoin
     from .manager import TableManager
@@ -116,14 +117,17 @@ class TablePartition:
 
     ``view`` is the store partition when this worker serves the partition
     (it owns it, or it is a GlobalTable); ``None`` for a partition it only
-    wrote to from outside an event (those writes reach the changelog only).
+    wrote to from outside an event. ``foreign`` marks the writes outside
+    events to a partition another worker owns, on their way to it through
+    the table's writes topic (see :meth:`Table.writes_topic_name`).
     """
 
-    __slots__ = ("dirty", "number", "pending", "view")
+    __slots__ = ("dirty", "foreign", "number", "pending", "view")
 
-    def __init__(self, number: int, view: StorePartition | None = None) -> None:
+    def __init__(self, number: int, view: StorePartition | None = None, *, foreign: bool = False) -> None:
         self.number = number
         self.view = view
+        self.foreign = foreign
         self.dirty = Layer()
         self.pending: list[Layer] = []
 
@@ -319,8 +323,12 @@ class Table(MutableMapping[Any, Any]):
         self.event_writes = 0
         self.misrouted_writes = 0
         self._misroute_logged = False
-        #: writes outside events to keys of partitions another worker owns (not applied there)
+        #: writes outside events to keys of partitions another worker owns (sent to the owner)
         self.foreign_writes = 0
+        #: those writes by partition, until they are delivered to the writes topic
+        self._foreign: dict[int, TablePartition] = {}
+        #: the topic carrying them to the owner, declared at worker start (plain tables only)
+        self.writes_topic: Topic[Any] | None = None
 
     # -- timers -------------------------------------------------------------------
 
@@ -402,11 +410,14 @@ class Table(MutableMapping[Any, Any]):
         if n == _LOST:
             self._manager.discarded_writes += 1
             return n, TablePartition(_LOST)  # dropped: see _event_partition
+        outside = n is None
         if n is None:
             n = self._home(kbytes)
         part = self._parts.get(n)
         if part is None:
             part = self._parts[n] = TablePartition(n)
+        if outside and part.view is None and not self.is_global:
+            self._note_foreign_write(n, kbytes)
         return n, part
 
     def _rolled_back(self) -> None:
@@ -784,14 +795,85 @@ class Table(MutableMapping[Any, Any]):
             found, value = self._find(kbytes)
             n = found.number if found is not None and value is not _MISSING else self._home(kbytes)
         part = self._parts.get(n)
+        if outside and (part is None or part.view is None) and not self.is_global:
+            if self.writes_topic is not None:
+                return self._foreign_partition(n)
+            self._note_foreign_write(n, kbytes)
         if part is None:
             part = self._parts[n] = TablePartition(n)
-        if outside and part.view is None and not self.is_global:
-            self._note_foreign_write(n, kbytes)
         return part
 
+    def _foreign_partition(self, n: int) -> TablePartition:
+        """Where a write outside an event to partition ``n``, owned elsewhere, waits to be sent."""
+        self.foreign_writes += 1
+        part = self._foreign.get(n)
+        if part is None:
+            part = self._foreign[n] = TablePartition(n, foreign=True)
+        return part
+
+    @property
+    def writes_topic_name(self) -> str:
+        """The topic that takes writes made outside events to the worker owning their key.
+
+        ``<app id>-<table>-writes``, one partition per table partition. A
+        worker that writes a key of a partition it does not serve (a timer, a
+        task, a web view) sends the write there with the next commit; the
+        owner applies it as its own write, as if an event had made it.
+        """
+        return f"{self.app.id}-{self.name}-writes"
+
+    def _declare_writes_topic(self) -> None:
+        """Declare the writes topic and the agent applying it, once (at worker start).
+
+        Only plain tables: the writes of windows, sessions, join buffers and
+        timers keep their own indexes, which a raw write would bypass.
+        """
+        if (
+            self.writes_topic is not None
+            or self.is_global
+            or self._windowing is not None
+            or self._sessions is not None
+            or self._join_buffer is not None
+        ):
+            return
+        topic = self.app.topic(
+            self.writes_topic_name,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=self.partitions,
+            internal=True,
+        )
+        self.app.agent(topic, name=f"{self.name}.writes")(self._apply_writes)
+        self.writes_topic = topic
+
+    async def _apply_writes(self, stream: Stream[Any]) -> None:
+        """The agent applying the writes another worker made outside events to our keys."""
+        async for event in stream.events():
+            self._apply_write(event.message)
+
+    def _apply_write(self, message: Message) -> None:
+        n = message.partition
+        if (message.topic, n) not in self._manager.sources:
+            self._manager.discarded_writes += 1
+            return  # revoked or lost meanwhile: the next owner applies it
+        kbytes, vbytes = message.key, message.value
+        part = self._parts.get(n)
+        if part is None or part.view is None or kbytes is None:
+            why = "a record without a key" if kbytes is None else "its table partition is not served here"
+            raise TableError(
+                f"table {self.name!r}: cannot apply the write at "
+                f"{message.topic}[{n}]@{message.offset} ({why})"
+            )
+        key = self.schema.loads_key(kbytes, topic=self.writes_topic_name)
+        if vbytes is None:
+            self._put(part, kbytes, key, DELETED, None)
+        else:
+            value = self.schema.loads_value(vbytes, topic=self.writes_topic_name)
+            self._put(part, kbytes, key, value, vbytes)
+
     def _note_foreign_write(self, n: int, kbytes: bytes) -> None:
-        """A write outside an event to a partition another worker owns: count it, say so once.
+        """A write outside an event to a partition another worker owns that is not
+        sent to it (windows, sessions, timers): count it, say so once.
 
         It reaches the changelog, but its owner does not apply it (owners do not
         read their own changelog back) and overwrites it with its next write.
@@ -802,10 +884,10 @@ class Table(MutableMapping[Any, Any]):
         log.warning(
             "table %r: key %r was written outside an event (a timer, task or web view) on a worker "
             "that does not own its partition %d: the write goes to the changelog, but the owner "
-            "does not apply it and its own next write of the key replaces it. Write where the "
-            "partition is owned: send an event to the table's source topic, or route the web "
-            "request to the owner (@app.table_route). Counted in /stats "
-            "(tables.%s.foreign_writes); logged once per table.",
+            "does not apply it (windowed tables, sessions and timers have no writes topic) and "
+            "its own next write of the key replaces it. Write where the partition is owned: send "
+            "an event to the table's source topic, or route the web request to the owner "
+            "(@app.table_route). Counted in /stats (tables.%s.foreign_writes); logged once per table.",
             self.name,
             self.schema.loads_key(kbytes, topic=self.changelog_topic_name),
             n,
@@ -882,7 +964,12 @@ class Table(MutableMapping[Any, Any]):
         )
 
     def _put(self, part: TablePartition, kbytes: bytes, key: Any, value: Any, vbytes: bytes | None) -> None:
-        if self._change_listeners and part.number != _LOST and not kbytes.startswith(RESERVED):
+        if (
+            self._change_listeners
+            and part.number != _LOST
+            and not part.foreign
+            and not kbytes.startswith(RESERVED)
+        ):
             for listener in self._change_listeners:
                 listener(self, part, kbytes, key, value)
         layer = part.dirty
@@ -890,7 +977,11 @@ class Table(MutableMapping[Any, Any]):
         if self._manager.eager and part.number != _LOST:
             layer.outstanding += 1
             self._manager.producer.send_nowait(
-                self.changelog_topic_name, kbytes, vbytes, partition=part.number, on_delivery=layer.delivered
+                self.writes_topic_name if part.foreign else self.changelog_topic_name,
+                kbytes,
+                vbytes,
+                partition=part.number,
+                on_delivery=layer.delivered,
             )
 
     # -- the mapping ----------------------------------------------------------------------
@@ -913,8 +1004,22 @@ class Table(MutableMapping[Any, Any]):
         kbytes = self._encode_key(key)
         part, value = self._find(kbytes)
         if part is None or value is _MISSING:
-            raise KeyError(key)
+            # Outside an event, a key another worker owns cannot be seen here:
+            # the delete is sent to the owner (a no-op there if the key is absent).
+            part = self._foreign_target(kbytes)
+            if part is None:
+                raise KeyError(key)
         self._put(part, kbytes, key, DELETED, None)
+
+    def _foreign_target(self, kbytes: bytes) -> TablePartition | None:
+        """The foreign partition a write of ``kbytes`` made now is sent to, if it is one."""
+        if self.writes_topic is None or self._event_partition() is not None:
+            return None
+        n = self._home(kbytes)
+        part = self._parts.get(n)
+        if part is not None and part.view is not None:
+            return None
+        return self._foreign_partition(n)
 
     def __contains__(self, key: object) -> bool:
         try:

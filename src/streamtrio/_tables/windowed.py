@@ -282,6 +282,7 @@ class Windowing:
         if n == _LOST:
             table._manager.discarded_writes += 1
             return n, TablePartition(n)  # written to, then dropped
+        outside = n is None
         if n is None:
             n = table._home(kbytes)
         else:
@@ -289,6 +290,8 @@ class Windowing:
         part = table._parts.get(n)
         if part is None:
             part = table._parts[n] = TablePartition(n)
+        if outside and part.view is None and not table.is_global:
+            table._note_foreign_write(n, kbytes)
         return n, part
 
     def read_partitions(self, kbytes: bytes) -> Iterator[tuple[int, TablePartition]]:

@@ -279,6 +279,7 @@ class Harness:
                 async with trio.open_nursery() as nursery:
                     self._scope = nursery.cancel_scope
                     await nursery.start(self._run)
+                    await self._tables_served()
                     try:
                         yield self
                     finally:
@@ -287,6 +288,19 @@ class Harness:
             except BaseExceptionGroup as group:
                 raise_single(group)
         self.raise_unsurfaced()
+
+    async def _tables_served(self) -> None:
+        """Wait, if the app has tables, until its worker was assigned and recovered them.
+
+        A write made outside an event before that goes to the owner through the
+        table's writes topic (see docs/tables.md) and is not read back at once:
+        a test starts where a web view's write is read back, as in production
+        once the worker serves.
+        """
+        worker = self.worker
+        if worker is None or not self.app.tables or not self.app._needs_group():
+            return
+        await worker.wait_assigned()
 
     # -- errors ---------------------------------------------------------------------------
 
