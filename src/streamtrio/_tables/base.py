@@ -122,6 +122,19 @@ class StorePartition(ABC):
         """Every (key, value) pair, in key order."""
         return self._iter(None, None)
 
+    def chunk(self, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` (key, value) pairs with keys after ``after`` (``None``: from
+        the first), in key order; blocking: call it through :meth:`Store.run`."""
+        pairs = self._iter(after, None)
+        found: list[tuple[bytes, bytes]] = []
+        for key, value in pairs:
+            if key == after:
+                continue
+            found.append((key, value))
+            if len(found) == limit:
+                break
+        return found
+
     def keys(self) -> Iterator[bytes]:
         """Every key, in key order."""
         return (key for key, _ in self._iter(None, None))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -1101,6 +1101,42 @@ class Table(MutableMapping[Any, Any]):
         """Every (key, value) of the partitions this worker serves."""
         for part in self._served():
             yield from self._iter_partition(part)
+
+    async def scan(self, *, chunk: int = 1000) -> AsyncIterator[tuple[Any, Any]]:
+        """Every (key, value) of the partitions this worker serves, like :meth:`items`,
+        read ``chunk`` keys at a time on the store's thread.
+
+        ``items()``, ``keys()``, ``values()`` and iteration are synchronous and
+        read the store on the calling thread: in a worker (a web view, a timer)
+        a large table's full scan blocks every partition meanwhile. ``async for
+        key, value in table.scan()`` lets them run between chunks. Like
+        ``items()`` it does not pin a snapshot: a commit made while scanning may
+        or may not be seen by the keys not reached yet; each key is seen once.
+
+        Raises:
+            ClosedError: the worker is not running.
+            ValueError: ``chunk`` is below 1.
+        """
+        if chunk < 1:
+            raise ValueError(f"table {self.name!r}: scan(chunk={chunk}) must read at least 1 key")
+        hide = self._hides_reserved()
+        for part in self._served():
+            overlay = part.merged_overlay()
+            for kbytes, (key, value, _raw) in overlay.items():
+                if value is not DELETED and not (hide and kbytes.startswith(RESERVED)):
+                    yield key, value
+            view = part.view
+            if view is None:
+                continue
+            after: bytes | None = None
+            while True:
+                rows = await view.store.run(view.chunk, after, chunk)
+                for kbytes, raw in rows:
+                    if kbytes not in overlay and not (hide and kbytes.startswith(RESERVED)):
+                        yield self._decode_key(kbytes), self._decode_value(raw)
+                if len(rows) < chunk:
+                    break
+                after = rows[-1][0]
 
     def keys(self) -> Iterator[Any]:  # type: ignore[override]
         return (key for key, _ in self.items())
