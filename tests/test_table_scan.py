@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.lowlevel
 
 import streamtrio
 from streamtrio.testing import AppFactory
@@ -37,7 +38,7 @@ async def test_scan_reads_what_items_reads_and_lets_the_loop_run(
             nonlocal ticks
             while scanning:
                 ticks += 1
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(probe)
