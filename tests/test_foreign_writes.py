@@ -158,3 +158,19 @@ async def test_a_windowed_write_on_another_workers_partition_is_said(
     assert len(warnings) == 1, warnings
     assert f"table 'hits': key {key!r} was written outside an event" in warnings[0]
     assert "windowed tables, sessions and timers have no writes topic" in warnings[0]
+
+
+async def test_the_writes_agent_runs_after_a_test_context_replaced_the_agents(
+    app_factory: AppFactory,
+) -> None:
+    """A test context runs the app with its agents swapped for the block; the writes agent
+    registered meanwhile must still run in the app's next worker."""
+    from streamtrio.testing import open_test_app
+
+    app, counts = word_count_app(app_factory, table_standby_replicas=0)
+    async with open_test_app(app):
+        pass
+    async with running(app) as worker:
+        await wait_for(lambda: bool(owned_by(worker)) and not worker._assigning)
+        assert f"{counts.name}.writes" in app.agents
+        assert any(tp.topic == counts.writes_topic_name for tp in worker.assigned)

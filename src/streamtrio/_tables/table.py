@@ -42,6 +42,7 @@ from .timers import RESERVED
 if TYPE_CHECKING:
     from datetime import datetime, timedelta
 
+    from .._agent import Agent
     from .._app import App
     from .._stream import Event, Stream
     from .._types import Message
@@ -329,6 +330,7 @@ class Table(MutableMapping[Any, Any]):
         self._foreign: dict[int, TablePartition] = {}
         #: the topic carrying them to the owner, declared at worker start (plain tables only)
         self.writes_topic: Topic[Any] | None = None
+        self._writes_agent: Agent[Any]
 
     # -- timers -------------------------------------------------------------------
 
@@ -829,22 +831,26 @@ class Table(MutableMapping[Any, Any]):
         timers keep their own indexes, which a raw write would bypass.
         """
         if (
-            self.writes_topic is not None
-            or self.is_global
+            self.is_global
             or self._windowing is not None
             or self._sessions is not None
             or self._join_buffer is not None
         ):
             return
-        topic = self.app.topic(
-            self.writes_topic_name,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=self.partitions,
-            internal=True,
-        )
-        self.app.agent(topic, name=f"{self.name}.writes")(self._apply_writes)
-        self.writes_topic = topic
+        agents = self.app.agents
+        if self.writes_topic is None:
+            self.writes_topic = self.app.topic(
+                self.writes_topic_name,
+                key_serializer="raw",
+                value_serializer="raw",
+                partitions=self.partitions,
+                internal=True,
+            )
+            register = self.app.agent(self.writes_topic, name=f"{self.name}.writes")
+            self._writes_agent = register(self._apply_writes)
+        elif agents.get(self._writes_agent.name) is not self._writes_agent:
+            # the app's agents were replaced since (a test context selects its agents)
+            agents[self._writes_agent.name] = self._writes_agent
 
     async def _apply_writes(self, stream: Stream[Any]) -> None:
         """The agent applying the writes another worker made outside events to our keys."""
