@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -162,6 +163,30 @@ def test_second_signal_after_the_graceful_stop_still_exits_130() -> None:
         proc.kill()
     assert proc.returncode == 130, err
     assert "SIGINT received again: exiting at once" in err
+
+
+def test_a_signal_arriving_as_the_process_ends_exits_130() -> None:
+    """Seen once in five in the chaos suite (SIGTERM, then SIGINT while the process ends):
+    the SIGINT came after the last Python instruction that runs signal handlers, just
+    before ``os._exit(0)``; its handler never ran and the process exited 0. Here the
+    signal is pending (blocked) when the process ends: 0 before, 130 now."""
+    script = textwrap.dedent(
+        """
+        import os, signal
+        from streamtrio import _run
+        signals = _run._Signals()
+        signals.install()
+        signals.received = 1  # the first signal asked for the stop
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        os.kill(os.getpid(), signal.SIGINT)  # the second, arriving as the process ends
+        _run._end_process(0)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 130, (proc.returncode, proc.stderr)
+    assert "SIGINT received again: exiting at once, without committing" in proc.stderr
 
 
 def test_a_signal_while_the_interpreter_finalizes_does_not_kill_the_process() -> None:

@@ -169,4 +169,28 @@ def _end_process(code: int) -> NoReturn:
             stream.flush()
         except (OSError, ValueError):
             pass
+    _exit_unless_signalled(code)
+
+
+def _exit_unless_signalled(code: int) -> NoReturn:
+    """``os._exit(code)``, or 130 for a signal that came too late for its handler.
+
+    A signal delivered after the last Python instruction that runs handlers
+    would be lost to ``os._exit``, and the process would exit 0 though asked to
+    exit at once. Blocked from here on, a late one stays pending and is seen;
+    one delivered before the block has its handler run by the next call.
+    """
+    ending = {signal.SIGINT, signal.SIGTERM}
+    if threading.current_thread() is threading.main_thread():
+        signal.pthread_sigmask(signal.SIG_BLOCK, ending)
+        _run_handlers()
+        late = sorted(signal.sigpending() & ending)
+        if late:
+            name = signal.Signals(late[0]).name
+            os.write(2, f"{name} received again: exiting at once, without committing\n".encode())
+            os._exit(EXIT_FORCED)
     os._exit(code)
+
+
+def _run_handlers() -> None:
+    """Nothing: entering a Python function runs the handlers of signals already delivered."""
