@@ -33,7 +33,7 @@ def counting_app(app_id: str, bootstrap: str, datadir: Path, guarantee: str) -> 
 
 
 def owned(worker: streamtrio.Worker, app: streamtrio.App) -> set[int]:
-    return {tp.partition for tp in worker.source_partitions() if tp.topic == f"{app.conf.id}-words"}
+    return {tp.partition for tp in worker.source_partitions() if tp.topic == f"{app.id}-words"}
 
 
 def changelog_values(bootstrap: str, table: Any, key: str) -> list[Any]:
