@@ -38,7 +38,9 @@ def bench(session: nox.Session) -> None:
 def chaos(session: nox.Session) -> None:
     """The chaos suite's long versions (not part of CI, which runs the short ones): about 20 minutes.
 
-    Starts its own Apache Kafka; ``nox -s chaos -- -k network`` picks scenarios.
+    Starts its own Apache Kafka (Tansu with ``STREAMTRIO_CHAOS_BROKER=tansu``: the
+    scenarios needing the proxied listener skip there); ``nox -s chaos -- -k network``
+    picks scenarios.
     """
     session.install("-e", ".[dev]")
     session.run(

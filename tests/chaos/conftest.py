@@ -8,16 +8,15 @@ broker, with a second listener behind a TCP proxy they can cut).
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from streamtrio.testing._apache_kafka import ApacheKafka, kafka_unavailable_reason, run_apache_kafka
-from streamtrio.testing._broker import TEST_BROKER_ENV, choose_broker_kind
+from streamtrio.testing._broker import TEST_BROKER_ENV
 
+from ._broker import ChaosBroker, chaos_broker_kind, run_chaos_broker, unavailable_reason
 from ._verify import RESULTS
 
 _HERE = Path(__file__).parent
@@ -36,27 +35,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(pytest.mark.skip(reason="a long-only chaos variant: nox -s chaos"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="session")
-def proxied_kafka() -> Iterator[ApacheKafka]:
-    """An Apache Kafka of the suite's own, with a second listener a proxy can cut.
+def proxied_kafka() -> Iterator[ChaosBroker]:
+    """The suite's broker (see ``_broker.py``): Apache Kafka with a second listener a
+    proxy can cut, or Tansu with ``STREAMTRIO_CHAOS_BROKER=tansu``.
 
     One broker for every scenario (they run one after the other; each uses
     topics and a group of its own): a start costs about ten seconds of CI.
     """
     if os.environ.get(TEST_BROKER_ENV, "").strip():
         pytest.skip(f"{TEST_BROKER_ENV} names an external broker; the chaos suite runs its own")
-    kind, _notice = choose_broker_kind()
-    if kind != "kafka":
-        pytest.skip(f"the chaos suite needs Apache Kafka ({kafka_unavailable_reason()})")
-    with run_apache_kafka(proxied_port=_free_port()) as kafka:
-        yield kafka
+    kind = chaos_broker_kind()
+    reason = unavailable_reason(kind)
+    if reason is not None:
+        pytest.skip(reason)
+    with run_chaos_broker(kind) as broker:
+        yield broker
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -22,10 +22,10 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import streamtrio
-from streamtrio.testing._apache_kafka import ApacheKafka
 
 from ..kafka._util import lmdb_app, unique, wait_for
 from ..kafka.test_worker_kafka import running
+from ._broker import ChaosBroker
 
 RECORDS = 1_000_000
 KEYS = 250_000
@@ -64,7 +64,7 @@ def fill_changelog(bootstrap: str, topic: str, place: Callable[[str], int]) -> d
 
 @pytest.mark.chaos_long_only
 async def test_a_million_record_recovery_keeps_the_membership(
-    proxied_kafka: ApacheKafka, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    proxied_kafka: ChaosBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
     bootstrap = proxied_kafka.bootstrap

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from streamtrio.testing._apache_kafka import ApacheKafka
-
+from ._broker import ChaosBroker
 from ._cluster import Cluster, chaos_cluster
 from .conftest import LONG
 
@@ -39,7 +38,7 @@ async def kill_loop(cluster: Cluster, *, kills: int, every: float) -> None:
 @pytest.mark.parametrize(
     "guarantee", [pytest.param("at_least_once", marks=pytest.mark.chaos_long_only), "exactly_once"]
 )
-async def test_kill_9_loop(proxied_kafka: ApacheKafka, tmp_path: Path, guarantee: str) -> None:
+async def test_kill_9_loop(proxied_kafka: ChaosBroker, tmp_path: Path, guarantee: str) -> None:
     async with chaos_cluster(proxied_kafka, tmp_path, "kill -9 loop", guarantee=guarantee) as cluster:
         await kill_loop(cluster, kills=KILLS, every=EVERY)
         report = await cluster.finish()

@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from streamtrio.testing._apache_kafka import ApacheKafka
-
+from ._broker import ChaosBroker
 from ._cluster import Cluster, chaos_cluster
 from .conftest import LONG
 
@@ -39,7 +38,7 @@ async def start_all(cluster: Cluster) -> None:
 # same worker got the partitions back: keys below the truth in 2 of 7 runs); fixed by
 # the commit's ownership token (tests/test_lost_partitions.py), since 0 of 6 runs.
 @pytest.mark.parametrize("seconds", CUTS)
-async def test_whole_broker_network_cut(proxied_kafka: ApacheKafka, tmp_path: Path, seconds: float) -> None:
+async def test_whole_broker_network_cut(proxied_kafka: ChaosBroker, tmp_path: Path, seconds: float) -> None:
     scenario = f"network cut {seconds:g}s"
     async with chaos_cluster(proxied_kafka, tmp_path, scenario, proxied=True, web=True) as cluster:
         assert cluster.proxy is not None
@@ -54,7 +53,7 @@ async def test_whole_broker_network_cut(proxied_kafka: ApacheKafka, tmp_path: Pa
 
 
 @pytest.mark.parametrize("seconds", FREEZES)
-async def test_broker_frozen(proxied_kafka: ApacheKafka, tmp_path: Path, seconds: float) -> None:
+async def test_broker_frozen(proxied_kafka: ChaosBroker, tmp_path: Path, seconds: float) -> None:
     async with chaos_cluster(proxied_kafka, tmp_path, f"broker frozen {seconds:g}s") as cluster:
         await start_all(cluster)
         os.kill(proxied_kafka.pid, signal.SIGSTOP)

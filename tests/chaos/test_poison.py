@@ -27,9 +27,8 @@ from typing import Any
 import pytest
 import trio
 
-from streamtrio.testing._apache_kafka import ApacheKafka
-
 from ..kafka._util import committed
+from ._broker import ChaosBroker
 from ._cluster import PARTITIONS, Cluster, chaos_cluster, poison
 from ._verify import Truth, metric, read_all
 from .conftest import LONG
@@ -88,7 +87,7 @@ def check_poisons(cluster: Cluster, truth: Truth, decode_policy: str) -> None:
     "decode_policy", [pytest.param("skip", marks=pytest.mark.chaos_long_only), "dead_letter"]
 )
 async def test_poison_values_are_skipped_or_dead_lettered_with_their_coordinates(
-    proxied_kafka: ApacheKafka, tmp_path: Path, decode_policy: str
+    proxied_kafka: ChaosBroker, tmp_path: Path, decode_policy: str
 ) -> None:
     env = {"CHAOS_DECODE_ERROR": decode_policy, "CHAOS_ON_ERROR": "dead_letter"}
     scenario = f"poison: value_decode_error={decode_policy}, on_error=dead_letter"
@@ -117,7 +116,7 @@ def find(produced: Any, value: bytes) -> tuple[int, int] | None:
 
 @pytest.mark.parametrize("on_error", ["stop", pytest.param("restart", marks=pytest.mark.chaos_long_only)])
 async def test_a_value_the_agent_raises_on_is_never_committed_past(
-    proxied_kafka: ApacheKafka, tmp_path: Path, on_error: str
+    proxied_kafka: ChaosBroker, tmp_path: Path, on_error: str
 ) -> None:
     """One negative value; then the worker is restarted with on_error="dead_letter" to go on."""
     scenario = f"poison: the agent raises, on_error={on_error}"

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import trio
 
-from streamtrio.testing._apache_kafka import ApacheKafka
-
+from ._broker import ChaosBroker
 from ._cluster import Cluster, chaos_cluster
 from .conftest import LONG
 
@@ -35,7 +34,7 @@ def check(cluster: Cluster) -> None:
     assert report.ok(), f"{report.problems()}: {report.line()}\n{cluster.logs()}"
 
 
-async def test_rolling_restart(proxied_kafka: ApacheKafka, tmp_path: Path) -> None:
+async def test_rolling_restart(proxied_kafka: ChaosBroker, tmp_path: Path) -> None:
     """Each worker in turn: SIGTERM, restart, wait until it has partitions again."""
     async with chaos_cluster(proxied_kafka, tmp_path, "rolling restart") as cluster:
         await start_all(cluster)
@@ -50,7 +49,7 @@ async def test_rolling_restart(proxied_kafka: ApacheKafka, tmp_path: Path) -> No
     check(cluster)
 
 
-async def test_shutdown_under_load_within_the_deadline(proxied_kafka: ApacheKafka, tmp_path: Path) -> None:
+async def test_shutdown_under_load_within_the_deadline(proxied_kafka: ChaosBroker, tmp_path: Path) -> None:
     """A random worker stopped while every worker is busy (a fast producer)."""
     async with chaos_cluster(
         proxied_kafka,
@@ -74,7 +73,7 @@ async def test_shutdown_under_load_within_the_deadline(proxied_kafka: ApacheKafk
     check(cluster)
 
 
-async def test_rebalance_storm(proxied_kafka: ApacheKafka, tmp_path: Path) -> None:
+async def test_rebalance_storm(proxied_kafka: ChaosBroker, tmp_path: Path) -> None:
     """One worker stays; the two others join and leave, one change every few seconds."""
     async with chaos_cluster(proxied_kafka, tmp_path, f"rebalance storm {STORM_SECONDS:g}s") as cluster:
         cluster.start(0)

@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from streamtrio.testing._apache_kafka import ApacheKafka
-
+from ._broker import ChaosBroker
 from ._cluster import chaos_cluster
 from .conftest import LONG
 
@@ -41,7 +40,7 @@ STOPPED = "streamtrio._worker: revoked"
     ],
 )
 async def test_sigterm_then_sigint_exits_at_once_with_130(
-    proxied_kafka: ApacheKafka, tmp_path: Path, when: str
+    proxied_kafka: ChaosBroker, tmp_path: Path, when: str
 ) -> None:
     scenario = f"SIGTERM then SIGINT {when} x{ROUNDS}"
     async with chaos_cluster(proxied_kafka, tmp_path, scenario, workers=1) as cluster:

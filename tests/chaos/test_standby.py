@@ -18,9 +18,8 @@ from pathlib import Path
 import trio
 from confluent_kafka import Consumer, TopicPartition
 
-from streamtrio.testing._apache_kafka import ApacheKafka
-
 from ..kafka._util import last_assignment, unique
+from ._broker import ChaosBroker
 from ._cluster import chaos_cluster
 from .conftest import LONG
 
@@ -42,7 +41,7 @@ def changelog_records(bootstrap: str, topics: list[str], partitions: set[int]) -
 
 
 async def test_a_standby_takes_over_a_killed_owner_replaying_almost_nothing(
-    proxied_kafka: ApacheKafka, tmp_path: Path
+    proxied_kafka: ChaosBroker, tmp_path: Path
 ) -> None:
     async with chaos_cluster(
         proxied_kafka,

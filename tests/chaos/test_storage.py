@@ -18,8 +18,7 @@ from pathlib import Path
 
 import trio
 
-from streamtrio.testing._apache_kafka import ApacheKafka
-
+from ._broker import ChaosBroker
 from ._cluster import Cluster, chaos_cluster
 from .conftest import LONG
 
@@ -33,7 +32,7 @@ def check(cluster: Cluster) -> None:
 
 
 async def test_a_full_lmdb_map_stops_the_worker_and_a_bigger_limit_recovers_everything(
-    proxied_kafka: ApacheKafka, tmp_path: Path
+    proxied_kafka: ChaosBroker, tmp_path: Path
 ) -> None:
     """``lmdb_max_map_size`` of 1 MiB (the smallest map) and a third table of 2 KB values per key:
     the map fills after a few hundred keys."""
@@ -82,7 +81,7 @@ def garble_values(datadir: Path) -> int:
 
 
 async def test_a_deleted_then_a_corrupted_data_dir_is_rebuilt_from_the_changelog(
-    proxied_kafka: ApacheKafka, tmp_path: Path
+    proxied_kafka: ChaosBroker, tmp_path: Path
 ) -> None:
     """Restarts alternate: the data dir deleted, then values in it garbled (then deleted...)."""
     damages = ["deleted", "corrupted"] * ROUNDS

@@ -21,7 +21,6 @@ import pytest
 import trio
 
 from streamtrio._tables.windows import STREAM_TIME_KEY
-from streamtrio.testing._apache_kafka import ApacheKafka
 
 from ..kafka._util import (
     APPS,
@@ -32,6 +31,7 @@ from ..kafka._util import (
     read_topic,
     unique,
 )
+from ._broker import ChaosBroker
 from ._cluster import _free_port
 from ._proxy import TcpProxy
 from ._verify import RESULTS, Report, web_values
@@ -88,7 +88,7 @@ def changelog_regressions(records: list[Any]) -> tuple[int, dict[bytes, int]]:
     ids=["no-standby", "standby"],
 )
 async def test_a_cut_off_worker_never_lands_table_values_after_the_new_owner(
-    proxied_kafka: ApacheKafka, tmp_path: Path, standbys: int
+    proxied_kafka: ChaosBroker, tmp_path: Path, standbys: int
 ) -> None:
     assert proxied_kafka.proxied is not None
     advertised, listening = proxied_kafka.proxied
@@ -203,7 +203,7 @@ def kind_regressions(records: list[Any], kind: str) -> tuple[int, dict[tuple[str
 
 @pytest.mark.parametrize("kind", ["windowed", pytest.param("global", marks=pytest.mark.chaos_long_only)])
 async def test_the_zombie_with_a_windowed_table_and_with_a_global_table(
-    proxied_kafka: ApacheKafka, tmp_path: Path, kind: str
+    proxied_kafka: ChaosBroker, tmp_path: Path, kind: str
 ) -> None:
     """The windowed table keeps the tables' promise (its changelog never goes back, every
     key's windows add up to at least its events). A GlobalTable counted by several workers
