@@ -226,10 +226,18 @@ def streamtrio_extras(outcomes: list[Outcome], raw: float | None) -> str:
                 )
             else:
                 lines.append(f"- changelog replay: FAILED ({o.reason})")
-    lines.append(
-        "- exactly-once vs at-least-once: not measured by this run "
-        "(processing_guarantee='exactly_once' exists; see docs/guarantees.md)"
-    )
+    by_workload = {o.job.workload: o for o in outcomes if o.job.system == "streamtrio" and o.ok}
+    alo, eos = by_workload.get("stateful"), by_workload.get("eos")
+    if alo is None or eos is None:
+        lines.append("- exactly-once vs at-least-once: not measured by this run (workloads stateful and eos)")
+    else:
+        cpu = ""
+        if alo.cpu_us is not None and eos.cpu_us is not None:
+            cpu = f"; CPU {eos.cpu_us:.1f} vs {alo.cpu_us:.1f} µs/event"
+        lines.append(
+            f"- exactly-once vs at-least-once (stateful): {_fmt_rate(eos.rate)} vs {_fmt_rate(alo.rate)} "
+            f"events/s = {_ratio(eos.rate, alo.rate)}{cpu}"
+        )
     return "\n".join(lines)
 
 
@@ -256,6 +264,8 @@ def targets(outcomes: list[Outcome]) -> str:
         checks.append((f"{w} >= 10x faust-streaming", _div(st, faust), 10.0, "x"))
     checks.append(("stateless >= 60% of raw", _div(rate("streamtrio", "stateless"), raw), 0.6, "%"))
     checks.append(("replay >= 60% of raw", _div(rate("streamtrio", "replay"), raw), 0.6, "%"))
+    eos_share = _div(rate("streamtrio", "eos"), rate("streamtrio", "stateful"))
+    checks.append(("exactly_once >= 90% of at_least_once (stateful)", eos_share, 0.9, "%"))
     st_rss, quix_rss = rss("streamtrio", "stateful"), rss("quix", "stateful")
     lines = []
     for name, value, goal, unit in checks:
@@ -323,9 +333,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--workloads",
-        default="stateless,stateful,distinct,windowed,join,session,latency,replay",
+        default="stateless,stateful,distinct,windowed,join,session,eos,latency,replay",
         help="comma-separated: stateless, stateful, distinct (stateful, every key new), windowed, "
-        "join, session, latency, replay",
+        "join, session, eos (stateful, exactly_once), latency, replay",
     )
     p.add_argument("--venvs", type=Path, default=ROOT / ".bench-venvs", help="where peer venvs live")
     p.add_argument("--json", type=Path, help="also write every outcome to this JSON file")
@@ -519,7 +529,7 @@ def plan(
         # Quix Streams has no session windows, and its join_lookup enriches from an
         # external lookup rather than a Kafka-backed table: these run for streamtrio
         # alone, beside the tumbling count (windowed) and running sum (stateful) of every peer.
-        for workload in ("join", "session"):
+        for workload in ("join", "session", "eos"):
             if workload in workloads:
                 expected = args.events if workload == "session" else total
                 jobs.append(Job("streamtrio", workload, main_topic, args.events, expected))

@@ -1,7 +1,8 @@
 """streamtrio running one workload (started by the runner as its own process).
 
 Workloads: ``stateless`` (decode and count), ``stateful`` (per-key running
-sum in an LMDB table with its changelog), ``windowed`` (per-key count in
+sum in an LMDB table with its changelog; ``eos``: the same with
+``processing_guarantee="exactly_once"``), ``windowed`` (per-key count in
 10-second tumbling windows by event time), ``join`` (a stream-table left join
 on the event's key, writing the joined running total back), ``session``
 (per-key counts in session windows with a 10-second gap), ``latency`` (produce-to-agent
@@ -46,7 +47,7 @@ def make_app(args: Any, **options: Any) -> streamtrio.App:
 
 
 async def run_throughput(args: Any) -> None:
-    app = make_app(args)
+    app = make_app(args, **({"processing_guarantee": "exactly_once"} if args.workload == "eos" else {}))
     topic = app.topic(args.topic, key_type=str, partitions=PARTITIONS)
     meter = Meter(args.events)
     done = trio.Event()
@@ -63,7 +64,7 @@ async def run_throughput(args: Any) -> None:
                     state["sum"] = total
                     done.set()
 
-    elif args.workload == "stateful":
+    elif args.workload in ("stateful", "eos"):
         totals = app.Table("totals", default=int, key_type=str, value_type=int, partitions=PARTITIONS)
 
         @app.agent(topic)

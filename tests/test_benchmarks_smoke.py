@@ -51,7 +51,7 @@ def _run(bench: tuple[str, str], job: Job, tmp_path: Path) -> dict[str, object]:
     return outcome.result
 
 
-@pytest.mark.parametrize("workload", ["stateless", "stateful", "windowed", "join", "session"])
+@pytest.mark.parametrize("workload", ["stateless", "stateful", "windowed", "join", "session", "eos"])
 def test_streamtrio_workloads_compute_the_produced_total(
     bench: tuple[str, str], workload: str, tmp_path: Path
 ) -> None:

@@ -194,6 +194,47 @@ async def test_unknown_partition_fails_delivery_and_flush_raises_once() -> None:
     assert transport.broker.messages("t", 0) == transport.broker.messages("t", 1) == []
 
 
+async def test_a_batch_lands_in_order_and_is_reported_once() -> None:
+    transport = make_transport()
+    await transport.create_topics([TopicSpec("t", 2)])
+    reports: list[tuple[int, int, ProducerError | None]] = []
+    records = [(f"k{i}".encode(), f"v{i}".encode()) for i in range(5)] + [(b"gone", None)]
+    async with transport.open_producer() as producer:
+        producer.send_nowait("t", b"first", b"x", partition=1)
+        producer.send_batch_nowait("t", 1, records, on_delivery=lambda *report: reports.append(report))
+        producer.send_batch_nowait("t", 1, [])  # nothing to send: never reported
+        assert reports == []  # never called synchronously
+        await producer.flush()
+        assert reports == [(6, 6, None)]
+        stats = producer.statistics()
+        assert (stats.queued, stats.delivered, stats.failed) == (0, 7, 0)
+    stored = transport.broker.messages("t", 1)
+    assert [(m.offset, m.key, m.value) for m in stored] == [(0, b"first", b"x")] + [
+        (i + 1, k, v) for i, (k, v) in enumerate(records)
+    ]
+    assert transport.broker.messages("t", 0) == []
+    with pytest.raises(ClosedError):
+        producer.send_batch_nowait("t", 0, records)
+
+
+async def test_a_failed_batch_reports_its_error_once_and_flush_raises_without_a_callback() -> None:
+    transport = make_transport()
+    await transport.create_topics([TopicSpec("t", 2)])
+    reports: list[tuple[int, int, ProducerError | None]] = []
+    async with transport.open_producer() as producer:
+        producer.send_batch_nowait(
+            "t", 5, [(b"a", b"1"), (b"b", b"2")], on_delivery=lambda *r: reports.append(r)
+        )
+        await producer.flush()  # reported to the callback: flush does not raise
+        [(count, offset, error)] = reports
+        assert (count, offset) == (2, -1) and isinstance(error, ProducerError)
+        producer.send_batch_nowait("t", 2, [(b"a", b"1")])
+        with pytest.raises(ProducerError, match=r"t\[2\]"):
+            await producer.flush()
+        assert producer.statistics().failed == 3
+    assert transport.broker.messages("t", 0) == transport.broker.messages("t", 1) == []
+
+
 async def test_closed_producer_raises() -> None:
     transport = make_transport()
     async with transport.open_producer() as producer:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -13,6 +14,9 @@ from typing import Any
 
 import pytest
 import trio
+from confluent_kafka import Consumer as RdConsumer
+from confluent_kafka import KafkaError
+from confluent_kafka import TopicPartition as RdTopicPartition
 
 from streamtrio._exceptions import (
     BrokerUnavailableError,
@@ -233,6 +237,117 @@ async def test_flush_raises_an_unreported_failure(transport: KafkaTransport, new
     assert len(failures) == 1 and isinstance(failures[0], ProducerError)
     with pytest.raises(ClosedError):
         producer.send_nowait(topic, b"k", b"v")
+
+
+def read_partition(bootstrap: str, topic: str, partition: int, *, isolation: str) -> list[Any]:
+    """Every message of ``topic[partition]`` a plain reader with ``isolation`` sees."""
+    reader = RdConsumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group_name(),
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": isolation,
+        }
+    )
+    reader.assign([RdTopicPartition(topic, partition, 0)])
+    got: list[Any] = []
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            assert time.monotonic() < deadline, f"could not read {topic}[{partition}] to its end"
+            for m in reader.consume(num_messages=1000, timeout=0.2):
+                if m.error() is None:
+                    got.append(m)
+                elif m.error().code() == KafkaError._PARTITION_EOF:
+                    return got
+    finally:
+        reader.close()
+
+
+async def test_a_batch_lands_in_order_and_is_reported_once(
+    transport: KafkaTransport, new_topic: TopicFactory
+) -> None:
+    topic = await new_topic(4)
+    reports: list[tuple[int, int, ProducerError | None]] = []
+    records = [(f"k{i}".encode(), f"v{i}".encode()) for i in range(500)] + [(b"gone", None)]
+    async with transport.open_producer() as producer:
+        producer.send_nowait(topic, b"first", b"x", partition=2)
+        producer.send_batch_nowait(topic, 2, records, on_delivery=lambda *report: reports.append(report))
+        producer.send_nowait(topic, b"last", b"y", partition=2)
+        producer.send_batch_nowait(topic, 2, [])  # nothing to send: never reported
+        await producer.flush()
+        assert reports == [(501, 501, None)]
+        stats = producer.statistics()
+        assert (stats.queued, stats.delivered, stats.failed) == (0, 503, 0)
+    got = await trio.to_thread.run_sync(
+        functools.partial(read_partition, transport.bootstrap_servers, topic, 2, isolation="read_uncommitted")
+    )
+    assert [(m.offset(), m.key(), m.value()) for m in got] == (
+        [(0, b"first", b"x")] + [(i + 1, k, v) for i, (k, v) in enumerate(records)] + [(502, b"last", b"y")]
+    )
+    with pytest.raises(ClosedError):
+        producer.send_batch_nowait(topic, 0, records)
+
+
+async def test_a_batch_larger_than_the_client_queue_is_sent_whole(
+    kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    topic = await new_topic(1)
+    # librdkafka takes at most 100 messages at a time: the rest of the batch waits for room.
+    small = KafkaTransport(
+        f"kafka://{kafka_bootstrap}", make_settings(producer_config={"queue.buffering.max.messages": 100})
+    )
+    reports: list[tuple[int, int, ProducerError | None]] = []
+    records = [(f"k{i}".encode(), b"v") for i in range(1000)]
+    async with small.open_producer() as producer:
+        producer.send_batch_nowait(topic, 0, records, on_delivery=lambda *report: reports.append(report))
+        await producer.flush()
+    assert reports == [(1000, 999, None)]
+    got = await trio.to_thread.run_sync(
+        functools.partial(read_partition, kafka_bootstrap, topic, 0, isolation="read_uncommitted")
+    )
+    assert sorted(m.key() for m in got) == sorted(k for k, _ in records)
+
+
+async def test_a_failed_batch_is_reported_once_and_flush_raises_without_a_callback(
+    transport: KafkaTransport, new_topic: TopicFactory
+) -> None:
+    topic = await new_topic(2)
+    reports: list[tuple[int, int, ProducerError | None]] = []
+    async with transport.open_producer() as producer:
+        # Partition 7 does not exist: librdkafka fails the records.
+        producer.send_batch_nowait(
+            topic, 7, [(b"a", b"1"), (b"b", b"2")], on_delivery=lambda *r: reports.append(r)
+        )
+        await producer.flush()  # reported to the callback: flush does not raise
+        [(count, offset, error)] = reports
+        assert (count, offset) == (2, -1)
+        assert isinstance(error, ProducerError) and topic in str(error)
+        producer.send_batch_nowait(topic, 7, [(b"a", b"1")])
+        with pytest.raises(ProducerError, match=topic):
+            await producer.flush()
+        assert producer.statistics().failed == 3
+
+
+async def test_a_batch_in_a_transaction_is_visible_only_once_committed(
+    transport: KafkaTransport, new_topic: TopicFactory
+) -> None:
+    topic = await new_topic(2)
+    reports: list[tuple[int, int, ProducerError | None]] = []
+    committed = [(f"c{i}".encode(), b"1") for i in range(50)]
+    aborted = [(f"a{i}".encode(), b"2") for i in range(50)]
+    async with transport.open_producer(transactional_id=f"txn-{uuid.uuid4().hex[:8]}") as producer:
+        producer.send_batch_nowait(topic, 1, aborted, on_delivery=lambda *r: reports.append(r))
+        await producer.flush()
+        await producer.abort_transaction()
+        producer.send_batch_nowait(topic, 1, committed, on_delivery=lambda *r: reports.append(r))
+        await producer.commit_transaction()
+    assert [(count, error) for count, _, error in reports] == [(50, None), (50, None)]
+    seen = await trio.to_thread.run_sync(
+        functools.partial(read_partition, transport.bootstrap_servers, topic, 1, isolation="read_committed")
+    )
+    assert [(m.key(), m.value()) for m in seen] == committed
 
 
 # -- groups and rebalances --------------------------------------------------

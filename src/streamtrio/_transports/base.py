@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "OFFSET_BEGINNING",
     "OFFSET_END",
+    "BatchDeliveryCallback",
     "Consumer",
     "DeliveryCallback",
     "Producer",
@@ -46,6 +47,35 @@ OFFSET_END = -1
 
 #: Called in the trio run when a message is delivered (metadata) or failed (error).
 DeliveryCallback = Callable[[RecordMetadata | None, ProducerError | None], None]
+
+#: Called once in the trio run when every message of a batch
+#: (:meth:`Producer.send_batch_nowait`) is delivered or failed, with the number
+#: of messages, the highest offset delivered (-1: none) and the first error
+#: (``None``: every message was delivered).
+BatchDeliveryCallback = Callable[[int, int, ProducerError | None], None]
+
+
+class _BatchCount:
+    """Turns one-message delivery reports into one report for a whole batch."""
+
+    __slots__ = ("count", "error", "left", "offset", "on_delivery")
+
+    def __init__(self, count: int, on_delivery: BatchDeliveryCallback) -> None:
+        self.count = count
+        self.left = count
+        self.offset = -1
+        self.error: ProducerError | None = None
+        self.on_delivery = on_delivery
+
+    def delivered(self, metadata: RecordMetadata | None, error: ProducerError | None) -> None:
+        if error is not None:
+            if self.error is None:
+                self.error = error
+        elif metadata is not None and metadata.offset > self.offset:
+            self.offset = metadata.offset
+        self.left -= 1
+        if not self.left:
+            self.on_delivery(self.count, self.offset, self.error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +120,9 @@ class QueueBound:
     def full(self) -> bool:
         return self.is_full
 
-    def add(self, size: int) -> None:
+    def add(self, size: int, count: int = 1) -> None:
         self.bytes += size
-        self.messages += 1
+        self.messages += count
         if not self.is_full and (self.bytes > self.max_bytes or self.messages > self.max_messages):
             self.is_full = True
             if self.on_full is not None:
@@ -152,6 +182,38 @@ class Producer(ABC):
         Raises:
             ClosedError: the producer is closed.
         """
+
+    def send_batch_nowait(
+        self,
+        topic: str,
+        partition: int,
+        records: Sequence[tuple[bytes | None, bytes | None]],
+        *,
+        on_delivery: BatchDeliveryCallback | None = None,
+    ) -> None:
+        """Queue ``(key, value)`` records for one partition; never blocks and never drops.
+
+        For many records at once (a table's changelog at a commit): one call
+        and, with ``on_delivery``, one report for the whole batch, called once
+        in the trio run when every record is delivered or failed. The records
+        get the time of sending as their timestamp and no headers. Batches and
+        single messages are sent in the order they were queued; *within* a
+        batch, records may land out of order when the client's queue
+        overflows, so give a batch distinct keys. An empty batch sends
+        nothing and is never reported.
+
+        This default sends each record with :meth:`send_nowait`; a transport
+        overrides it when it has something cheaper.
+
+        Raises:
+            ClosedError: the producer is closed.
+        """
+        if not records:
+            return
+        callback = _BatchCount(len(records), on_delivery).delivered if on_delivery is not None else None
+        send = self.send_nowait
+        for key, value in records:
+            send(topic, key, value, partition=partition, on_delivery=callback)
 
     async def send(
         self,

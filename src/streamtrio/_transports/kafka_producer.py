@@ -15,6 +15,13 @@ Per message, the trio side does one tuple and one queue put; the thread does
 one ``produce()`` and one small Python callback (a counter per epoch for
 messages without ``on_delivery``, so no allocation per delivery).
 
+A batch (``send_batch_nowait``: records for one partition, a table's
+changelog at a commit) is one queue item and one ``produce_batch()`` call;
+each delivery report is one small Python call that counts it and keeps the
+highest offset, and the batch's ``on_delivery`` is called once, in trio, when
+its last record is reported. librdkafka refuses the records that do not fit
+in its queue one by one (``_QUEUE_FULL``): those are sent again after a poll.
+
 Transactions (a producer opened with a transactional id): the thread calls
 ``init_transactions`` before the producer is handed out. Transaction
 operations are commands on the same queue as the messages, so they run on
@@ -35,7 +42,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -52,7 +59,7 @@ from .._exceptions import (
     TransportError,
 )
 from .._types import TP, Headers, RecordMetadata
-from .base import DeliveryCallback, Producer, ProducerStatistics, QueueBound
+from .base import BatchDeliveryCallback, DeliveryCallback, Producer, ProducerStatistics, QueueBound
 from .kafka_admin import broker_unavailable, new_client
 
 __all__ = ["KafkaProducer"]
@@ -135,6 +142,58 @@ _Item = tuple[
 ]
 
 
+@dataclass(slots=True, eq=False)
+class _Batch:
+    """One queued batch: records for one partition, reported once."""
+
+    topic: str
+    partition: int
+    records: Sequence[tuple[bytes | None, bytes | None]]
+    on_delivery: BatchDeliveryCallback | None
+    epoch: int
+    size: int  # keys and values, bytes
+
+
+class _BatchSink:
+    """Counts the delivery reports of one batch on the thread; reports it when all are in."""
+
+    __slots__ = ("batch", "error", "failed", "left", "offset", "owner")
+
+    def __init__(self, owner: KafkaProducer, batch: _Batch) -> None:
+        self.owner = owner
+        self.batch = batch
+        self.left = len(batch.records)
+        self.failed = 0
+        self.offset = -1
+        self.error: ProducerError | None = None
+
+    def report(self, err: KafkaError | None, msg: Any) -> None:
+        # On the poll thread, inside poll()/flush(): once per record.
+        if err is None:
+            offset = msg.offset()
+            if offset > self.offset:
+                self.offset = offset
+        else:
+            handled = self.owner._intercept(err, msg, self.report)
+            if handled == "resend":
+                return
+            if handled != "dropped" or self.batch.on_delivery is not None:
+                self.fail(1, self.owner._failure(err, msg.topic(), msg.partition()))
+                return
+            # dropped, and nobody waits for it: done
+        self.left -= 1
+        if not self.left:
+            self.owner._batch_done(self)
+
+    def fail(self, count: int, error: ProducerError) -> None:
+        self.failed += count
+        if self.error is None:
+            self.error = error
+        self.left -= count
+        if not self.left:
+            self.owner._batch_done(self)
+
+
 def _is_fatal(err: KafkaError) -> bool:
     return bool(err.fatal()) or err.code() == KafkaError._FATAL
 
@@ -190,6 +249,8 @@ class _Reports:
     callbacks: list[tuple[DeliveryCallback, RecordMetadata | None, ProducerError | None]] = field(
         default_factory=list
     )
+    # (callback, count, highest offset, first error) of finished batches.
+    batches: list[tuple[BatchDeliveryCallback, int, int, ProducerError | None]] = field(default_factory=list)
     # (epoch, error) of failed messages nobody has a callback for.
     unreported: list[tuple[int, ProducerError]] = field(default_factory=list)
 
@@ -279,6 +340,24 @@ class KafkaProducer(Producer):
                 size,
             )
         )
+
+    def send_batch_nowait(
+        self,
+        topic: str,
+        partition: int,
+        records: Sequence[tuple[bytes | None, bytes | None]],
+        *,
+        on_delivery: BatchDeliveryCallback | None = None,
+    ) -> None:
+        if self._closed:
+            raise ClosedError("the Kafka producer is closed")
+        count = len(records)
+        if not count:
+            return
+        self._open_sent += count
+        size = sum([(len(k) if k else 0) + (len(v) if v else 0) for k, v in records])
+        self.bound.add(size, count)
+        self._queue.put(_Batch(topic, partition, records, on_delivery, self._epoch, size))
 
     async def flush(self) -> None:
         epoch = self._close_epoch()
@@ -427,6 +506,11 @@ class KafkaProducer(Producer):
                 callback(metadata, error)
             except Exception as exc:
                 log.error("a delivery callback raised", exc_info=exc)
+        for batch_callback, count, offset, first in reports.batches:
+            try:
+                batch_callback(count, offset, first)
+            except Exception as exc:
+                log.error("a delivery callback raised", exc_info=exc)
 
     # -- thread side -------------------------------------------------------
 
@@ -487,6 +571,9 @@ class KafkaProducer(Producer):
                 if type(item) is tuple:
                     self._produce(producer, item)
                     produced += 1
+                elif type(item) is _Batch:
+                    self._produce_batch(producer, item)
+                    produced += len(item.records)
                 elif isinstance(item, _TxnCommand):
                     self._run_txn(producer, item)
                 elif isinstance(item, _WantMetadata):
@@ -687,6 +774,57 @@ class KafkaProducer(Producer):
                 self._record_failure(on_delivery, epoch, size, self._failure(err, topic, partition))
                 return
 
+    def _produce_batch(self, producer: Any, batch: _Batch) -> None:
+        sink = _BatchSink(self, batch)
+        topic, partition = batch.topic, batch.partition
+        if self._txn_id is not None and not self._in_txn:
+            try:
+                self._begin(producer)
+            except TransportError as exc:
+                failure = exc if isinstance(exc, ProducerError) else ProducerError(str(exc))
+                failure.__cause__ = exc.__cause__
+                sink.fail(sink.left, failure)
+                return
+        messages: list[dict[str, Any]] = [{"key": k, "value": v} for k, v in batch.records]
+        while messages:
+            try:
+                queued = producer.produce_batch(topic, messages, partition, on_delivery=sink.report)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else KafkaError(KafkaError._FAIL)
+                sink.fail(len(messages), self._failure(err, topic, partition))
+                return
+            if queued == len(messages):
+                return
+            # Refused records carry their error; the ones librdkafka had no room for go again.
+            again: list[dict[str, Any]] = []
+            for message in messages:
+                err = message.pop("_error", None)
+                if err is None:
+                    continue
+                if err.code() == KafkaError._QUEUE_FULL:
+                    again.append(message)
+                    continue
+                if self._txn_id is not None and self._fatal is None and _is_fatal(err):
+                    self._poll(producer, 0)  # learns the cause (fenced?) into self._fatal
+                sink.fail(1, self._failure(err, topic, partition))
+            messages = again
+            if messages:
+                self._poll(producer, 0.05)
+                self._send_reports()
+
+    def _batch_done(self, sink: _BatchSink) -> None:
+        batch = sink.batch
+        count = len(batch.records)
+        reports = self._reports
+        reports.bytes += batch.size
+        reports.done[batch.epoch] += count
+        reports.delivered += count - sink.failed
+        reports.failed += sink.failed
+        if batch.on_delivery is not None:
+            reports.batches.append((batch.on_delivery, count, sink.offset, sink.error))
+        elif sink.error is not None:
+            reports.unreported.append((batch.epoch, sink.error))
+
     def _failure(self, err: KafkaError, topic: str, partition: int | None) -> ProducerError:
         """The error of a failed message: a transactional producer's fatal error (fenced)
         when that is what failed it, so the worker stops for the right reason."""
@@ -777,6 +915,8 @@ class KafkaProducer(Producer):
                 break
             if type(item) is tuple:
                 self._produce(producer, item)
+            elif type(item) is _Batch:
+                self._produce_batch(producer, item)
             elif isinstance(item, _TxnCommand):
                 item.error = ClosedError(f"{item.kind}: the Kafka producer is closed")
                 if self._token is not None:

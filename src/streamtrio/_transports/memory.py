@@ -79,6 +79,7 @@ from .._types import TP, Headers, Message, RecordMetadata, TopicSpec
 from .base import (
     OFFSET_BEGINNING,
     OFFSET_END,
+    BatchDeliveryCallback,
     Consumer,
     DeliveryCallback,
     Producer,
@@ -283,6 +284,23 @@ class MemoryBroker:
                 waiter._wake()
         return message
 
+    def _append_many(
+        self, topic: _Topic, partition: int, records: Sequence[tuple[bytes | None, bytes | None]]
+    ) -> int:
+        """Append ``records`` to one partition (with one timestamp); returns the last offset."""
+        part = topic.partitions[partition]
+        log = part.log
+        ts = math.floor(time.time() * 1000) / 1000
+        name = topic.name
+        offset = len(log)
+        for key, value in records:
+            log.append(Message(name, partition, offset, key, value, ts, None))
+            offset += 1
+        if part.waiters:
+            for waiter in part.waiters:
+                waiter._wake()
+        return offset - 1
+
     # -- faults -----------------------------------------------------------------
 
     def block_topic(self, name: str) -> None:
@@ -453,6 +471,8 @@ class MemoryProducer(Producer):
         # Pending reports as two parallel queues: no tuple per message.
         self._report_callbacks: deque[DeliveryCallback | None] = deque()
         self._report_outcomes: deque[Message | ProducerError] = deque()
+        # (callback, messages, last offset) of whole batches appended.
+        self._batch_reports: list[tuple[BatchDeliveryCallback, int, int]] = []
         self._report_scheduled = False
         self.bound = QueueBound(settings.producer_max_queued_bytes, settings.producer_max_queued_messages)
         self._reportable_bytes = 0  # of messages appended or failed, not yet reported
@@ -517,6 +537,41 @@ class MemoryProducer(Producer):
             return
         self._append(t, partition, key, value, timestamp, headers, on_delivery)
 
+    def send_batch_nowait(
+        self,
+        topic: str,
+        partition: int,
+        records: Sequence[tuple[bytes | None, bytes | None]],
+        *,
+        on_delivery: BatchDeliveryCallback | None = None,
+    ) -> None:
+        if self._closed:
+            raise ClosedError("send_batch_nowait() on a closed memory producer")
+        broker = self._broker
+        t = broker._topics.get(topic)
+        sizes = [(len(k) if k else 0) + (len(v) if v else 0) for k, v in records]
+        if (
+            self._special  # transactions, kill()
+            or not records
+            or t is None
+            or t.blocked is not None
+            or not 0 <= partition < len(t.partitions)
+            or max(sizes) > broker.max_message_bytes
+        ):
+            # What can fail or wait goes record by record.
+            super().send_batch_nowait(topic, partition, records, on_delivery=on_delivery)
+            return
+        size = sum(sizes)
+        count = len(records)
+        self.bound.add(size, count)
+        self._reportable_bytes += size
+        last = broker._append_many(t, partition, records)
+        self._queued_total += count
+        if on_delivery is not None:
+            self._batch_reports.append((on_delivery, count, last))
+        if not self._report_scheduled:
+            self._schedule_reports()
+
     def _append(
         self,
         t: _Topic,
@@ -576,11 +631,16 @@ class MemoryProducer(Producer):
         self._report_scheduled = False
         callbacks, outcomes = self._report_callbacks, self._report_outcomes
         count = len(callbacks)
-        uncounted = self._queued_total - self._reported_total - count - self._held
-        self.bound.remove(self._reportable_bytes, count + uncounted)
+        batches = self._batch_reports
+        batched = 0
+        if batches:
+            self._batch_reports = []
+            batched = sum(n for _, n, _ in batches)
+        uncounted = self._queued_total - self._reported_total - count - self._held - batched
+        self.bound.remove(self._reportable_bytes, count + uncounted + batched)
         self._reportable_bytes = 0
-        self._delivered += uncounted
-        self._reported_total += uncounted + count
+        self._delivered += uncounted + batched
+        self._reported_total += uncounted + count + batched
         for _ in range(count):
             callback = callbacks.popleft()
             outcome = outcomes.popleft()
@@ -601,6 +661,13 @@ class MemoryProducer(Producer):
                 callback(md, err)
             except Exception as exc:
                 logger.exception("on_delivery callback %r raised", callback)
+                if self._unreported is None:
+                    self._unreported = exc
+        for batch_callback, n, last in batches:
+            try:
+                batch_callback(n, last, None)
+            except Exception as exc:
+                logger.exception("on_delivery callback %r raised", batch_callback)
                 if self._unreported is None:
                     self._unreported = exc
         if self._flush_waiters:
