@@ -671,12 +671,11 @@ class TableManager(Mapping[str, Table]):
                     if eager:
                         continue
                     if send is None:
-                        send = self.producer.send_nowait
-                    number = part.number
-                    delivered = layer.delivered
-                    layer.outstanding += len(layer.data)
-                    for kbytes, entry in layer.data.items():
-                        send(topic, kbytes, entry[2], partition=number, on_delivery=delivered)
+                        send = self.producer.send_batch_nowait
+                    data = layer.data
+                    layer.outstanding += len(data)
+                    records = [(kbytes, entry[2]) for kbytes, entry in data.items()]
+                    send(topic, part.number, records, on_delivery=layer.delivered_batch)
 
     async def abort_commit(self) -> None:
         """The transaction was aborted (exactly_once): drop every write not committed.

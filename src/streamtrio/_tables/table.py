@@ -112,6 +112,14 @@ class Layer:
         elif metadata is not None and metadata.offset > self.offset:
             self.offset = metadata.offset
 
+    def delivered_batch(self, count: int, offset: int, error: ProducerError | None) -> None:
+        """The producer's report for a batch of this layer's records (one partition)."""
+        self.outstanding -= count
+        if error is not None and self.error is None:
+            self.error = error
+        if offset > self.offset:
+            self.offset = offset
+
 
 class TablePartition:
     """The in-memory state of one table partition on this worker.

@@ -9,7 +9,8 @@ configured through the environment:
 - ``STOPPER_MODE``: ``count`` (2 ms per event) or ``hang`` (the agent never
   returns from its first event);
 - ``STOPPER_SHUTDOWN_TIMEOUT``: the app's ``shutdown_timeout``;
-- ``STOPPER_STANDBYS`` (optional): the app's ``table_standby_replicas``.
+- ``STOPPER_STANDBYS`` (optional): the app's ``table_standby_replicas``;
+- ``STOPPER_GUARANTEE`` (optional): the app's ``processing_guarantee``.
 """
 
 import os
@@ -29,6 +30,7 @@ app = streamtrio.App(
     shutdown_timeout=float(os.environ["STOPPER_SHUTDOWN_TIMEOUT"]),
     rebalance_drain_timeout=5.0,
     table_standby_replicas=int(os.environ.get("STOPPER_STANDBYS", "0")),
+    processing_guarantee=os.environ.get("STOPPER_GUARANTEE", "at_least_once"),
 )
 events = app.topic(
     os.environ["STOPPER_TOPIC"],
