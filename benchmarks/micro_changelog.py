@@ -32,41 +32,14 @@ from typing import Any
 
 import trio
 
-from streamtrio._exceptions import ProducerError
 from streamtrio._settings import Settings
+from streamtrio._tables.table import Layer
 from streamtrio._transports.base import Producer, Transport
 from streamtrio._transports.kafka import KafkaTransport
 from streamtrio._transports.memory import MemoryTransport
-from streamtrio._types import RecordMetadata, TopicSpec
+from streamtrio._types import TopicSpec
 
 PARTITIONS = 8
-
-
-class Layer:
-    """The table manager's per-partition layer, as far as the producer sees it."""
-
-    __slots__ = ("data", "error", "offset", "outstanding")
-
-    def __init__(self, data: dict[bytes, tuple[Any, Any, bytes | None]]) -> None:
-        self.data = data
-        self.outstanding = 0
-        self.offset = -1
-        self.error: ProducerError | None = None
-
-    def delivered(self, metadata: RecordMetadata | None, error: ProducerError | None) -> None:
-        self.outstanding -= 1
-        if error is not None:
-            if self.error is None:
-                self.error = error
-        elif metadata is not None and metadata.offset > self.offset:
-            self.offset = metadata.offset
-
-    def delivered_batch(self, count: int, offset: int, error: ProducerError | None) -> None:
-        self.outstanding -= count
-        if error is not None and self.error is None:
-            self.error = error
-        if offset > self.offset:
-            self.offset = offset
 
 
 def layers(keys: int, round_no: int) -> list[Layer]:
@@ -76,7 +49,9 @@ def layers(keys: int, round_no: int) -> list[Layer]:
         for i in range(keys):
             kbytes = f"r{round_no}-p{p}-k{i}".encode()
             data[kbytes] = (kbytes, i, b"\x92\xcd\x04\xd2\x05")
-        out.append(Layer(data))
+        layer = Layer()
+        layer.data = data
+        out.append(layer)
     return out
 
 
