@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from streamtrio.testing._apache_kafka import kafka_unavailable_reason, run_apache_kafka
 from streamtrio.testing._broker import _run_tansu, choose_broker_kind, tansu_unavailable_reason
@@ -57,10 +59,28 @@ def unavailable_reason(kind: str) -> str | None:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A free port below the kernel's ephemeral range.
+
+    A worker keeps its web port across restarts; while it is down, a port the
+    kernel hands out (``bind(0)``) could be taken as the local port of any new
+    connection (a client reconnecting after a cut) and the restart then failed
+    with "Address already in use". Ports below ``ip_local_port_range`` are
+    never handed out that way.
+    """
+    low = 32768
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 @contextlib.contextmanager

@@ -14,7 +14,6 @@ from __future__ import annotations
 import random
 import shutil
 import signal
-import socket
 import tempfile
 import threading
 import time
@@ -29,7 +28,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from ..kafka._util import Produced, WorkerProcess, committed, new_producer, spread_keys, unique
-from ._broker import ChaosBroker
+from ._broker import ChaosBroker, _free_port
 from ._proxy import TcpProxy
 from ._verify import RESULTS, Report, Truth, get_text, verify, web_values
 
@@ -39,13 +38,6 @@ PARTITIONS = 6
 ARTIFACTS = Path(tempfile.gettempdir()) / "streamtrio-chaos"
 #: a graceful stop may take the app's shutdown_timeout plus this much
 EXIT_MARGIN = 2.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _create_topics(bootstrap: str, *names: str) -> None:
