@@ -58,14 +58,14 @@ async def count_visitors(views: faust.StreamT[PageView]) -> None:
             where.append(
                 (event.key, current.message.topic, current.message.partition, current.message.offset)
             )
-            partitions_seen.append(views.active_partitions)
+            partitions_seen.append(("views", views.active_partitions))
 
 
 @app.agent(likes_topic, isolated_partitions=True)
 async def likes(stream: faust.StreamT[str]) -> None:
     async for key, page in stream.items():
         liked[key.user] |= {page}
-        partitions_seen.append(stream.active_partitions)
+        partitions_seen.append(("likes", stream.active_partitions))
 
 
 audit_stream = app.stream(audit_topic, processors=[lowercase_page])
