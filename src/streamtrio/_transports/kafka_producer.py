@@ -719,14 +719,22 @@ class KafkaProducer(Producer):
             self._in_txn = False
             return
 
+    def _begin_for_message(self, producer: Any) -> ProducerError | None:
+        """Begin the transaction a message (or batch) goes into; the error to report
+        for it if that failed."""
+        try:
+            self._begin(producer)
+        except TransportError as exc:
+            failure = exc if isinstance(exc, ProducerError) else ProducerError(str(exc))
+            failure.__cause__ = exc.__cause__
+            return failure
+        return None
+
     def _produce(self, producer: Any, item: _Item) -> None:
         topic, key, value, partition, timestamp, headers, on_delivery, epoch, size = item
         if self._txn_id is not None and not self._in_txn:
-            try:
-                self._begin(producer)
-            except TransportError as exc:
-                failure = exc if isinstance(exc, ProducerError) else ProducerError(str(exc))
-                failure.__cause__ = exc.__cause__
+            failure = self._begin_for_message(producer)
+            if failure is not None:
                 self._record_failure(on_delivery, epoch, size, failure)
                 return
         sink: _EpochSink | None = None
@@ -778,11 +786,8 @@ class KafkaProducer(Producer):
         sink = _BatchSink(self, batch)
         topic, partition = batch.topic, batch.partition
         if self._txn_id is not None and not self._in_txn:
-            try:
-                self._begin(producer)
-            except TransportError as exc:
-                failure = exc if isinstance(exc, ProducerError) else ProducerError(str(exc))
-                failure.__cause__ = exc.__cause__
+            failure = self._begin_for_message(producer)
+            if failure is not None:
                 sink.fail(sink.left, failure)
                 return
         messages: list[dict[str, Any]] = [{"key": k, "value": v} for k, v in batch.records]
