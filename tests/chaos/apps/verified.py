@@ -16,7 +16,11 @@ configured through the environment:
 - ``CHAOS_PAD`` (optional): also keep ``pads[key]``, a string of this many
   bytes (to fill a small LMDB map; the verifier ignores it);
 - ``CHAOS_DECODE_ERROR``, ``CHAOS_ON_ERROR`` (optional): the app's
-  ``value_decode_error`` and the agent's ``on_error``.
+  ``value_decode_error`` and the agent's ``on_error``;
+- ``CHAOS_HOLD_EXIT`` (optional): seconds an exit hook (``atexit``, run after
+  the worker has stopped, as an app's own hooks are) holds the process, after
+  writing ``holding the exit`` to stderr: a signal sent then lands in the
+  process's tail for certain.
 
 Values are JSON integers. A value that is not JSON (a *decode poison*) goes
 to the ``value_decode_error`` policy; a negative one (an *agent poison*)
@@ -29,7 +33,9 @@ at or below the last one (so processing an event again changes nothing), and
 echoes ``"partition:offset:value"`` to the sink.
 """
 
+import atexit
 import os
+import time
 
 import trio
 
@@ -58,6 +64,14 @@ app = streamtrio.App(
     lmdb_map_size=min(max_map_size, 1 << 30),
     value_decode_error=os.environ.get("CHAOS_DECODE_ERROR", "raise"),
 )
+hold_exit = float(os.environ.get("CHAOS_HOLD_EXIT", "0"))
+if hold_exit:
+
+    def hold() -> None:
+        os.write(2, b"holding the exit\n")
+        time.sleep(hold_exit)
+
+    atexit.register(hold)
 partitions = int(os.environ["CHAOS_PARTITIONS"])
 source = app.topic(
     os.environ["CHAOS_SOURCE"], key_type=str, value_type=int, value_serializer="json", partitions=partitions
