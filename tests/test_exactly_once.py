@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -417,6 +418,28 @@ async def test_transactional_id_is_stable_per_data_dir(tmp_path: Path) -> None:
     assert one == transactional_id(Settings("app", datadir=str(tmp_path / "one")))
     assert one != transactional_id(Settings("app", datadir=str(tmp_path / "two")))
     assert transactional_id(Settings("app", worker_id="w7")) == "app-w7"
+
+
+async def test_two_workers_on_one_data_dir_are_refused_at_start(
+    app_factory: AppFactory, broker: MemoryBroker, tmp_path: Path
+) -> None:
+    """The data dir keeps the worker id, so the transactional id: two workers on
+    one would fence each other in turn. The second is refused at start, by name."""
+    shared = tmp_path / "shared"
+    first, counts = eos_word_count(app_factory, datadir=str(shared))
+    second, _ = eos_word_count(app_factory, datadir=str(shared))
+    async with running(first):
+        with pytest.raises(streamtrio.WorkerError) as refused:
+            with trio.fail_after(10):
+                await streamtrio.serve(second)
+        message = str(refused.value)
+        assert f"data dir {shared} is in use by another worker (pid {os.getpid()})" in message
+        assert "worker_id" in message and "datadir" in message
+        await produce(first, corpus(100))
+        await wait_for(lambda: sum(counts.values()) == 100)  # the first carries on
+    # once the first has stopped, the data dir is free again
+    async with running(second):
+        pass
 
 
 # -- the cost ---------------------------------------------------------------------------

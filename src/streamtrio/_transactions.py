@@ -27,21 +27,26 @@ with :class:`~streamtrio.ProducerFencedError`.
 
 The transactional id is ``<app id>-<worker id>``: the ``worker_id`` setting,
 or an id created once and kept in ``<datadir>/worker-id``. A restart with the
-same data dir uses the same id and fences a zombie of itself.
+same data dir uses the same id and fences a zombie of itself. A running
+worker holds the data dir (a lock on ``<datadir>/worker-id.lock``), so a
+second worker started on it is refused instead of fencing the first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import logging
+import os
 import uuid
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
 from ._commit import CommitStatistics, Committer
-from ._exceptions import ProducerFencedError, StreamtrioError, TransactionError, TransportError
+from ._exceptions import ProducerFencedError, StreamtrioError, TransactionError, TransportError, WorkerError
 from ._lanes import Inbox
 from ._types import TP
 
@@ -49,7 +54,7 @@ if TYPE_CHECKING:
     from ._settings import Settings
     from ._transports.base import Producer
 
-__all__ = ["TransactionalCommitter", "transactional_id"]
+__all__ = ["TransactionalCommitter", "claimed_transactional_id", "transactional_id"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,41 @@ def transactional_id(settings: Settings) -> str:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(worker_id + "\n")
     return f"{settings.appid}-{worker_id}"
+
+
+@contextlib.contextmanager
+def claimed_transactional_id(settings: Settings) -> Iterator[str]:
+    """:func:`transactional_id`, with the data dir held by this worker while in use.
+
+    Two workers on one data dir would share the worker id kept there, so the
+    transactional id, and fence each other in turn. Only with the id from
+    the data dir: a ``worker_id`` setting is the operator's choice.
+
+    Raises:
+        WorkerError: another worker (of any process) holds the data dir.
+    """
+    if settings.worker_id:
+        yield transactional_id(settings)
+        return
+    path = settings.data_path
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / "worker-id.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise WorkerError(
+                f"data dir {path} is in use by another worker (pid {holder}): under exactly_once "
+                f"the worker id kept there ({path / 'worker-id'}) names the transactional id, and "
+                "two workers with one id fence each other; give each worker its own data dir "
+                "(--datadir, the datadir setting) or its own worker_id setting"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield transactional_id(settings)
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class TransactionalCommitter(Committer):

@@ -39,7 +39,7 @@ from ._lanes import Inbox, Lane
 from ._stream import ChannelSource, Source, TopicSource
 from ._timers import serve_service, serve_task, serve_timer
 from ._topic import Topic
-from ._transactions import TransactionalCommitter, transactional_id
+from ._transactions import TransactionalCommitter, claimed_transactional_id
 from ._transports.base import Consumer, Producer
 from ._types import TP, Message
 
@@ -588,7 +588,7 @@ class Worker:
         conf = app.conf
         await self._declare_topics()
         async with AsyncExitStack() as stack:
-            txn_id = transactional_id(conf) if self.exactly_once else None
+            txn_id = stack.enter_context(claimed_transactional_id(conf)) if self.exactly_once else None
             self.producer = await stack.enter_async_context(
                 self.transport.open_producer(transactional_id=txn_id)
             )
