@@ -177,32 +177,79 @@ def apply_messages(
 
     Records of partitions not in ``targets`` are ignored; a record without a
     key (not one streamtrio wrote) is skipped with a warning.
+
+    The hot loop of a replay: a batch holds runs of records of one partition,
+    so the partition's table, store and staging dict are looked up once per
+    run, not per record.
     """
     staged = 0
+    run: _Run | None = None
+    topic: str | None = None
+    partition = -1
     for message in messages:
-        tp = TP(message.topic, message.partition)
-        target = targets.get(tp)
-        if target is None:
+        if message.partition != partition or message.topic != topic:
+            if run is not None:
+                run.close(offsets, counts)
+            topic, partition = message.topic, message.partition
+            tp = TP(topic, partition)
+            target = targets.get(tp)
+            run = None if target is None else _Run(tp, target, store_for(target[0]), writes, events)
+        if run is None:
             continue
-        table, number = target
         key = message.key
-        store: Store = store_for(table)
-        if key is None or not key:
+        if not key:
             log.warning(
                 "table %r: skipping a changelog record without a key at %s[%d]@%d",
-                table.name,
+                run.table.name,
                 message.topic,
                 message.partition,
                 message.offset,
             )
         else:
-            writes.setdefault(store, {}).setdefault((table.name, number), {})[key] = message.value
+            staging = run.staging
+            if staging is None:
+                staging = run.open_staging()
+            staging[key] = message.value
             staged += 1
-            if events is not None and table._on_changelog_event is not None:
-                events.append((table, message))
-        offsets.setdefault(store, {})[tp] = message.offset
-        counts[tp] = counts.get(tp, 0) + 1
+            if run.events is not None:
+                run.events.append((run.table, message))
+        run.offset = message.offset
+        run.count += 1
+    if run is not None:
+        run.close(offsets, counts)
     return staged
+
+
+class _Run:
+    """What :func:`apply_messages` keeps for a run of one partition's records."""
+
+    __slots__ = ("count", "events", "number", "offset", "staging", "store", "table", "tp", "writes")
+
+    def __init__(
+        self,
+        tp: TP,
+        target: tuple[Table, int],
+        store: Store,
+        writes: dict[Store, dict[tuple[str, int], dict[bytes, bytes | None]]],
+        events: list[tuple[Table, Message]] | None,
+    ) -> None:
+        self.tp = tp
+        self.table, self.number = target
+        self.store = store
+        self.writes = writes
+        self.events = events if events is not None and self.table._on_changelog_event is not None else None
+        self.staging: dict[bytes, bytes | None] | None = None
+        self.offset = -1
+        self.count = 0
+
+    def open_staging(self) -> dict[bytes, bytes | None]:
+        self.staging = self.writes.setdefault(self.store, {}).setdefault((self.table.name, self.number), {})
+        return self.staging
+
+    def close(self, offsets: dict[Store, dict[TP, int]], counts: dict[TP, int]) -> None:
+        if self.count:
+            offsets.setdefault(self.store, {})[self.tp] = self.offset
+            counts[self.tp] = counts.get(self.tp, 0) + self.count
 
 
 async def flush_staged(
