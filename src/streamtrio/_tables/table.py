@@ -83,7 +83,7 @@ _LOST = -1
 #: Writes from events whose placement is checked: every one of a table's
 #: first ``_CHECK_ALL``, then one in ``_CHECK_EVERY`` (a power of two).
 _CHECK_ALL = 1024
-_CHECK_EVERY = 16
+_CHECK_EVERY = 128
 
 
 class Layer:
@@ -276,6 +276,7 @@ class Table(MutableMapping[Any, Any]):
         #: the event whose partition was found last, and that partition:
         #: ``table[key] += 1`` finds it once (see _event_partition)
         self._last_event: Any = None
+        self._last_lane: Any = None
         self._last_event_partition = 0
         # Keys are *stored* with key_serializer (msgpack by default, so a str key
         # comes back a str) but *partitioned* the way producers encode them: with
@@ -720,16 +721,17 @@ class Table(MutableMapping[Any, Any]):
         event = _current_event.get()
         if event is None:
             return None
-        if event is self._last_event:
-            # Found before for this event, on a partition then assigned. A revoke
-            # or a loss revokes the event's lane before it changes the sources,
-            # so while the lane is not revoked the answer stands.
-            lane = event._lane
-            if lane is None or not lane.revoked:
-                return self._last_event_partition
+        lane = event._lane
+        # Found before for this event, or for an event of the same lane (the same
+        # source partition), on a partition then assigned. A revoke or a loss
+        # revokes the event's lane before it changes the sources, so while the
+        # lane is not revoked the answer stands.
+        if (event is self._last_event or (lane is not None and lane is self._last_lane)) and (
+            lane is None or not lane.revoked
+        ):
+            return self._last_event_partition
         message = event.message
         if (message.topic, message.partition) not in self._manager.sources:
-            lane = event._lane
             if lane is not None and lane.revoked and lane.tp is not None:
                 return _LOST  # GlobalTables and use_partitioner tables too
             return None
@@ -746,6 +748,10 @@ class Table(MutableMapping[Any, Any]):
         if timers is not None and (part := self._parts.get(n)) is not None:
             timers.observe(n, part, event)
         self._last_event = event
+        # A lane of one source partition stands for its events; not with timers,
+        # which observe every event, nor for lanes of no single partition.
+        lane = event._lane
+        self._last_lane = lane if timers is None and lane is not None and lane.tp is not None else None
         self._last_event_partition = n
         return n
 
