@@ -97,6 +97,36 @@ async def test_a_delete_outside_an_event_reaches_the_owner(app_factory: AppFacto
             del counts_b[key_of(counts_b, owned_by(b), "never-")]  # the owner still says KeyError
 
 
+async def test_setdefault_and_pop_of_a_key_served_elsewhere_are_refused(app_factory: AppFactory) -> None:
+    """Failed before: setdefault() saw no value and overwrote the owner's (5 became 0); pop()
+    returned its default and deleted nothing. Neither can be answered where the key is not served."""
+    first, counts_a = word_count_app(app_factory, table_standby_replicas=0)
+    second, counts_b = word_count_app(app_factory, table_standby_replicas=0)
+    async with running(first) as a, running(second) as b:
+        await wait_for(lambda: bool(owned_by(a)) and bool(owned_by(b)))
+        await second.tables.wait_until_recovery_completed()
+        key = key_of(counts_a, owned_by(b))
+        counts_a[key] = 5
+        await wait_for(lambda: counts_b.get(key) == 5)
+        n = counts_a.key_partition(key)
+        with pytest.raises(streamtrio.TableError) as refused:
+            counts_a.setdefault(key, 0)
+        assert f"table 'counts': setdefault() of key {key!r} outside an event" in str(refused.value)
+        assert f"does not serve its partition {n}" in str(refused.value)
+        with pytest.raises(streamtrio.TableError, match=r"pop\(\) .*use `del table\[key\]`"):
+            counts_a.pop(key, None)
+        # a later write to the same partition: once applied, any earlier one would have been
+        marker = key_of(counts_a, {n}, "marker-")
+        counts_a[marker] = 1
+        await wait_for(lambda: counts_b.get(marker) == 1)
+        assert counts_b.get(key) == 5  # neither overwritten nor deleted
+        # where the key is served, both behave as a mapping's
+        assert counts_b.setdefault(key, 0) == 5
+        own = key_of(counts_a, owned_by(a), "own-")
+        assert counts_a.setdefault(own, 3) == 3 and counts_a.pop(own) == 3
+        assert counts_a.pop(own, "gone") == "gone"
+
+
 async def test_a_foreign_write_not_delivered_stops_the_commit(
     app_factory: AppFactory, broker: MemoryBroker
 ) -> None:

@@ -1033,13 +1033,26 @@ class Table(MutableMapping[Any, Any]):
 
     def _foreign_target(self, kbytes: bytes) -> TablePartition | None:
         """The foreign partition a write of ``kbytes`` made now is sent to, if it is one."""
+        n = self._served_elsewhere(kbytes)
+        return None if n is None else self._foreign_partition(n)
+
+    def _served_elsewhere(self, kbytes: bytes) -> int | None:
+        """The partition of ``kbytes``, when a write made now goes to another worker
+        through the writes topic (outside an event, a partition not served here)."""
         if self.writes_topic is None or self._event_partition() is not None:
             return None
         n = self._home(kbytes)
         part = self._parts.get(n)
         if part is not None and part.view is not None:
             return None
-        return self._foreign_partition(n)
+        return n
+
+    def _unseen_error(self, call: str, key: Any, n: int, instead: str) -> TableError:
+        return TableError(
+            f"table {self.name!r}: {call} of key {key!r:.80} outside an event, on a worker that "
+            f"does not serve its partition {n}: the value is on the worker that does, and cannot "
+            f"be seen here; {instead}"
+        )
 
     def __contains__(self, key: object) -> bool:
         try:
@@ -1054,9 +1067,22 @@ class Table(MutableMapping[Any, Any]):
         return default if value is _MISSING else value
 
     def pop(self, key: Any, *default: Any) -> Any:
+        """Remove ``key`` and return its value (or ``default``).
+
+        Raises:
+            KeyError: ``key`` is not in the table and no default is given.
+            TableError: called outside an event for a key of a partition
+                another worker serves (its value cannot be read here; ``del``
+                sends the delete to that worker).
+        """
         kbytes = self._encode_key(key)
         part, value = self._find(kbytes)
         if part is None or value is _MISSING:
+            n = self._served_elsewhere(kbytes)
+            if n is not None:
+                raise self._unseen_error(
+                    "pop()", key, n, "use `del table[key]` to delete it there, or pop it where it is served"
+                )
             if default:
                 return default[0]
             raise KeyError(key)
@@ -1064,9 +1090,21 @@ class Table(MutableMapping[Any, Any]):
         return value
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
+        """The value of ``key``; if missing, set it to ``default`` and return that.
+
+        Raises:
+            TableError: called outside an event for a key of a partition
+                another worker serves: whether the key is missing cannot be
+                told here, and setting it could overwrite the value there.
+        """
         kbytes = self._encode_key(key)
         _, value = self._find(kbytes)
         if value is _MISSING:
+            n = self._served_elsewhere(kbytes)
+            if n is not None:
+                raise self._unseen_error(
+                    "setdefault()", key, n, "setting it could overwrite that value; call it where served"
+                )
             self[key] = default
             return default
         return value
