@@ -1,10 +1,11 @@
 """``streamtrio run --workers N``: N worker processes of one app under one supervisor.
 
-The supervisor is a small trio program that runs no app code. It starts each
-worker as a child process (the same command line, so the same app and
-options) with ``STREAMTRIO_WORKER_INDEX`` and ``STREAMTRIO_WORKER_COUNT`` in
-its environment; the child sees them and runs as worker ``i`` of ``N`` with
-its own data dir (``<datadir>/worker-<i>``) and web port (``web_port + i``):
+The supervisor is a small trio program: it imports the app to read its
+settings and runs none of it. It starts each worker as a child process (the
+same command line, so the same app and options) with
+``STREAMTRIO_WORKER_INDEX`` and ``STREAMTRIO_WORKER_COUNT`` in its
+environment; the child sees them and runs as worker ``i`` of ``N`` with its
+own data dir (``<datadir>/worker-<i>``) and web port (``web_port + i``):
 see :func:`child_overrides`. Children run in their own session, so a Ctrl-C
 in the terminal reaches only the supervisor, which:
 
@@ -25,6 +26,7 @@ setting is wrong) is never restarted: a restart could not help.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -313,7 +315,13 @@ class Supervisor:
             if self.stopping.is_set():
                 # A stop came while it was being started: it missed the SIGTERM.
                 process.send_signal(signal.SIGINT if self.forced else signal.SIGTERM)
-            slot.status = await process.wait()
+            try:
+                slot.status = await process.wait()
+            except BaseException:
+                # The supervisor itself failed (cancelled by a sibling's error): no orphans.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                raise
             ran = trio.current_time() - began
             if self.stopping.is_set():
                 level = logging.INFO if slot.status == 0 else logging.WARNING
