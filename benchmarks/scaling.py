@@ -4,26 +4,28 @@
     python -m benchmarks.scaling --events 100000 --workers 1,2,4 --workloads stateless
 
 It starts Apache Kafka as ``python -m benchmarks`` does (or uses
-``STREAMTRIO_TEST_BROKER``), produces the events once (8 partitions, the
-benchmark's workload), then for each workload and N runs ``streamtrio run
-APP --workers N`` on a fresh group and data dir. The app holds its agent
-until every worker process has its share of the partitions (checked on each
-process's ``/stats/``), so the measurement has no rebalance in it; then the
-events are released and each process notes the wall time and its own CPU
-time (``time.process_time()``: utime + stime of every thread) at its first
-event and every 256th. While held, each lane prefetched up to 16,384 events
-(``stream_buffer_maxsize``), fetched before the clock starts, so each process
-is measured over the second half of its events (steady state: fetch,
-decode, agent, commits). Reported per run:
+``STREAMTRIO_TEST_BROKER``), then for each workload and N runs ``streamtrio
+run APP --workers N`` on a fresh topic (8 partitions), group and data dir.
+Once every worker process has its share of the partitions (checked on each
+process's ``/stats/``), the benchmark's events (``benchmarks/workload.py``)
+are produced in one Kafka transaction, left open: the workers read committed
+records only (librdkafka's default), so they fetch nothing yet, and the
+producer's work is outside the measurement. Committing the transaction
+releases every event at once. Each process notes the wall time and its own
+CPU time (``time.process_time()``) at its first event and every 256th; the
+benchmark reads each process's and the broker's CPU time (utime + stime of
+every thread, ``/proc/<pid>/stat``) at the release and when the group's
+committed offsets reach the end. Reported per run:
 
-- events/s: the sum of the processes' rates over their windows (they run
-  side by side);
-- per process: its events, its rate and its CPU µs per event over the
-  window (this should not grow with N);
-- the broker's CPU µs per event over the whole run (``/proc/<pid>/stat``,
-  when this script started the broker), since it shares the cores;
-- each process's whole CPU time from ``/proc/<pid>/stat`` (start-up and the
-  group join included), for a check.
+- events/s: all events / (the last noted event of any process - the first
+  event of any process);
+- per process: its events, its rate, its CPU µs per event from the release
+  to the last commit (fetch, decode, agent, commits and changelogs, plus
+  what an idle worker spends while it waits up to a ``commit_interval`` for
+  its last commit), and in brackets from its first event to its last noted
+  one (processing only). It should not grow with N;
+- the broker's CPU µs per event over the same span, when this script started
+  the broker: it shares the cores.
 
 A run whose sum of amounts differs from the produced total is FAILED.
 """
@@ -48,8 +50,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from confluent_kafka import Consumer, Producer, TopicPartition
 
-from .workload import PARTITIONS, create_topics, expected_total, produce_events
+from ._protocol import SPAN_SECONDS
+from .workload import KEYS, PARTITIONS, amount_of, create_topics, expected_total
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -61,8 +65,6 @@ APP = textwrap.dedent(
     import os
     import time
     from pathlib import Path
-
-    import trio
 
     import streamtrio
 
@@ -82,8 +84,7 @@ APP = textwrap.dedent(
     )
     partitions = int(os.environ["SCALING_PARTITIONS"])
     topic = app.topic(os.environ["SCALING_TOPIC"], key_type=str, partitions=partitions)
-    gate = trio.Event()
-    state = {"pid": os.getpid(), "count": 0, "sum": 0}
+    state = {"pid": os.getpid(), "index": index, "count": 0, "sum": 0}
     marks = []  # (events, wall time, CPU time) at the first event and every 256th
     written = 0
     if stateful:
@@ -92,7 +93,6 @@ APP = textwrap.dedent(
 
     @app.agent(topic)
     async def process(stream):
-        await gate.wait()
         count = total = 0
         clock, cpu = time.time, time.process_time
         async for value in stream:
@@ -111,8 +111,6 @@ APP = textwrap.dedent(
     @app.timer(0.1)
     async def report():
         global written
-        if not gate.is_set() and (out / "go").exists():
-            gate.set()
         if written < len(marks):
             with open(out / f"marks-{index}.txt", "a") as f:
                 f.writelines(f"{n} {t} {c}\\n" for n, t, c in marks[written:])
@@ -154,10 +152,44 @@ def wait_until(predicate: Any, timeout: float, what: str, poll: float = 0.1) -> 
         time.sleep(poll)
 
 
+def produce_in_transaction(bootstrap: str, topic: str, events: int) -> Any:
+    """Produce the workload's events in one open transaction; the caller commits it."""
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "transactional.id": f"scaling-{uuid.uuid4().hex[:8]}",
+            "linger.ms": 20,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 1_000_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+            "partitioner": "murmur2_random",
+        }
+    )
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    span_ms = SPAN_SECONDS * 1000
+    base_ms = int(time.time() * 1000) - span_ms
+    for i in range(events):
+        user = f"k{i % KEYS}"
+        value = json.dumps({"user": user, "amount": amount_of(i)}, separators=(",", ":")).encode()
+        while True:
+            try:
+                producer.produce(topic, value, user.encode(), timestamp=base_ms + i * span_ms // events)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    if producer.flush(120):
+        raise RuntimeError("producing the events failed")
+    return producer
+
+
 def run_one(
-    bootstrap: str, topic: str, events: int, workload: str, workers: int, work: Path, broker_pid: int | None
+    bootstrap: str, events: int, workload: str, workers: int, work: Path, broker_pid: int | None
 ) -> dict[str, Any]:
     run_dir = work / f"{workload}-{workers}-{uuid.uuid4().hex[:6]}"
+    topic = f"scaling-{uuid.uuid4().hex[:6]}-events"
+    create_topics(bootstrap, [topic])
     out = run_dir / "out"
     out.mkdir(parents=True)
     app_file = run_dir / "scaling_app.py"
@@ -198,30 +230,42 @@ def run_one(
             if proc.poll() is not None:
                 raise RuntimeError(f"exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
             held = []
+            pids.clear()
             for i in range(workers):
                 try:
                     doc = httpx.get(f"http://127.0.0.1:{base + i}/stats/", timeout=2).json()
                 except (httpx.HTTPError, ValueError):
                     return False
                 held.append(sum(1 for p in doc.get("partitions", {}).values() if p["topic"] == topic))
+                pids.append(doc["process"]["pid"])
             return sorted(held) == shares
 
+        pids: list[int] = []
         wait_until(split, 120, f"{workers} worker processes sharing the partitions")
+        # read_committed (librdkafka's default): nothing is fetched before the commit
+        producer = produce_in_transaction(bootstrap, topic, events)
+        cpu_before = [cpu_seconds(pid) for pid in pids]
         broker_before = cpu_seconds(broker_pid) if broker_pid else None
-        (out / "go").touch()
+        producer.commit_transaction(30)
+        released = time.time()
+        committed = Consumer({"bootstrap.servers": bootstrap, "group.id": env["SCALING_GROUP"]})
+        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+
+        def all_committed() -> bool:
+            offsets = committed.committed(partitions, timeout=10)
+            return sum(max(tp.offset, 0) for tp in offsets) >= events
+
+        wait_until(all_committed, 900, f"{events:,} events processed and committed", poll=0.05)
+        done = time.time()
+        cpu_after = [cpu_seconds(pid) for pid in pids]
+        broker_after = cpu_seconds(broker_pid) if broker_pid else None
+        committed.close()
 
         def progress() -> list[dict[str, Any]] | None:
-            docs = []
-            for i in range(workers):
-                path = out / f"progress-{i}.json"
-                if not path.exists():
-                    return None
-                docs.append(json.loads(path.read_text()))
+            docs = [json.loads(p.read_text()) for p in sorted(out.glob("progress-*.json"))]
             return docs if sum(d["count"] for d in docs) >= events else None
 
-        docs = wait_until(progress, 900, f"{events:,} events processed", poll=0.05)
-        broker_after = cpu_seconds(broker_pid) if broker_pid else None
-        whole_cpu = [cpu_seconds(d["pid"]) for d in docs]
+        docs = wait_until(progress, 10, "the processes' last progress report", poll=0.05)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
@@ -232,20 +276,21 @@ def run_one(
             code = proc.wait()
     total = sum(d["sum"] for d in docs)
     per_process = []
-    for i, (doc, cpu) in enumerate(zip(docs, whole_cpu, strict=True)):
-        lines = (out / f"marks-{i}.txt").read_text().splitlines()
+    firsts, lasts = [], []
+    by_pid = {d["pid"]: (d["index"], d) for d in docs}
+    for pid, before, after in zip(pids, cpu_before, cpu_after, strict=True):
+        index, doc = by_pid[pid]
+        lines = (out / f"marks-{index}.txt").read_text().splitlines()
         marks = [tuple(map(float, line.split())) for line in lines]
-        # The second half of the process's events: the lanes' prefetch (up to 16,384 events per
-        # partition, fetched while the agent was held) is used up by then, so this is steady state.
-        start = next(m for m in marks if m[0] >= doc["count"] / 2)
-        end = marks[-1]
+        start, end = marks[0], marks[-1]
+        firsts.append(start[1])
+        lasts.append(end[1])
         per_process.append(
             {
                 "events": doc["count"],
-                "window_events": int(end[0] - start[0]),
                 "events_per_second": round((end[0] - start[0]) / (end[1] - start[1])),
-                "cpu_us_per_event": round((end[2] - start[2]) / (end[0] - start[0]) * 1e6, 1),
-                "cpu_seconds_whole": round(cpu, 2),
+                "cpu_us_per_event": round((after - before) / doc["count"] * 1e6, 1),
+                "processing_cpu_us_per_event": round((end[2] - start[2]) / (end[0] - start[0]) * 1e6, 1),
             }
         )
     result: dict[str, Any] = {
@@ -254,7 +299,9 @@ def run_one(
         "ok": total == expected_total(events) and code == 0,
         "exit_code": code,
         "events": events,
-        "events_per_second": sum(p["events_per_second"] for p in per_process),
+        "seconds": round(max(lasts) - min(firsts), 2),
+        "events_per_second": round(events / (max(lasts) - min(firsts))),
+        "seconds_to_committed": round(done - released, 2),
         "processes": per_process,
         "broker_cpu_us_per_event": (
             round((broker_after - broker_before) / events * 1e6, 1)
@@ -295,21 +342,24 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="streamtrio-scaling-"))
     results = []
     with broker() as (bootstrap, description, broker_pid):
-        topic = f"scaling-{uuid.uuid4().hex[:6]}-events"
-        create_topics(bootstrap, [topic])
-        seconds = produce_events(bootstrap, topic, args.events)
         print(f"[scaling] {description} on {bootstrap}; {os.cpu_count()} cores; work dir {work}", flush=True)
-        print(f"[scaling] produced {args.events:,} events to {topic} in {seconds:.1f}s", flush=True)
         for workload in workloads:
             for n in counts:
-                result = run_one(bootstrap, topic, args.events, workload, n, work, broker_pid)
+                result = run_one(bootstrap, args.events, workload, n, work, broker_pid)
                 results.append(result)
                 print(f"[scaling] {json.dumps(result)}", flush=True)
     print()
-    print("| workload | processes | events/s | per process: events/s, CPU µs/event | broker CPU µs/event |")
+    print(
+        "| workload | processes | events/s | per process: events, events/s, "
+        "CPU µs/event (processing only) | broker CPU µs/event |"
+    )
     print("| --- | --: | --: | --- | --: |")
     for r in results:
-        procs = "; ".join(f"{p['events_per_second']:,}, {p['cpu_us_per_event']}" for p in r["processes"])
+        procs = "; ".join(
+            f"{p['events']:,}, {p['events_per_second']:,}, {p['cpu_us_per_event']} "
+            f"({p['processing_cpu_us_per_event']})"
+            for p in r["processes"]
+        )
         rate = f"{r['events_per_second']:,}" if r["ok"] else f"FAILED ({r.get('reason', r['exit_code'])})"
         print(f"| {r['workload']} | {r['workers']} | {rate} | {procs} | {r['broker_cpu_us_per_event']} |")
     if args.json:
