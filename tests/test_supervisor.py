@@ -223,6 +223,7 @@ def test_a_bound_app_is_started_again_as_the_user_started_it(tmp_path: Path) -> 
     assert log.count("2 worker processes under supervisor") == 1, log
     assert "worker-0  pid" in log and "datadir bound-supervised-data/worker-0" in log
     assert "[worker-1] streamtrio._run: worker could not start: cannot reach the Kafka broker" in log
+    assert "names no streamtrio setting" not in log  # STREAMTRIO_WORKER_INDEX is not a setting
     assert code == 1
     assert re.search(r"worker-\d \(pid \d+\) exited with 1 after [\d.]+s; stopping the others", log), log
 

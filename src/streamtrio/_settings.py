@@ -493,7 +493,7 @@ def _coerce(opt: _Option, value: Any, source: str) -> Any:
 
 
 #: ``STREAMTRIO_*`` variables that are not settings (the test suite's and the broker fetcher's;
-#: ``STREAMTRIO_WORKER_INDEX`` / ``_COUNT`` tell a worker process its place under ``--workers N``.
+#: ``STREAMTRIO_WORKER_INDEX`` / ``_COUNT`` tell a worker process its place under ``--workers N``).
 _ENV_NOT_SETTINGS = (
     "STREAMTRIO_TEST_",
     "STREAMTRIO_KAFKA_",
