@@ -195,8 +195,13 @@ def run_one(
     app_file = run_dir / "scaling_app.py"
     app_file.write_text(APP)
     base = free_ports(workers)
+    import streamtrio
+
+    # The streamtrio this script imported, whatever the run directory.
+    path = [str(Path(streamtrio.__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]
     env = {
         **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in path if p),
         "SCALING_OUT": str(out),
         "SCALING_GROUP": f"scaling-{uuid.uuid4().hex[:8]}",
         "SCALING_DATADIR": str(run_dir / "data"),
