@@ -38,11 +38,12 @@ class Logged:
     def log(self) -> str:
         return self.log_path.read_text()
 
-    def wait_for(self, text: str, *, count: int = 1, timeout: float = 15.0) -> str:
-        """Wait until ``text`` appears ``count`` times in the log; return the log."""
+    def wait_for(self, text: str, *, count: int = 1, timeout: float = 15.0, after_exit: bool = False) -> str:
+        """Wait until ``text`` appears ``count`` times in the log; return the log. Unless
+        ``after_exit`` (its children still write), the process exiting first fails."""
         deadline = time.monotonic() + timeout
         while (log := self.log()).count(text) < count:
-            if self.proc.poll() is not None and self.log().count(text) < count:
+            if not after_exit and self.proc.poll() is not None and self.log().count(text) < count:
                 raise AssertionError(f"exited ({self.proc.returncode}) before {text!r} x{count}:\n{log}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {text!r} x{count} within {timeout:g}s:\n{log}")
@@ -277,6 +278,20 @@ def test_workers_still_running_after_the_deadline_are_killed_by_name(supervise) 
         assert f"worker-{index} (pid {pid}) still running 0.5s after the graceful stop: killing it" in log
     assert "worker-0 killed (SIGKILL) after the deadline; worker-1 killed (SIGKILL)" in log
     assert all(gone(pid) for pid in children)
+
+
+def test_workers_stop_gracefully_when_the_supervisor_is_killed(supervise) -> None:  # type: ignore[no-untyped-def]
+    sup = supervise()
+    log = sup.wait_for("ready", count=2)
+    children = pids(log, 0) + pids(log, 1)
+    sup.proc.kill()
+    sup.wait()
+    log = sup.wait_for("stopping gracefully", count=2, after_exit=True)
+    assert log.count("is gone: stopping gracefully") == 2
+    deadline = time.monotonic() + 10
+    while not all(gone(pid) for pid in children):
+        assert time.monotonic() < deadline, f"children left running: {children}"
+        time.sleep(0.02)
 
 
 def test_a_crashing_worker_is_restarted_with_growing_backoff(supervise) -> None:  # type: ignore[no-untyped-def]

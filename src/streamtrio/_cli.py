@@ -27,7 +27,15 @@ from ._cli_help import PlainCommand
 from ._devbroker import dev_cli
 from ._exceptions import AppLoadError, ConfigurationError, StreamtrioError
 from ._run import EXIT_ERROR, run_beside
-from ._supervisor import OnExit, check_can_span, child_overrides, parse_workers, supervise, supervised
+from ._supervisor import (
+    OnExit,
+    check_can_span,
+    child_overrides,
+    parse_workers,
+    stop_with_parent,
+    supervise,
+    supervised,
+)
 
 __all__ = ["CommandContext", "argument", "build_cli", "build_click", "load_app", "main", "option"]
 
@@ -217,6 +225,7 @@ def run_command(
         index, of = place
         app.conf.update(child_overrides(app.conf, index), source=f"worker process {index} of {of}")
         app._transport_obj = None
+        stop_with_parent()
     raise typer.Exit(run_beside(app, progress.serve, end_process=True))
 
 

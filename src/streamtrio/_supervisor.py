@@ -17,6 +17,9 @@ in the terminal reaches only the supervisor, which:
 - on a second one sends SIGINT to the children (they exit at once, 130) and
   exits 130.
 
+A child whose supervisor is gone (killed with SIGKILL) stops itself
+gracefully within a second: :func:`stop_with_parent`.
+
 A child that exits while the supervisor is not stopping is restarted with
 backoff (``on_exit="restart"``: 1 s doubling to 30 s, back to 1 s after it
 ran a minute), or ends the others gracefully and the supervisor exits 1
@@ -32,6 +35,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -54,6 +59,7 @@ __all__ = [
     "child_overrides",
     "parse_workers",
     "slots_for",
+    "stop_with_parent",
     "supervise",
     "supervised",
     "worker_info",
@@ -99,6 +105,26 @@ def supervised(environ: Mapping[str, str] = os.environ) -> tuple[int, int] | Non
     if index is None or count is None:
         return None
     return int(index), int(count)
+
+
+def stop_with_parent(interval: float = 1.0) -> threading.Thread:
+    """In a worker process: stop gracefully (SIGTERM to itself) once the supervisor is gone.
+
+    A supervisor killed with SIGKILL cannot stop its children; each notices
+    within ``interval`` that it was handed to another parent. A daemon thread
+    polls ``os.getppid()``: no trio, nothing in the worker.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.write(2, f"the supervisor (pid {parent}) is gone: stopping gracefully\n".encode())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="streamtrio-supervisor-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def check_can_span(conf: Settings, count: int) -> None:

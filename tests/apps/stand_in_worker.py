@@ -3,12 +3,15 @@
 It prints ``stand-in I of N ready (pid P)`` and waits for a signal. SIGTERM:
 ``stand-in I stopping gracefully``, exit 0 (``--term-exit CODE``: that code;
 ``--ignore-term``: ignored). SIGINT: ``stand-in I exits at once``, exit 130.
-``--crash I``: worker I exits 3 at once every time it starts.
+``--crash I``: worker I exits 3 at once every time it starts. Like a worker
+process, it stops itself (SIGTERM) when the supervisor is gone.
 """
 
 import os
 import signal
 import sys
+
+from streamtrio._supervisor import stop_with_parent
 
 index = int(os.environ["STREAMTRIO_WORKER_INDEX"])
 count = int(os.environ["STREAMTRIO_WORKER_COUNT"])
@@ -39,6 +42,7 @@ def on_int(signum: int, frame: object) -> None:
 
 signal.signal(signal.SIGTERM, on_term)
 signal.signal(signal.SIGINT, on_int)
+stop_with_parent(0.05)
 print(f"stand-in {index} of {count} ready (pid {os.getpid()})", flush=True)
 while True:
     signal.pause()
