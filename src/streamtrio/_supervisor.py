@@ -101,10 +101,11 @@ def parse_workers(value: str) -> int:
 
 def supervised(environ: Mapping[str, str] = os.environ) -> tuple[int, int] | None:
     """``(index, count)`` when this process is a worker started by a supervisor."""
-    index, count = environ.get(INDEX_ENV), environ.get(COUNT_ENV)
-    if index is None or count is None:
+    try:
+        index, count = int(environ[INDEX_ENV]), int(environ[COUNT_ENV])
+    except (KeyError, ValueError):
         return None
-    return int(index), int(count)
+    return (index, count) if 0 <= index < count else None
 
 
 def stop_with_parent(interval: float = 1.0) -> threading.Thread:
@@ -202,6 +203,7 @@ class Slot:
         process: the running child, if any.
         status: its last exit status (negative: killed by that signal).
         starts: how many times it was started.
+        killed: it was killed (SIGKILL) at the stop's deadline.
     """
 
     index: int
