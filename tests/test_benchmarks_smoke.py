@@ -87,3 +87,15 @@ def test_a_wrong_result_is_reported_as_failed(bench: tuple[str, str], tmp_path: 
     assert not outcome.ok
     assert outcome.rate is None
     assert "wrong result" in outcome.reason
+
+
+def test_scaling_runs_two_worker_processes_and_checks_their_sum(
+    bench: tuple[str, str], tmp_path: Path
+) -> None:
+    from benchmarks.scaling import run_one
+
+    bootstrap, _prefix = bench
+    result = run_one(bootstrap, 5_000, "stateful", 2, tmp_path, None)
+    assert result["ok"], result
+    assert sum(p["events"] for p in result["processes"]) == 5_000
+    assert all(p["events"] > 0 and p["cpu_us_per_event"] > 0 for p in result["processes"])

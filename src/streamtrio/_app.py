@@ -7,6 +7,7 @@ An App does no I/O by itself; a :class:`~streamtrio._worker.Worker` runs it
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from ._rpc import ReplyConsumer
 from ._settings import Settings, _store_url, parse_duration
 from ._signals import Lifecycle, Signal
 from ._stream import ChannelSource, Event, IterableSource, Processor, Stream, output_started
+from ._supervisor import supervised
 from ._timers import Crontab, Service, Task, Timer, crontab_task
 from ._topic import Channel, FutureMessage, Topic
 from ._transports.base import Producer, Transport
@@ -869,6 +871,9 @@ class App:
         lines = [f"streamtrio {__version__} - app {self.id!r}"]
         lines.append(f"  broker    {conf.broker}")
         lines.append(f"  group     {self.id}")
+        place = supervised()
+        if place is not None:
+            lines.append(f"  process   worker-{place[0]} ({place[0] + 1} of {place[1]}), pid {os.getpid()}")
         if self.agents:
             for agent in self.agents.values():
                 lines.append(

@@ -27,6 +27,15 @@ from ._cli_help import PlainCommand
 from ._devbroker import dev_cli
 from ._exceptions import AppLoadError, ConfigurationError, StreamtrioError
 from ._run import EXIT_ERROR, run_beside
+from ._supervisor import (
+    OnExit,
+    check_can_span,
+    child_overrides,
+    parse_workers,
+    stop_with_parent,
+    supervise,
+    supervised,
+)
 
 __all__ = ["CommandContext", "argument", "build_cli", "build_click", "load_app", "main", "option"]
 
@@ -110,12 +119,15 @@ def _apps_in(module: Any) -> list[str]:
     return [name for name, value in vars(module).items() if isinstance(value, App)]
 
 
-def _setup_logging(level: str, console: Any = None) -> None:
-    """Log to standard error (through ``console``, a rich Console showing live progress, if given)."""
+def _setup_logging(level: str, console: Any = None, place: tuple[int, int] | None = None) -> None:
+    """Log to standard error (through ``console``, a rich Console showing live progress, if given);
+    a worker process of a supervisor (``place``: index, count) names itself on each line."""
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ConfigurationError(f"--loglevel: unknown level {level!r} (debug, info, warning, error)")
     fmt = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    if place is not None:
+        fmt = f"%(asctime)s %(levelname)-7s [worker-{place[0]}] %(name)s: %(message)s"
     if console is None:
         logging.basicConfig(level=numeric, format=fmt, stream=sys.stderr, force=True)
         return
@@ -157,12 +169,40 @@ def run_command(
             "--no-progress", help="No live progress display in a terminal (plain log lines instead)."
         ),
     ] = False,
+    workers: Annotated[
+        str,
+        typer.Option(
+            "--workers",
+            "-w",
+            metavar="N",
+            help="Worker processes to run under one supervisor (auto: one per core).",
+        ),
+    ] = "1",
+    on_worker_exit: Annotated[
+        str,
+        typer.Option(
+            "--on-worker-exit",
+            metavar="POLICY",
+            help="With --workers: restart (with backoff) a worker process that exits, or stop all.",
+        ),
+    ] = "restart",
 ) -> None:
     """Start a worker: consume, run agents, commit. Ctrl-C stops it gracefully."""
     from ._progress import StartupProgress
 
-    progress = StartupProgress(app, live=False if no_progress else None)
-    _setup_logging(loglevel, progress.console if progress.live else None)
+    try:
+        count = parse_workers(workers)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--workers'") from None
+    if on_worker_exit not in ("restart", "stop"):
+        raise typer.BadParameter(
+            f"expected restart or stop, got {on_worker_exit!r}", param_hint="'--on-worker-exit'"
+        )
+    place = supervised()
+    if place is not None:
+        count = 1  # a worker process of a supervisor: never a supervisor itself
+    progress = StartupProgress(app, live=False if no_progress or place is not None or count > 1 else None)
+    _setup_logging(loglevel, progress.console if progress.live else None, place)
     overrides: dict[str, Any] = {}
     if broker is not None:
         overrides["broker"] = broker
@@ -177,6 +217,15 @@ def run_command(
     if overrides:
         app.conf.update(overrides, source="command line")
         app._transport_obj = None
+    if count > 1:
+        check_can_span(app.conf, count)
+        policy: OnExit = "stop" if on_worker_exit == "stop" else "restart"
+        raise typer.Exit(supervise(app.conf, app.id, count, policy))
+    if place is not None:
+        index, of = place
+        app.conf.update(child_overrides(app.conf, index), source=f"worker process {index} of {of}")
+        app._transport_obj = None
+        stop_with_parent()
     raise typer.Exit(run_beside(app, progress.serve, end_process=True))
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._supervisor import worker_info
 from ._topic import Topic
 from ._types import TP
 
@@ -365,6 +366,7 @@ class Monitor:
             "membership": membership,
             "broker": self.app._broker_watch.stats(),
             "tables": self._tables(),
+            "process": worker_info(self.app.conf),
         }
 
     def _tables(self) -> dict[str, dict[str, Any]]:

@@ -492,8 +492,14 @@ def _coerce(opt: _Option, value: Any, source: str) -> Any:
     return result
 
 
-#: ``STREAMTRIO_*`` variables that are not settings (the test suite's and the broker fetcher's).
-_ENV_NOT_SETTINGS = ("STREAMTRIO_TEST_", "STREAMTRIO_KAFKA_")
+#: ``STREAMTRIO_*`` variables that are not settings (the test suite's and the broker fetcher's;
+#: ``STREAMTRIO_WORKER_INDEX`` / ``_COUNT`` tell a worker process its place under ``--workers N``).
+_ENV_NOT_SETTINGS = (
+    "STREAMTRIO_TEST_",
+    "STREAMTRIO_KAFKA_",
+    "STREAMTRIO_WORKER_INDEX",
+    "STREAMTRIO_WORKER_COUNT",
+)
 
 
 class UnknownEnvironmentSettingWarning(UserWarning):

@@ -214,16 +214,22 @@ def duplicates(pairs: Iterable[tuple[int, int]]) -> dict[tuple[int, int], int]:
 
 
 class WorkerProcess:
-    """``python -m streamtrio run APP --broker kafka://...`` with its log in a file."""
+    """``python -m streamtrio run APP --broker kafka://... [ARGS]`` with its log in a file."""
 
     def __init__(
-        self, name: str, app: Path | str, bootstrap: str, tmp_path: Path, env: dict[str, str]
+        self,
+        name: str,
+        app: Path | str,
+        bootstrap: str,
+        tmp_path: Path,
+        env: dict[str, str],
+        args: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.log_path = tmp_path / f"{name}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in wait()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamtrio", "run", str(app), "--broker", f"kafka://{bootstrap}"],
+            [sys.executable, "-m", "streamtrio", "run", str(app), "--broker", f"kafka://{bootstrap}", *args],
             cwd=ROOT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
             stdin=subprocess.DEVNULL,
