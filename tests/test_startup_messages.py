@@ -10,6 +10,7 @@ import logging
 import socket
 
 import pytest
+import trio
 
 import streamtrio
 from streamtrio._exceptions import BrokerUnavailableError
@@ -53,3 +54,41 @@ async def test_an_unreachable_broker_is_reported_every_five_seconds_until_the_ti
     ], lines
     assert "5s of broker_request_timeout=11s" in attempts[0]
     assert "10s of broker_request_timeout=11s" in attempts[1]
+
+
+async def test_a_stop_while_connecting_ends_the_start_within_the_shutdown_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Failed before: the stop waited for the whole connection attempt, up to
+    broker_request_timeout (30 s here, 27 s seen with `streamtrio run`), far past
+    shutdown_timeout. A stop before the worker has started abandons the start."""
+    caplog.set_level(logging.INFO, logger="streamtrio")
+    port = _closed_port()
+    app = streamtrio.App(
+        "stopped-while-connecting",
+        broker=f"kafka://127.0.0.1:{port}",
+        store="memory://",
+        web_enabled=False,
+        broker_request_timeout=30.0,
+        shutdown_timeout=2.0,
+    )
+    numbers = app.topic("numbers", value_type=int)
+
+    @app.agent(numbers)
+    async def work(stream: streamtrio.Stream[int]) -> None:
+        async for _ in stream:
+            pass
+
+    worker = streamtrio.Worker(app)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(worker.serve)
+        with trio.fail_after(10):
+            while not any(r.getMessage().startswith("connecting to") for r in caplog.records):
+                await trio.sleep(0.01)
+        worker.stop()
+        # the deadline is shutdown_timeout plus the close margin of a worker
+        with trio.fail_after(2.0 + 2.0):
+            while app._worker is not None:
+                await trio.sleep(0.01)
+    assert worker.error is None and not worker.unfinished and not worker.ready
+    assert "stopped while starting: nothing was processed" in caplog.text

@@ -111,6 +111,8 @@ class Worker:
         #: empty after a complete stop. ``streamtrio run`` exits 1 when it is not.
         self.unfinished: list[str] = []
         self._stop: trio.Event | None = None
+        #: the start, until the worker is ready: a stop before then cancels it
+        self._starting: trio.CancelScope | None = None
         self._topic_inboxes: list[tuple[Topic[Any], Inbox[Message]]] = []
         self._dynamic_topics: list[Topic[Any]] = []
         self._channel_inboxes: list[Inbox[Any]] = []
@@ -141,6 +143,13 @@ class Worker:
             if self.deadline is None:
                 self.deadline = trio.current_time() + self.app.conf.shutdown_timeout
             self._stop.set()
+            starting = self._starting
+            if starting is not None and not starting.cancel_called:
+                # Not started yet (connecting, creating topics, opening the
+                # clients and stores): nothing was processed, so nothing is to
+                # drain or commit; the start is abandoned and what it opened closed.
+                log.info("stopped while starting: nothing was processed")
+                starting.cancel()
 
     def _close_by(self) -> float:
         """trio time by which leaving the group and closing the clients must be over."""
@@ -568,7 +577,8 @@ class Worker:
             raise WorkerError(f"app {app.conf.appid!r} is already running a worker")
         app._worker = self
         try:
-            await self._serve(task_status)
+            with trio.CancelScope() as self._starting:
+                await self._serve(task_status)
         except BaseExceptionGroup as group:
             # A single start-up error (a port in use, an unreachable broker) is
             # raised as itself, not wrapped in the nurseries' exception groups.
@@ -577,6 +587,7 @@ class Worker:
                 raise
             raise leaf from leaf.__cause__
         finally:
+            self._starting = None
             self.ready = False
             app._worker = None
             app._producer = None
@@ -657,6 +668,7 @@ class Worker:
                 for task in app._tasks:
                     work.start_soon(serve_task, self, task)
                 self.ready = True
+                self._starting = None  # started: a stop now drains and commits
                 log.info("%s", app._banner())
                 task_status.started(self)
                 assert self._stop is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -397,7 +398,9 @@ class KafkaAdmin:
                 created.append(name)
             return created
 
-        created = await trio.to_thread.run_sync(wait, thread_name="streamtrio-kafka-admin")
+        created = await trio.to_thread.run_sync(
+            wait, thread_name="streamtrio-kafka-admin", abandon_on_cancel=True
+        )
         if created:
             await self._wait_visible({name: missing[name].partitions for name in created})
             log.debug("created topics %s", ", ".join(created))
@@ -428,6 +431,7 @@ class KafkaAdmin:
         admin = self._admin()
         timeout = self._settings.broker_request_timeout
         first = not self._connected
+        given_up = threading.Event()
 
         def call() -> dict[str, int]:
             # In attempts of at most CONNECT_ATTEMPT seconds, each one that
@@ -448,7 +452,7 @@ class KafkaAdmin:
                         break
                     except KafkaException as exc:
                         waited = time.monotonic() - started
-                        if waited >= timeout:
+                        if waited >= timeout or given_up.is_set():
                             raise broker_unavailable(self._bootstrap, timeout, exc) from exc
                         log.warning(
                             "connecting to %s (attempt %d, %.0fs of broker_request_timeout=%gs): %s",
@@ -469,4 +473,11 @@ class KafkaAdmin:
                 name: len(topic.partitions) for name, topic in metadata.topics.items() if topic.error is None
             }
 
-        return await trio.to_thread.run_sync(call, thread_name="streamtrio-kafka-admin")
+        # Let go on cancel (a stop while connecting): the abandoned attempt
+        # ends within CONNECT_ATTEMPT seconds and tries no more.
+        try:
+            return await trio.to_thread.run_sync(
+                call, thread_name="streamtrio-kafka-admin", abandon_on_cancel=True
+            )
+        finally:
+            given_up.set()
