@@ -148,7 +148,8 @@ class Worker:
                 # Not started yet (connecting, creating topics, opening the
                 # clients and stores): nothing was processed, so nothing is to
                 # drain or commit; the start is abandoned and what it opened closed.
-                log.info("stopped while starting: nothing was processed")
+                if self.error is None:
+                    log.info("stopped while starting: nothing was processed")
                 starting.cancel()
 
     def _close_by(self) -> float:
