@@ -23,17 +23,10 @@ def _closed_port() -> int:
     return port  # closed again: nothing listens there
 
 
-async def test_an_unreachable_broker_is_reported_every_five_seconds_until_the_timeout(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.INFO, logger="streamtrio")
-    port = _closed_port()
+def _unreachable_app(name: str, port: int, **settings: float) -> streamtrio.App:
+    """An app with one agent whose broker is the closed ``port``."""
     app = streamtrio.App(
-        "unreachable",
-        broker=f"kafka://127.0.0.1:{port}",
-        store="memory://",
-        web_enabled=False,
-        broker_request_timeout=11.0,
+        name, broker=f"kafka://127.0.0.1:{port}", store="memory://", web_enabled=False, **settings
     )
     numbers = app.topic("numbers", value_type=int)
 
@@ -42,6 +35,15 @@ async def test_an_unreachable_broker_is_reported_every_five_seconds_until_the_ti
         async for _ in stream:
             pass
 
+    return app
+
+
+async def test_an_unreachable_broker_is_reported_every_five_seconds_until_the_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="streamtrio")
+    port = _closed_port()
+    app = _unreachable_app("unreachable", port, broker_request_timeout=11.0)
     with pytest.raises(BrokerUnavailableError, match=f"127.0.0.1:{port} within 11s"):
         await streamtrio.serve(app)
     lines = [r.getMessage() for r in caplog.records]
@@ -63,22 +65,9 @@ async def test_a_stop_while_connecting_ends_the_start_within_the_shutdown_deadli
     broker_request_timeout (30 s here, 27 s seen with `streamtrio run`), far past
     shutdown_timeout. A stop before the worker has started abandons the start."""
     caplog.set_level(logging.INFO, logger="streamtrio")
-    port = _closed_port()
-    app = streamtrio.App(
-        "stopped-while-connecting",
-        broker=f"kafka://127.0.0.1:{port}",
-        store="memory://",
-        web_enabled=False,
-        broker_request_timeout=30.0,
-        shutdown_timeout=2.0,
+    app = _unreachable_app(
+        "stopped-while-connecting", _closed_port(), broker_request_timeout=30.0, shutdown_timeout=2.0
     )
-    numbers = app.topic("numbers", value_type=int)
-
-    @app.agent(numbers)
-    async def work(stream: streamtrio.Stream[int]) -> None:
-        async for _ in stream:
-            pass
-
     worker = streamtrio.Worker(app)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(worker.serve)
