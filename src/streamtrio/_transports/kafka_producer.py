@@ -198,6 +198,23 @@ def _is_fatal(err: KafkaError) -> bool:
     return bool(err.fatal()) or err.code() == KafkaError._FATAL
 
 
+def _purged(error: BaseException | None) -> bool:
+    cause = None if error is None else error.__cause__
+    return isinstance(cause, KafkaException) and cause.args[0].code() in _PURGED
+
+
+def _blame_fatal(reports: _Reports, fatal: ProducerError) -> None:
+    """Report the producer's fatal error (fenced) for the messages it purged.
+
+    librdkafka may report the purge of a fenced producer's queue in the
+    same poll as the fatal error, before it: the worker then stopped with
+    "Purged in queue" instead of the fence.
+    """
+    reports.callbacks = [(cb, md, fatal if _purged(e) else e) for cb, md, e in reports.callbacks]
+    reports.batches = [(cb, n, off, fatal if _purged(e) else e) for cb, n, off, e in reports.batches]
+    reports.unreported = [(epoch, fatal if _purged(e) else e) for epoch, e in reports.unreported]
+
+
 def producer_error(err: KafkaError, topic: str, partition: int | None = None) -> ProducerError:
     """A ``ProducerError`` (or ``ProducerFencedError``) for a librdkafka error."""
     where = f"topic {topic!r}" + (f" partition {partition}" if partition is not None else "")
@@ -834,7 +851,8 @@ class KafkaProducer(Producer):
         """The error of a failed message: a transactional producer's fatal error (fenced)
         when that is what failed it, so the worker stops for the right reason."""
         fatal = self._fatal
-        if isinstance(fatal, ProducerError) and _is_fatal(err):
+        if isinstance(fatal, ProducerError) and (_is_fatal(err) or err.code() in _PURGED):
+            # A fenced producer purges what it had queued: the purge is not the cause.
             return fatal
         return producer_error(err, topic, partition)
 
@@ -885,6 +903,8 @@ class KafkaProducer(Producer):
                 del self._sinks[epoch]
         if not reports:
             return
+        if isinstance(self._fatal, ProducerError):
+            _blame_fatal(reports, self._fatal)
         self._reports = _Reports()
         assert self._token is not None
         try:
