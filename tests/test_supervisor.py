@@ -20,6 +20,8 @@ import pytest
 from streamtrio import App
 from streamtrio._supervisor import child_overrides, parse_workers
 
+from .test_cli import run_cli
+
 ROOT = Path(__file__).resolve().parent.parent
 APPS = ROOT / "tests" / "apps"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
@@ -123,29 +125,13 @@ def test_workers_is_a_count_or_auto() -> None:
 
 def test_bad_workers_values_are_usage_errors() -> None:
     for args in (["--workers", "0"], ["--workers", "two"], ["--workers", "2", "--on-worker-exit", "ignore"]):
-        result = subprocess.run(
-            [sys.executable, "-m", "streamtrio", "run", "examples/wordcount.py", *args],
-            cwd=ROOT,
-            env=ENV,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = run_cli("run", "examples/wordcount.py", *args)
         assert result.returncode == 2, result.stderr
         assert "Invalid value for '--workers'" in result.stderr or "'--on-worker-exit'" in result.stderr
 
 
 def test_memory_broker_with_several_workers_is_refused_naming_the_setting() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "streamtrio", "run", "examples/wordcount.py", "--workers", "2"],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli("run", "examples/wordcount.py", "--workers", "2")
     assert result.returncode == 2, result.stderr
     assert "error: --workers 2: broker 'memory://' lives inside one process" in result.stderr
     assert "--broker kafka://host:port or the 'broker' setting" in result.stderr
