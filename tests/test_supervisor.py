@@ -171,9 +171,7 @@ def test_each_worker_gets_its_own_data_dir_ports_and_ids(tmp_path: Path) -> None
         "web_port": 7003,
         "metrics_port": 9103,
     }
-    named = App(
-        "shop", broker="kafka://x:1", web_port=0, worker_id="w", consumer_group_instance_id="member"
-    )
+    named = App("shop", broker="kafka://x:1", web_port=0, worker_id="w", consumer_group_instance_id="member")
     overrides = child_overrides(named.conf, 2)
     assert "web_port" not in overrides  # port 0: each worker picks a free one
     assert overrides["worker_id"] == "w-2"
@@ -209,7 +207,11 @@ def test_a_bound_app_is_started_again_as_the_user_started_it(tmp_path: Path) -> 
     assert f"imported: worker 1 of 2, {argv}" in log
     assert log.count("2 worker processes under supervisor") == 1, log
     assert "worker-0  pid" in log and "datadir bound-supervised-data/worker-0" in log
-    assert "[worker-1] streamtrio._run: worker could not start: cannot reach the Kafka broker" in log
+    # the first that gives up stops the other, which then ends its start at once (or gave up too)
+    assert "streamtrio._run: worker could not start: cannot reach the Kafka broker" in log
+    for index in (0, 1):
+        ended = rf"\[worker-{index}\] streamtrio\._(run: worker could not start|worker: stopped while start)"
+        assert re.search(ended, log), log
     assert "names no streamtrio setting" not in log  # STREAMTRIO_WORKER_INDEX is not a setting
     assert code == 1
     assert re.search(r"worker-\d \(pid \d+\) exited with 1 after [\d.]+s; stopping the others", log), log
@@ -318,3 +320,20 @@ def test_on_exit_stop_ends_the_others_gracefully_and_exits_1(supervise) -> None:
     assert len(pids(log, 1)) == 1  # not restarted
     assert "stand-in 0 stopping gracefully" in log and re.search(r"worker-0 \(pid \d+\) exited with 0", log)
     assert "stopped with errors: worker-1 killed by SIGKILL" in log
+
+
+def test_a_first_signal_during_a_policy_stop_does_not_force_it(supervise) -> None:  # type: ignore[no-untyped-def]
+    """Failed before: the supervisor counted the policy's stop as the first signal, so
+    an operator's first Ctrl-C made every worker exit at once, nothing more committed."""
+    sup = supervise("--ignore-term", on_exit="stop")
+    log = sup.wait_for("ready", count=2)
+    [victim] = pids(log, 1)
+    os.kill(victim, signal.SIGKILL)
+    sup.wait_for("stand-in 0 ignores SIGTERM")  # the policy's graceful stop is under way
+    sup.proc.send_signal(signal.SIGINT)
+    log = sup.wait_for("SIGINT received: already stopping gracefully (send it again to exit at once)")
+    assert "exits at once" not in log
+    sup.proc.send_signal(signal.SIGINT)
+    assert sup.wait() == 130, sup.log()
+    assert "SIGINT received again: worker processes exit at once (SIGINT)" in sup.log()
+    assert "stand-in 0 exits at once" in sup.log()

@@ -311,10 +311,18 @@ class Supervisor:
     async def _watch_signals(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
             task_status.started()
+            signals = 0
             async for signum in received:
                 name = signal.Signals(signum).name
-                if not self.stopping.is_set():
+                signals += 1
+                if signals == 1 and not self.stopping.is_set():
                     self.stop(f"{name} received (send it again to exit at once)")
+                elif signals == 1:
+                    # Stopping already (--on-worker-exit stop): the operator's first signal
+                    # asks for what is under way; only a second one forces it.
+                    log.warning(
+                        "%s received: already stopping gracefully (send it again to exit at once)", name
+                    )
                 elif not self.forced:
                     self.force(f"{name} received again")
 
@@ -467,4 +475,3 @@ def supervise(
         banner=banner,
     )
     return trio.run(supervisor.run)
-
