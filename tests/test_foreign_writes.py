@@ -6,6 +6,8 @@ topic and the owner applies it as its own write; it survives the owner's restart
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -24,6 +26,19 @@ def owned_by(worker: streamtrio.Worker) -> set[int]:
 
 def key_of(table: streamtrio.Table, partitions: set[int], prefix: str = "k") -> str:
     return next(f"{prefix}{i}" for i in range(1000) if table.key_partition(f"{prefix}{i}") in partitions)
+
+
+@asynccontextmanager
+async def two_workers(
+    app_factory: AppFactory,
+) -> AsyncIterator[tuple[streamtrio.Worker, streamtrio.Worker, streamtrio.Table, streamtrio.Table]]:
+    """Two word-count workers sharing the partitions, the second's tables recovered."""
+    first, counts_a = word_count_app(app_factory, table_standby_replicas=0)
+    second, counts_b = word_count_app(app_factory, table_standby_replicas=0)
+    async with running(first) as a, running(second) as b:
+        await wait_for(lambda: bool(owned_by(a)) and bool(owned_by(b)))
+        await second.tables.wait_until_recovery_completed()
+        yield a, b, counts_a, counts_b
 
 
 def changelog_values(broker: MemoryBroker, table: streamtrio.Table, key: str) -> list[Any]:
@@ -83,11 +98,7 @@ async def test_an_owner_applies_a_foreign_write_between_its_events(
 
 async def test_a_delete_outside_an_event_reaches_the_owner(app_factory: AppFactory) -> None:
     """A worker cannot see another's keys: its delete is sent, not refused with KeyError."""
-    first, counts_a = word_count_app(app_factory, table_standby_replicas=0)
-    second, counts_b = word_count_app(app_factory, table_standby_replicas=0)
-    async with running(first) as a, running(second) as b:
-        await wait_for(lambda: bool(owned_by(a)) and bool(owned_by(b)))
-        await second.tables.wait_until_recovery_completed()
+    async with two_workers(app_factory) as (_, b, counts_a, counts_b):
         key = key_of(counts_a, owned_by(b))
         counts_a[key] = 5
         await wait_for(lambda: counts_b.get(key) == 5)
@@ -100,11 +111,7 @@ async def test_a_delete_outside_an_event_reaches_the_owner(app_factory: AppFacto
 async def test_setdefault_and_pop_of_a_key_served_elsewhere_are_refused(app_factory: AppFactory) -> None:
     """Failed before: setdefault() saw no value and overwrote the owner's (5 became 0); pop()
     returned its default and deleted nothing. Neither can be answered where the key is not served."""
-    first, counts_a = word_count_app(app_factory, table_standby_replicas=0)
-    second, counts_b = word_count_app(app_factory, table_standby_replicas=0)
-    async with running(first) as a, running(second) as b:
-        await wait_for(lambda: bool(owned_by(a)) and bool(owned_by(b)))
-        await second.tables.wait_until_recovery_completed()
+    async with two_workers(app_factory) as (a, b, counts_a, counts_b):
         key = key_of(counts_a, owned_by(b))
         counts_a[key] = 5
         await wait_for(lambda: counts_b.get(key) == 5)

@@ -36,15 +36,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import logging
-import os
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
+from . import _pidlock as pidlock
 from ._commit import CommitStatistics, Committer
 from ._exceptions import ProducerFencedError, StreamtrioError, TransactionError, TransportError, WorkerError
 from ._lanes import Inbox
@@ -102,23 +101,19 @@ def claimed_transactional_id(settings: Settings) -> Iterator[str]:
         return
     path = settings.data_path
     path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path / "worker-id.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise WorkerError(
-                f"data dir {path} is in use by another worker (pid {holder}): under exactly_once "
-                f"the worker id kept there ({path / 'worker-id'}) names the transactional id, and "
-                "two workers with one id fence each other; give each worker its own data dir "
-                "(--datadir, the datadir setting) or its own worker_id setting"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        fd = pidlock.hold(path / "worker-id.lock")
+    except pidlock.LockHeld as held:
+        raise WorkerError(
+            f"data dir {path} is in use by another worker (pid {held.holder}): under exactly_once "
+            f"the worker id kept there ({path / 'worker-id'}) names the transactional id, and "
+            "two workers with one id fence each other; give each worker its own data dir "
+            "(--datadir, the datadir setting) or its own worker_id setting"
+        ) from None
+    try:
         yield transactional_id(settings)
     finally:
-        os.close(fd)  # releases the lock
+        pidlock.release(fd)
 
 
 class TransactionalCommitter(Committer):

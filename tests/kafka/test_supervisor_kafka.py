@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import trio
 
+from ..test_supervisor import gone
 from ._util import APPS, WorkerProcess, create_topic, produce, unique
 
 PARTITIONS = 4
@@ -38,14 +39,6 @@ def free_port_pair() -> int:
             continue
         return base
     raise AssertionError("no two free ports in a row")
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 async def get_json(client: httpx.AsyncClient, url: str) -> Any:

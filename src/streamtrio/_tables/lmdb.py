@@ -38,7 +38,6 @@ writing the same table partitions would corrupt each other's state.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shutil
@@ -52,6 +51,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import lmdb
 
+from .. import _pidlock as pidlock
 from .._exceptions import StoreError
 from .._types import TP
 from .base import (
@@ -388,27 +388,16 @@ class LMDBStore(Store):
     # -- lifecycle ------------------------------------------------------------
 
     def _acquire_dir_lock(self) -> int:
-        lock_path = self.path / LOCK_FILE
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
+            return pidlock.hold(self.path / LOCK_FILE)
+        except pidlock.LockHeld as held:
             raise StoreError(
-                f"data dir {self.path} is in use by another worker (pid {holder}); two "
+                f"data dir {self.path} is in use by another worker (pid {held.holder}); two "
                 "workers must never share a data dir: give each its own datadir setting"
             ) from None
-        except OSError:
-            os.close(fd)
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return fd
 
     def _release_dir_lock(self) -> None:
-        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-        os.close(self._lock_fd)
+        pidlock.release(self._lock_fd)
 
     def _open(self) -> None:
         """Open the environment, moving a damaged one aside first (on the store thread)."""

@@ -750,7 +750,6 @@ class Table(MutableMapping[Any, Any]):
         self._last_event = event
         # A lane of one source partition stands for its events; not with timers,
         # which observe every event, nor for lanes of no single partition.
-        lane = event._lane
         self._last_lane = lane if timers is None and lane is not None and lane.tp is not None else None
         self._last_event_partition = n
         return n
