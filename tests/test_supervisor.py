@@ -274,7 +274,10 @@ def test_workers_stop_gracefully_when_the_supervisor_is_killed(supervise) -> Non
     children = pids(log, 0) + pids(log, 1)
     sup.proc.kill()
     sup.wait()
-    log = sup.wait_for("stopping gracefully", count=2, after_exit=True)
+    # each child says both lines; "stopping gracefully" alone would match one child's two
+    log = sup.wait_for("is gone: stopping gracefully", count=2, after_exit=True)
+    for index in (0, 1):
+        log = sup.wait_for(f"stand-in {index} stopping gracefully", after_exit=True)
     assert log.count("is gone: stopping gracefully") == 2
     deadline = time.monotonic() + 10
     while not all(gone(pid) for pid in children):
