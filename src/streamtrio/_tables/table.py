@@ -78,6 +78,8 @@ DELETED: Any = _Deleted()
 _MISSING: Any = object()
 #: Key types whose encoding cannot change while the key object lives.
 _IMMUTABLE_KEYS = frozenset({str, bytes, int})
+#: Value types the value codec encodes as they are (not None, not a Record).
+_PLAIN_VALUES = frozenset({int, float, str, bytes, bool})
 #: The partition of an event from a source partition no longer owned: its writes are dropped.
 _LOST = -1
 #: Writes from events whose placement is checked: every one of a table's
@@ -673,8 +675,16 @@ class Table(MutableMapping[Any, Any]):
     def _encode_key(self, key: Any) -> bytes:
         if key is self._last_key:
             return self._last_kbytes
+        raw: bytes | None = None
+        immutable = type(key) in _IMMUTABLE_KEYS
+        if immutable:
+            try:
+                raw = self.schema._dump_key(key)  # the codec itself; a failure: below
+            except Exception:
+                raw = None
         try:
-            raw = self.schema.dumps_key(key) if key is not None else self.schema.key_codec.dumps(None)
+            if raw is None:
+                raw = self.schema.dumps_key(key) if key is not None else self.schema.key_codec.dumps(None)
         except Exception as exc:
             raise EncodeError(f"table {self.name!r}: cannot encode key {key!r:.80}: {exc}") from exc
         if raw is None or not 0 < len(raw) <= MAX_KEY_SIZE:
@@ -683,12 +693,19 @@ class Table(MutableMapping[Any, Any]):
                 f"table {self.name!r}: key {key!r:.80} encodes to {size} bytes; "
                 f"a table key must be 1 to {MAX_KEY_SIZE} bytes"
             )
-        if type(key) in _IMMUTABLE_KEYS:
+        if immutable:
             self._last_key = key
             self._last_kbytes = raw
         return raw
 
     def _encode_value(self, key: Any, value: Any) -> bytes:
+        if type(value) in _PLAIN_VALUES:
+            # The common case: the codec itself. A failure is encoded again
+            # below, which raises the EncodeError naming the table, key and codec.
+            try:
+                return self.schema._dump_value(value)
+            except Exception:
+                pass
         try:
             raw = self.schema.dumps_value(value) if value is not None else self.schema.value_codec.dumps(None)
         except Exception as exc:
@@ -753,6 +770,23 @@ class Table(MutableMapping[Any, Any]):
         self._last_lane = lane if timers is None and lane is not None and lane.tp is not None else None
         self._last_event_partition = n
         return n
+
+    def _event_part(self) -> TablePartition | None:
+        """The fast path of reads and writes in an agent: the partition of the event
+        being processed when :meth:`_event_partition` found it for this event or its
+        lane before (and the lane is not revoked since); ``None`` otherwise, for the
+        full checks of :meth:`_find` and :meth:`_write_partition`."""
+        event = _current_event.get()
+        if event is None:
+            return None
+        lane = event._lane
+        if (
+            (event is self._last_event or (lane is not None and lane is self._last_lane))
+            and (lane is None or not lane.revoked)
+            and self._manager.running
+        ):
+            return self._parts.get(self._last_event_partition)
+        return None
 
     def _check_running(self) -> None:
         if not self._manager.running:
@@ -1006,7 +1040,9 @@ class Table(MutableMapping[Any, Any]):
     # -- the mapping ----------------------------------------------------------------------
 
     def __getitem__(self, key: Any) -> Any:
-        _, value = self._find(self._encode_key(key))
+        kbytes = self._encode_key(key)
+        part = self._event_part()
+        value = self._find(kbytes)[1] if part is None else self._get_in(part, kbytes)
         if value is _MISSING:
             if self.default is not None:
                 return self.default()
@@ -1016,8 +1052,13 @@ class Table(MutableMapping[Any, Any]):
     def __setitem__(self, key: Any, value: Any) -> None:
         kbytes = self._encode_key(key)
         vbytes = self._encode_value(key, value)
-        self._check_running()
-        self._put(self._write_partition(kbytes, key), kbytes, key, value, vbytes)
+        part = self._event_part()
+        if part is None:
+            self._check_running()
+            part = self._write_partition(kbytes, key)
+        elif self._windowing is None:
+            self._check_placement(part.number, key=key)
+        self._put(part, kbytes, key, value, vbytes)
 
     def __delitem__(self, key: Any) -> None:
         kbytes = self._encode_key(key)
