@@ -354,7 +354,21 @@ class TopicSource(Generic[T]):
             got = inbox.take_nowait() if self.tp is None else inbox.take_from_nowait(self.tp)
             if got is None:
                 return None
-            event = self._event(*got)
+            lane, msg = got
+            if self.on_event is None:
+                # self._event(lane, msg), its common case inlined: this runs once per
+                # event. A failure goes the full way below (decoded again there).
+                schema = self.schema
+                try:
+                    raw = msg.key
+                    key = None if raw is None else schema._load_key(raw)
+                    raw = msg.value
+                    value: Any = None if raw is None else schema._load_value(raw)
+                except Exception:
+                    pass
+                else:
+                    return Event(self.app, key, value, msg.headers, msg, lane)
+            event = self._event(lane, msg)
             if event is not None:
                 return event
 
