@@ -258,7 +258,9 @@ class TableManager(Mapping[str, Table]):
                         self._stores[url] = opener()
                     else:
                         self._stores[url] = await trio.to_thread.run_sync(opener)
-                self._recovery_reader = await stack.enter_async_context(worker.transport.open_reader())
+                self._recovery_reader = await stack.enter_async_context(
+                    worker.transport.open_reader(prompt_end=True)
+                )
                 follower = await stack.enter_async_context(worker.transport.open_reader())
                 self._follower = follower
                 nursery = await stack.enter_async_context(trio.open_nursery())
@@ -520,7 +522,7 @@ class TableManager(Mapping[str, Table]):
                     stall_timeout=self.app.conf.table_recovery_timeout,
                     buffer_size=max((t.recovery_buffer_size for t, _ in todo.values()), default=1000),
                     tracker=tracker,
-                    open_reader=self._worker.transport.open_reader,
+                    open_reader=partial(self._worker.transport.open_reader, prompt_end=True),
                 )
             if todo:
                 progress = tracker.snapshot()

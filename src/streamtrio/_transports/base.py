@@ -581,8 +581,13 @@ class Transport(ABC):
         """
 
     @abstractmethod
-    def open_reader(self) -> AbstractAsyncContextManager[Reader]:
-        """Open a manually assigned reader outside any group."""
+    def open_reader(self, *, prompt_end: bool = False) -> AbstractAsyncContextManager[Reader]:
+        """Open a manually assigned reader outside any group.
+
+        ``prompt_end``: for a reader that stops at the end of its partitions
+        (table recovery), report each end within milliseconds instead of after
+        the broker's long-poll wait, at the cost of more fetches while idle.
+        """
 
     @abstractmethod
     async def create_topics(self, specs: Sequence[TopicSpec]) -> list[str]:

@@ -159,7 +159,7 @@ class KafkaTransport(Transport):
             reraise_unwrapped(group)
 
     @contextlib.asynccontextmanager
-    async def open_reader(self) -> AsyncIterator[Reader]:
+    async def open_reader(self, *, prompt_end: bool = False) -> AsyncIterator[Reader]:
         """Open a manually assigned reader outside any group (never commits).
 
         Raises:
@@ -167,7 +167,7 @@ class KafkaTransport(Transport):
             ConfigurationError: an unknown or invalid librdkafka option.
         """
         reader = KafkaReader(
-            reader_config(self.settings, self.bootstrap_servers),
+            reader_config(self.settings, self.bootstrap_servers, prompt_end=prompt_end),
             bootstrap=self.bootstrap_servers,
             request_timeout=self.settings.broker_request_timeout,
             max_batch=self.settings.consumer_max_batch,

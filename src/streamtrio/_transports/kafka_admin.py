@@ -161,8 +161,18 @@ def _read_committed(settings: Settings, config: dict[str, Any]) -> None:
         config["isolation.level"] = "read_committed"
 
 
-def reader_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
-    """librdkafka options of a manually assigned reader (outside any group)."""
+#: ``fetch.wait.max.ms`` of a reader with ``prompt_end`` (table recovery), in milliseconds.
+PROMPT_END_WAIT_MS = 10
+
+
+def reader_config(settings: Settings, bootstrap: str, *, prompt_end: bool = False) -> dict[str, Any]:
+    """librdkafka options of a manually assigned reader (outside any group).
+
+    With ``prompt_end`` the broker holds a fetch that finds nothing new for
+    :data:`PROMPT_END_WAIT_MS` instead of librdkafka's 500 ms: the end of a
+    partition is an empty fetch answer, so a recovery waited up to half a
+    second after its last record for the last of its partitions to end.
+    """
     config = _base_config(settings, bootstrap)
     config.update(
         {
@@ -176,6 +186,8 @@ def reader_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
             "fetch.queue.backoff.ms": 10,
         }
     )
+    if prompt_end:
+        config["fetch.wait.max.ms"] = PROMPT_END_WAIT_MS
     if settings.consumer_group_instance_id:
         config["group.instance.id"] = settings.consumer_group_instance_id
     config.update(_user_options(settings, "broker_config", "consumer_config"))

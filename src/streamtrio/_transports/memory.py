@@ -441,7 +441,7 @@ class MemoryTransport(Transport):
             await consumer._leave()
 
     @asynccontextmanager
-    async def open_reader(self) -> AsyncIterator[MemoryReader]:
+    async def open_reader(self, *, prompt_end: bool = False) -> AsyncIterator[MemoryReader]:
         reader = MemoryReader(self.broker, self.settings)
         try:
             yield reader

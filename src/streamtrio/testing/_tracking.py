@@ -442,8 +442,8 @@ class RecordingTransport(Transport):
     ) -> AbstractAsyncContextManager[Consumer]:
         return self.inner.open_consumer(group_id=group_id, topics=topics, listener=listener)
 
-    def open_reader(self) -> AbstractAsyncContextManager[Reader]:
-        return self.inner.open_reader()
+    def open_reader(self, *, prompt_end: bool = False) -> AbstractAsyncContextManager[Reader]:
+        return self.inner.open_reader(prompt_end=prompt_end)
 
     async def create_topics(self, specs: Sequence[TopicSpec]) -> list[str]:
         return await self.inner.create_topics(specs)
