@@ -181,7 +181,7 @@ def _cron_field(text: str, low: int, high: int) -> frozenset[int]:
         if step < 1 or not (low <= start <= stop <= high or (high == 6 and stop == 7)):
             raise ValueError(f"{part!r} is outside {low}-{high}")
         values.update(7 if v == 7 and high == 6 else v for v in range(start, stop + 1, step))
-    if 7 in values:  # Sunday is 0 or 7
+    if high == 6 and 7 in values:  # the weekday field: Sunday is 0 or 7
         values.discard(7)
         values.add(0)
     return frozenset(values)
