@@ -337,3 +337,51 @@ def test_msgpack_codec_from_many_threads_at_once() -> None:
     with pytest.raises(TypeError):
         codec.dumps(object())
     assert codec.dumps([1, "a"]) == msgpack.packb([1, "a"])  # nothing left over from the failure
+
+
+def test_msgpack_plain_values_from_many_threads_at_once_pack_as_dumps_does() -> None:
+    # The table's hot path packs int, float, str, bytes and bool with one shared
+    # Packer: safe only because packing them runs no Python code.
+    codec = get_codec("msgpack")
+    assert isinstance(codec, _codecs.MsgpackCodec)
+    plain: list[Any] = [
+        0,
+        -1,
+        127,
+        128,
+        -33,
+        2**63,
+        -(2**63),
+        1.5,
+        "",
+        "k",
+        "é" * 40,
+        b"\x00" * 300,
+        True,
+        False,
+    ]
+    assert [codec.dumps_plain(v) for v in plain] == [codec.dumps(v) for v in plain]
+    values = [f"key-{i}" if i % 3 else i * 1_000_003 for i in range(500)]
+    expected = [msgpack.packb(v) for v in values]
+    wrong: list[int] = []
+
+    def pack_all() -> None:
+        for _ in range(20):
+            for i, value in enumerate(values):
+                if codec.dumps_plain(value) != expected[i]:
+                    wrong.append(i)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=pack_all) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert wrong == []
+    with pytest.raises(OverflowError):
+        codec.dumps_plain(2**70)
+    assert codec.dumps_plain(7) == msgpack.packb(7)  # nothing left over from the failure

@@ -9,6 +9,7 @@ be decided ahead of time (which codec, which coercion) is decided in
 from __future__ import annotations
 
 import json
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import date
@@ -158,6 +159,25 @@ class MsgpackCodec(Codec):
 
     def __init__(self) -> None:
         self._free: list[Any] = []  # msgpack.Packer
+        self._shared: Callable[[Any], bytes] | None = None  # a Packer's pack, no default hook
+
+    def dumps_plain(self, obj: Any) -> bytes:
+        """:meth:`dumps` of an ``int``, ``float``, ``str``, ``bytes`` or ``bool`` (exactly
+        these types; the table's hot path), with one Packer shared by every caller.
+
+        Packing them runs no Python code and never releases the GIL, so no other
+        thread can use the Packer meanwhile (a failure, such as an int too big,
+        empties its buffer before raising). Without a GIL (free-threaded Python)
+        each call takes its own Packer, as :meth:`dumps` does.
+        """
+        shared = self._shared
+        if shared is None:
+            if not getattr(sys, "_is_gil_enabled", lambda: True)():
+                return self.dumps(obj)
+            import msgpack
+
+            shared = self._shared = msgpack.Packer(use_bin_type=True).pack
+        return shared(obj)
 
     # msgpack is imported when first used: an app that never uses it does not load it.
     def dumps(self, obj: Any) -> bytes:
@@ -356,7 +376,9 @@ class Schema:
 
     __slots__ = (
         "_dump_key",
+        "_dump_key_plain",
         "_dump_value",
+        "_dump_value_plain",
         "_load_key",
         "_load_value",
         "key_codec",
@@ -401,6 +423,11 @@ class Schema:
         self._load_value = _make_loader(self.value_codec, value_type)
         self._dump_key = self.key_codec.dumps
         self._dump_value = self.value_codec.dumps
+        #: the codecs' encoders for exactly int, float, str, bytes and bool
+        self._dump_key_plain: Callable[[Any], bytes] = getattr(self.key_codec, "dumps_plain", self._dump_key)
+        self._dump_value_plain: Callable[[Any], bytes] = getattr(
+            self.value_codec, "dumps_plain", self._dump_value
+        )
 
     def loads_key(
         self,

@@ -679,7 +679,7 @@ class Table(MutableMapping[Any, Any]):
         immutable = type(key) in _IMMUTABLE_KEYS
         if immutable:
             try:
-                raw = self.schema._dump_key(key)  # the codec itself; a failure: below
+                raw = self.schema._dump_key_plain(key)  # the codec itself; a failure: below
             except Exception:
                 raw = None
         try:
@@ -703,7 +703,7 @@ class Table(MutableMapping[Any, Any]):
             # The common case: the codec itself. A failure is encoded again
             # below, which raises the EncodeError naming the table, key and codec.
             try:
-                return self.schema._dump_value(value)
+                return self.schema._dump_value_plain(value)
             except Exception:
                 pass
         try:
