@@ -309,6 +309,20 @@ def test_record_dumps_reports_unknown_serializer() -> None:
         Account.loads(b"\x00")
 
 
+def in_four_threads_switching_often(target: Any) -> None:
+    """Run ``target`` in four threads at once, the GIL handed over every microsecond."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=target) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+
+
 def test_msgpack_codec_from_many_threads_at_once() -> None:
     # Packers are reused; the default hook (Decimal here) runs Python code
     # mid-pack, where another thread may take over and pack with the codec too.
@@ -323,16 +337,7 @@ def test_msgpack_codec_from_many_threads_at_once() -> None:
                 if codec.dumps(value) != expected[i]:
                     wrong.append(i)
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        threads = [threading.Thread(target=pack_all) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        sys.setswitchinterval(interval)
+    in_four_threads_switching_often(pack_all)
     assert wrong == []
     with pytest.raises(TypeError):
         codec.dumps(object())
@@ -371,16 +376,7 @@ def test_msgpack_plain_values_from_many_threads_at_once_pack_as_dumps_does() -> 
                 if codec.dumps_plain(value) != expected[i]:
                     wrong.append(i)
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        threads = [threading.Thread(target=pack_all) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        sys.setswitchinterval(interval)
+    in_four_threads_switching_often(pack_all)
     assert wrong == []
     with pytest.raises(OverflowError):
         codec.dumps_plain(2**70)

@@ -302,24 +302,9 @@ class TopicSource(Generic[T]):
         self.on_event: Callable[[Event[T]], None] | None = None
 
     def _event(self, lane: Lane[Message], msg: Message) -> Event[T] | None:
-        # The hot path: the schema's loaders without the error bookkeeping
-        # (keyword arguments cost more than the decode of a small value). A
-        # failure is decoded again below, which raises the DecodeError that
-        # names the topic, partition and offset.
-        schema = self.schema
-        try:
-            raw = msg.key
-            key = None if raw is None else schema._load_key(raw)
-            raw = msg.value
-            value: Any = None if raw is None else schema._load_value(raw)
-        except Exception:
-            return self._decode_slowly(lane, msg)
-        event: Event[T] = Event(self.app, key, value, msg.headers, msg, lane)
-        if self.on_event is not None:
-            self.on_event(event)
-        return event
-
-    def _decode_slowly(self, lane: Lane[Message], msg: Message) -> Event[T] | None:
+        """The event of ``msg``, decoded with the error bookkeeping: a DecodeError names
+        the topic, partition and offset, and the decode policy applies. The common
+        case (no ``on_event`` hook, a message that decodes) is :meth:`take_nowait`'s."""
         schema = self.schema
         try:
             key = schema.loads_key(msg.key, topic=msg.topic, partition=msg.partition, offset=msg.offset)
@@ -356,8 +341,9 @@ class TopicSource(Generic[T]):
                 return None
             lane, msg = got
             if self.on_event is None:
-                # self._event(lane, msg), its common case inlined: this runs once per
-                # event. A failure goes the full way below (decoded again there).
+                # The hot path: the schema's loaders without the error bookkeeping
+                # (keyword arguments cost more than the decode of a small value). A
+                # failure is decoded again by _event, which raises the DecodeError.
                 schema = self.schema
                 try:
                     raw = msg.key
