@@ -735,18 +735,13 @@ class Table(MutableMapping[Any, Any]):
         writes are discarded, since its offset is never committed here and
         the new owner processes it again.
         """
+        found = self._event_part()
+        if found is not None:
+            return found.number
         event = _current_event.get()
         if event is None:
             return None
         lane = event._lane
-        # Found before for this event, or for an event of the same lane (the same
-        # source partition), on a partition then assigned. A revoke or a loss
-        # revokes the event's lane before it changes the sources, so while the
-        # lane is not revoked the answer stands.
-        if (event is self._last_event or (lane is not None and lane is self._last_lane)) and (
-            lane is None or not lane.revoked
-        ):
-            return self._last_event_partition
         message = event.message
         if (message.topic, message.partition) not in self._manager.sources:
             if lane is not None and lane.revoked and lane.tp is not None:
@@ -775,11 +770,15 @@ class Table(MutableMapping[Any, Any]):
         """The fast path of reads and writes in an agent: the partition of the event
         being processed when :meth:`_event_partition` found it for this event or its
         lane before (and the lane is not revoked since); ``None`` otherwise, for the
-        full checks of :meth:`_find` and :meth:`_write_partition`."""
+        full checks of :meth:`_event_partition`, :meth:`_find` and :meth:`_write_partition`."""
         event = _current_event.get()
         if event is None:
             return None
         lane = event._lane
+        # Found before for this event, or for an event of the same lane (the same
+        # source partition), on a partition then assigned. A revoke or a loss
+        # revokes the event's lane before it changes the sources, so while the
+        # lane is not revoked the answer stands.
         if (
             (event is self._last_event or (lane is not None and lane is self._last_lane))
             and (lane is None or not lane.revoked)
