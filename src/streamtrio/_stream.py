@@ -347,9 +347,9 @@ class TopicSource(Generic[T]):
                 schema = self.schema
                 try:
                     raw = msg.key
-                    key = None if raw is None else schema._load_key(raw)
+                    key = None if raw is None else schema._fast_load_key(raw)
                     raw = msg.value
-                    value: Any = None if raw is None else schema._load_value(raw)
+                    value: Any = None if raw is None else schema._fast_load_value(raw)
                 except Exception:
                     pass
                 else:
