@@ -108,6 +108,14 @@ def _options() -> dict[str, _Option]:
             minimum=1,
         ),
         _Option(
+            "gc_threshold",
+            100_000,
+            "int",
+            "While a worker runs, Python's first garbage-collector threshold is at least this"
+            " (Python's default: 700; 0 leaves it alone)",
+            minimum=0,
+        ),
+        _Option(
             "processing_guarantee",
             "at_least_once",
             "choice",

@@ -35,6 +35,7 @@ import trio
 
 from ._commit import CommitParticipant, Committer
 from ._exceptions import StreamtrioError, TopicError, WorkerError
+from ._gc import raised_gc_threshold
 from ._lanes import Inbox, Lane
 from ._stream import ChannelSource, Source, TopicSource
 from ._timers import serve_service, serve_task, serve_timer
@@ -600,6 +601,7 @@ class Worker:
         conf = app.conf
         await self._declare_topics()
         async with AsyncExitStack() as stack:
+            stack.enter_context(raised_gc_threshold(conf.gc_threshold))
             txn_id = stack.enter_context(claimed_transactional_id(conf)) if self.exactly_once else None
             self.producer = await stack.enter_async_context(
                 self.transport.open_producer(transactional_id=txn_id)
