@@ -11,7 +11,8 @@ rounds:
 - ``one loop``: :func:`streamtrio._transports.kafka_consumer._to_messages`, one
   loop with no call per message.
 
-Both results are checked equal. No broker: confluent-kafka builds the messages.
+Both results are checked equal. The messages are produced to the benchmark's
+broker and fetched back once, before the rounds.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import argparse
 import gc
 import statistics
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
-from confluent_kafka import Message as RdMessage
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer
 
 from streamtrio._transports.kafka_consumer import _to_messages
 from streamtrio._types import Message
@@ -58,6 +59,36 @@ def one_loop(raw: list[Any]) -> list[Message]:
     return _to_messages(raw)[0]
 
 
+def fetched_messages(count: int) -> list[Any]:
+    """``count`` messages like the benchmark's, as confluent's consumer returns them.
+
+    confluent-kafka 2.12 refuses to build a ``Message`` in Python ("cannot create
+    'cimpl.Message' instances"), so they are produced to a test broker (the
+    benchmark's, see :func:`benchmarks.runner.bench_broker`) and fetched back.
+    """
+    from .runner import bench_broker
+    from .workload import create_topics, produce_events
+
+    with bench_broker() as (bootstrap, _):
+        topic = f"micro-messages-{uuid.uuid4().hex[:6]}"
+        create_topics(bootstrap, [topic])
+        produce_events(bootstrap, topic, count)
+        consumer = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": topic, "auto.offset.reset": "earliest"}
+        )
+        try:
+            consumer.subscribe([topic])
+            raw: list[Any] = []
+            deadline = time.monotonic() + 60
+            while len(raw) < count:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"fetched {len(raw)} of {count} messages from {topic} in 60 s")
+                raw += [m for m in consumer.consume(count, 1.0) if m.error() is None]
+        finally:
+            consumer.close()
+    return raw
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.micro_messages", description=__doc__.split("\n\n")[0]
@@ -65,18 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--messages", type=int, default=10_000, help="messages per round (10,000)")
     p.add_argument("--rounds", type=int, default=60, help="rounds per way (60)")
     args = p.parse_args(argv)
-    raw = [
-        RdMessage(
-            topic="events",
-            partition=i % 8,
-            offset=i,
-            key=f"k{i % 10_000}".encode(),
-            value=b'{"user": "k123", "amount": 5}',
-            timestamp=(1, 1_700_000_000_000 + i),
-            headers=None,
-        )
-        for i in range(args.messages)
-    ]
+    raw = fetched_messages(args.messages)
     ways: dict[str, Callable[[list[Any]], list[Message]]] = {"per message": per_message, "one loop": one_loop}
     assert per_message(raw) == one_loop(raw)
     times: dict[str, list[float]] = {name: [] for name in ways}
