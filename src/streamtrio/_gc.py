@@ -5,14 +5,15 @@ the decoded value), and fetches ahead: up to ``stream_buffer_maxsize``
 messages per partition wait in their lanes. With Python's default threshold
 (700 more container objects alive than at the last collection) the collector
 ran every few hundred events, moved the buffered messages into the older
-generations and scanned them again and again there: on the benchmark that
-was a fifth of a stateless worker's CPU (docs/benchmarks.md). A raised
-threshold collects as often as the heap really grows by that many objects;
-cyclic garbage waits at most that long.
+generations and scanned them again and again there: raising it gave 18-23%
+more throughput on the benchmark (docs/benchmarks.md). A raised threshold
+collects when that many more objects are alive than at the last collection;
+cyclic garbage waits that long.
 
-Thresholds are per interpreter: the first worker of a process that asks for a
-higher one raises it, the last worker to stop restores what was there. A threshold that is already higher,
-or 0 (automatic collection disabled), is left alone.
+Thresholds are per interpreter: the first worker of a process that asks for
+a higher one raises it, and the last worker to stop restores what was
+there. A threshold that is already higher, or 0 (automatic collection
+disabled), is left alone.
 """
 
 from __future__ import annotations
